@@ -1,0 +1,80 @@
+"""Atomic file replacement: a reader or a crash sees the old file or the new one, never a part.
+
+Every master, `latest/` entry and status document is written through `atomic_write`: a
+temporary file in the same directory (named so it is recognisable and never matches an
+input pattern), flushed and fsynced, given normal permissions, renamed over the target,
+and the directory fsynced so the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+TEMP_PREFIX = ".flatd-tmp-"
+TEMP_SUFFIX = ".part"
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
+    """Create or replace `path` with what `write(fileobj)` writes, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", suffix=TEMP_SUFFIX,
+                                    dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create or replace `path` with `data`, atomically."""
+    atomic_write(path, lambda fh: fh.write(data), mode)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is one of our own half-written temporaries."""
+    return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporaries a crash left in `directory` (and `latest/`); return what went."""
+    removed = []
+    for candidate in _walk_temporaries(directory):
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def _walk_temporaries(directory: Path) -> Iterator[Path]:
+    for sub in (directory, directory / "latest"):
+        if sub.is_dir():
+            yield from (p for p in sub.iterdir() if is_temporary(p))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

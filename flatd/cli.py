@@ -1,0 +1,138 @@
+"""The `flatd` commands of SPEC.md: parse arguments, load the config, call one function each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import tomli_w
+
+from flatd import __version__
+from flatd.config import Config, ConfigError, find_config, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+def main(argv: Seq[str] | None = None) -> int:
+    """Entry point of the `flatd` console script; returns the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "simulate":
+        from flatd import simulate
+
+        return simulate.run(args)
+    try:
+        config = load_config(find_config(args.config))
+    except ConfigError as exc:
+        print(f"flatd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check-config":
+        return _check_config(config)
+    _configure_logging(args, config)
+    return args.handler(args, config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH",
+                        help="config file (default: $FLATD_CONFIG, ./config.toml, "
+                             "/etc/flatd/config.toml, else built-in defaults)")
+    common.add_argument("--log-format", choices=("json", "console", "auto"),
+                        help="override [log] format")
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="override [log] level")
+    parser = argparse.ArgumentParser(
+        prog="flatd", description="Keep a fresh master flat for every filter.")
+    parser.add_argument("--version", action="version", version=f"flatd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="the daemon, in the foreground")
+    run.set_defaults(handler=_run)
+
+    combine = commands.add_parser("combine", parents=[common],
+                                  help="combine the flats in PATHs once and write masters")
+    combine.add_argument("--output", metavar="DIR", type=Path,
+                         help="where masters go (default: [output] directory)")
+    combine.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    combine.set_defaults(handler=_combine)
+
+    scan = commands.add_parser("scan", parents=[common],
+                               help="show what flatd sees in PATHs: groups, sequences, rejects")
+    scan.add_argument("--json", action="store_true", help="machine-readable output")
+    scan.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    scan.set_defaults(handler=_scan)
+
+    status = commands.add_parser("status", parents=[common], help="what the daemon is doing")
+    status.add_argument("--json", action="store_true", help="print the status document")
+    status.set_defaults(handler=_status)
+
+    commands.add_parser("check-config", parents=[common],
+                        help="validate the config and print the effective configuration")
+
+    simulate = commands.add_parser("simulate", parents=[common],
+                                   help="a fake camera writing flat sequences into OUTDIR")
+    from flatd import simulate as simulator
+
+    simulator.add_arguments(simulate)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace, config: Config) -> None:
+    from flatd.logs import configure_logging
+
+    configure_logging(args.log_format or config.log.format, args.log_level or config.log.level,
+                      stream=sys.stdout if args.command == "run" else sys.stderr)
+
+
+def _check_config(config: Config) -> int:
+    source = config.source or "built-in defaults (no config file found)"
+    print(f"# effective configuration from {source}")
+    print(tomli_w.dumps(config.to_dict()), end="")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    from flatd.service import run
+
+    return run(config)
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    from flatd.status import status_command
+
+    return status_command(config.status.file, as_json=args.json, color=sys.stdout.isatty())
+
+
+def _scan(args: argparse.Namespace, config: Config) -> int:
+    from flatd.report import scan_report
+
+    if _missing(args):
+        return EXIT_USAGE
+    report = scan_report(args.paths, config)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.render())
+    return EXIT_OK
+
+
+def _combine(args: argparse.Namespace, config: Config) -> int:
+    from flatd.report import combine_paths
+
+    if _missing(args):
+        return EXIT_USAGE
+    summary = combine_paths(args.paths, config, output_dir=args.output,
+                            show_progress=sys.stderr.isatty())
+    print(summary.render())
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _missing(args: argparse.Namespace) -> bool:
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"flatd {args.command}: no such file or directory: {', '.join(missing)}",
+              file=sys.stderr)
+    return bool(missing)

@@ -1,0 +1,248 @@
+"""The daemon's groups: their state for the status file, and the job that combines them.
+
+Every frame that joins a group pushes its job back to `now + quiet_seconds`. When the
+job runs it makes a master of each of the group's sequences whose inputs differ from
+those of the master already on disk (read back from its INPUTS table, so a restart
+redoes nothing and finishes what a crash interrupted). One combination runs at a time
+(the memory limit is per combination); a group's runs never overlap; a failure is
+retried later with a growing delay.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from flatd import masters
+from flatd.config import Config
+from flatd.frames import Skip
+from flatd.index import GroupKey, Index, Sequence
+from flatd.pipeline import Result, make_master
+from flatd.schedule import Debouncer, utcnow
+
+log = structlog.get_logger("flatd.groups")
+
+RETRY_FIRST_SECONDS = 30.0
+RETRY_MAX_SECONDS = 1800.0
+
+
+class Cancelled(Exception):
+    """The daemon is stopping: abandon the combination (nothing has been written)."""
+
+
+@dataclass
+class GroupState:
+    group: GroupKey
+    state: str = "waiting"
+    stable_at: datetime | None = None
+    last_frame_at: datetime | None = None
+    latest_master: str | None = None
+    reason: str = ""
+    rejected: dict[str, str] = field(default_factory=dict)
+    failures: int = 0
+
+    def to_dict(self, frames: int) -> dict[str, Any]:
+        return {
+            "group": dict(self.group),
+            "name": masters.group_slug(self.group),
+            "frames": frames,
+            "state": self.state,
+            "stable_at": _iso(self.stable_at),
+            "last_frame_at": _iso(self.last_frame_at),
+            "latest_master": self.latest_master,
+            "reason": self.reason,
+            "rejected": [{"path": p, "reason": r} for p, r in self.rejected.items()],
+        }
+
+
+class Groups:
+    """Group states plus the scheduler job that combines a group's sequences."""
+
+    def __init__(self, index: Index, config: Config, *,
+                 on_master: Callable[[masters.MasterRecord], None],
+                 on_error: Callable[[str, str], None],
+                 on_change: Callable[[], None]) -> None:
+        self._index = index
+        self._config = config
+        self._on_master = on_master
+        self._on_error = on_error
+        self._on_change = on_change
+        self._states: dict[GroupKey, GroupState] = {}
+        self._lock = threading.Lock()
+        self._group_locks: dict[GroupKey, threading.Lock] = {}
+        self._combine_lock = threading.Lock()
+        self._made: dict[Path, frozenset] = {}
+        self._stopping = threading.Event()
+        self._scheduling = False
+        self._debouncer = Debouncer(self.run)
+
+    # -- events ------------------------------------------------------------------------
+    def frame_arrived(self, group: GroupKey) -> None:
+        """A frame joined, left or changed in `group`: push its job back."""
+        now = utcnow()
+        with self._lock:
+            state = self._state(group)
+            state.last_frame_at = now
+            if not self._scheduling:
+                return
+            state.state, state.stable_at = "waiting", now + self._quiet
+        self._debouncer.arm(group, now + self._quiet)
+        self._on_change()
+
+    def start(self) -> None:
+        """Start the scheduler and arm every group with work left from before: the quiet
+        period counts from the newest file's modification time."""
+        with self._lock:
+            self._scheduling = True
+        self._debouncer.start()
+        now = utcnow()
+        for group, frames in self._index.groups().items():
+            newest = max(datetime.fromtimestamp(f.mtime_ns / 1e9, UTC) for f in frames)
+            with self._lock:
+                state = self._state(group)
+                state.last_frame_at = newest
+                state.stable_at = max(now, newest + self._quiet)
+            self._debouncer.arm(group, state.stable_at)
+        self._on_change()
+
+    def stop(self) -> None:
+        """Abandon a running combination at its next band and wait for the jobs."""
+        self._stopping.set()
+        self._debouncer.shutdown()
+
+    # -- the job -----------------------------------------------------------------------
+    def run(self, group: GroupKey) -> None:
+        """Combine every sequence of `group` whose inputs changed since its master."""
+        with self._group_lock(group), structlog.contextvars.bound_contextvars(
+                group=masters.group_slug(group)):
+            try:
+                self._run(group)
+            except Cancelled:
+                log.warning("combine_abandoned", reason="daemon stopping")
+            except Exception as exc:  # never let a job die silently in the pool
+                log.exception("combine_crashed")
+                self._failed(group, str(exc))
+            self._on_change()
+
+    def _run(self, group: GroupKey) -> None:
+        self._set(group, state="pending")
+        results = [self._combine(seq) for seq in self._index.sequences(group)
+                   if self._needs_master(seq)]
+        state = self._state(group)
+        failed = [r for r in results if r.outcome == "failed"]
+        if failed:
+            self._failed(group, failed[-1].reason)
+            return
+        sequences = self._index.sequences(group)
+        newest = sequences[-1] if sequences else None
+        with self._lock:
+            state.failures = 0
+            state.state = "done"
+            state.reason = ""
+            if newest is not None and len(newest.frames) < self._config.sequence.min_frames:
+                state.state = "too_few"
+                state.reason = (f"{len(newest.frames)} frame(s), sequence.min_frames = "
+                                f"{self._config.sequence.min_frames}")
+            for result in results:
+                state.rejected.update({str(p): r for p, r in result.rejected.items()})
+                if result.outcome == "too_few" and result.sequence == newest:
+                    state.state, state.reason = "too_few", result.reason
+                if result.record is not None:
+                    state.latest_master = str(result.record.path)
+
+    def _needs_master(self, sequence: Sequence) -> bool:
+        if len(sequence.frames) < self._config.sequence.min_frames:
+            return False
+        path = masters.master_path(self._config.output.directory, sequence.group,
+                                   sequence.start)
+        if path not in self._made and path.exists():
+            try:
+                self._made[path] = frozenset(
+                    (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"]))
+                    for row in masters.read_master_inputs(path))
+            except (OSError, KeyError, ValueError) as exc:
+                log.warning("master_unreadable", path=str(path), reason=str(exc))
+        made = self._made.get(path) == sequence.identities
+        if made:
+            self._set(sequence.group, latest_master=str(path))
+        return not made
+
+    def _combine(self, sequence: Sequence) -> Result:
+        with self._combine_lock:
+            if self._stopping.is_set():
+                raise Cancelled
+            self._set(sequence.group, state="combining")
+            log.info("combine_started", frames=len(sequence.frames),
+                     start=sequence.start.isoformat())
+            result = make_master(sequence, self._config, progress=self._check_stop)
+        path = masters.master_path(self._config.output.directory, sequence.group,
+                                   sequence.start)
+        if result.outcome != "failed":
+            self._made[path] = sequence.identities
+        for frame_path, reason in result.rejected.items():
+            log.warning("frame_rejected", path=str(frame_path), reason=reason)
+        if result.record is not None:
+            self._on_master(result.record)
+        elif result.outcome == "too_few":
+            log.warning("too_few_frames", reason=result.reason)
+        else:
+            log.error("combine_failed", reason=result.reason)
+            self._on_error(str(path), result.reason)
+        return result
+
+    def _check_stop(self, done: int, total: int) -> None:
+        if self._stopping.is_set():
+            raise Cancelled
+
+    def _failed(self, group: GroupKey, reason: str) -> None:
+        with self._lock:
+            state = self._state(group)
+            state.failures += 1
+            delay = min(RETRY_FIRST_SECONDS * 2 ** (state.failures - 1), RETRY_MAX_SECONDS)
+            state.state, state.reason = "waiting", f"retrying after failure: {reason}"
+            state.stable_at = utcnow() + timedelta(seconds=delay)
+        if not self._stopping.is_set():
+            self._debouncer.arm(group, state.stable_at)
+
+    # -- state -------------------------------------------------------------------------
+    def snapshot(self) -> list[dict[str, Any]]:
+        counts = {group: len(frames) for group, frames in self._index.groups().items()}
+        with self._lock:
+            return [s.to_dict(counts.get(g, 0)) for g, s in
+                    sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))]
+
+    def note_skip(self, skip: Skip) -> None:
+        """Rejected files are errors of the status file; skipped ones are only counted."""
+        if skip.kind == "rejected":
+            log.warning("frame_rejected", path=str(skip.path), reason=skip.reason)
+            self._on_error(str(skip.path), skip.reason)
+        else:
+            log.info("frame_skipped", path=str(skip.path), reason=skip.reason)
+
+    @property
+    def _quiet(self) -> timedelta:
+        return timedelta(seconds=self._config.sequence.quiet_seconds)
+
+    def _state(self, group: GroupKey) -> GroupState:
+        return self._states.setdefault(group, GroupState(group))
+
+    def _set(self, group: GroupKey, **values: Any) -> None:
+        with self._lock:
+            state = self._state(group)
+            for key, value in values.items():
+                setattr(state, key, value)
+        self._on_change()
+
+    def _group_lock(self, group: GroupKey) -> threading.Lock:
+        with self._lock:
+            return self._group_locks.setdefault(group, threading.Lock())
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None

@@ -1,0 +1,176 @@
+"""The one-shot commands' work and what they print: `flatd scan` and `flatd combine`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from flatd import combine as engine
+from flatd.config import Config
+from flatd.frames import Skip
+from flatd.index import Index, Sequence, index_paths
+from flatd.masters import group_slug
+from flatd.pipeline import Result, make_master, saturation_level
+
+log = structlog.get_logger("flatd.report")
+
+
+@dataclass
+class ScanReport:
+    index: Index
+    levels: dict[Path, engine.FrameLevels]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index.counts(),
+            "groups": [self._group(key, seqs) for key, seqs in _by_group(self.index)],
+            "skipped": [_skip_dict(s) for s in self.index.skips() if s.kind == "skipped"],
+            "rejected": [_skip_dict(s) for s in self.index.skips() if s.kind == "rejected"],
+        }
+
+    def _group(self, key: Any, sequences: list[Sequence]) -> dict[str, Any]:
+        return {
+            "group": dict(key),
+            "name": group_slug(key),
+            "sequences": [{
+                "start": seq.start.isoformat(),
+                "end": seq.end.isoformat(),
+                "frames": [{
+                    "path": str(f.path),
+                    "date": f.date.isoformat(),
+                    "date_from_header": f.date_from_header,
+                    "shape": list(f.shape),
+                    "median": _rounded(self.levels.get(f.path)),
+                } for f in seq.frames],
+            } for seq in sequences],
+        }
+
+    def render(self) -> str:
+        counts = self.index.counts()
+        lines = [f"{counts['frames']} files: {counts['flats']} flats, "
+                 f"{counts['skipped']} skipped, {counts['rejected']} rejected"]
+        for key, sequences in _by_group(self.index):
+            n = sum(len(s.frames) for s in sequences)
+            lines.append(f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {n} frames "
+                         f"in {len(sequences)} sequence(s)")
+            for seq in sequences:
+                lines.append(f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
+                             f"  {len(seq.frames)} frames")
+                lines.extend(f"    {f.path.name:<40} {f.date:%H:%M:%S}  "
+                             f"median {_level_text(self.levels.get(f.path))}"
+                             for f in seq.frames)
+        for kind in ("rejected", "skipped"):
+            skips = [s for s in self.index.skips() if s.kind == kind]
+            if skips:
+                lines.append(f"\n{kind}:")
+                lines.extend(f"  {s.path}: {s.reason}" for s in skips)
+        return "\n".join(lines)
+
+
+def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
+    """Index `paths` and measure every flat's median level."""
+    index = index_paths(paths, config)
+    levels = {}
+    for frame in index.frames():
+        try:
+            levels[frame.path] = engine.measure(frame, saturation_level(frame, config))
+        except (OSError, ValueError) as exc:
+            index.add(Skip(frame.path, "rejected", f"unreadable pixels: {exc}", frame.size,
+                           frame.mtime_ns))
+    return ScanReport(index, levels)
+
+
+@dataclass
+class CombineSummary:
+    results: list[Result]
+    index: Index
+
+    @property
+    def failed(self) -> bool:
+        return any(r.outcome == "failed" for r in self.results)
+
+    def render(self) -> str:
+        header = ("group", "sequence start", "used", "rejected", "median levels", "master", "s")
+        rows = [_summary_row(r) for r in self.results]
+        lines = [_table(header, rows)] if rows else ["no flat sequences found"]
+        notes = [f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: "
+                 f"{r.reason}" for r in self.results if r.outcome != "done"]
+        rejected = [f"  {p.name}: {why}" for r in self.results for p, why in r.rejected.items()]
+        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips()
+                 if s.kind == "rejected"]
+        for title, block in (("not combined", notes), ("frames rejected", rejected),
+                             ("files rejected", skips)):
+            if block:
+                lines += ["", f"{title}:", *block]
+        counts = self.index.counts()
+        lines.append(f"\n{counts['frames']} files: {counts['flats']} flats, "
+                     f"{counts['skipped']} skipped (not flats), {counts['rejected']} rejected")
+        return "\n".join(lines)
+
+
+def combine_paths(paths: Iterable[Path], config: Config, *, output_dir: Path | None = None,
+                  show_progress: bool = False) -> CombineSummary:
+    """Index `paths` and make a master of every sequence; nothing is raised for bad data."""
+    index = index_paths(paths, config)
+    for skip in index.skips():
+        log.info("frame_skipped", path=str(skip.path), kind=skip.kind, reason=skip.reason)
+    results = []
+    for sequence in index.sequences():
+        with structlog.contextvars.bound_contextvars(group=group_slug(sequence.group)):
+            result = make_master(sequence, config, output_dir=output_dir)
+            _log_result(result)
+        results.append(result)
+    return CombineSummary(results, index)
+
+
+def _log_result(result: Result) -> None:
+    if result.record is not None:
+        log.info("master_written", **result.record.to_dict())
+    elif result.outcome == "too_few":
+        log.warning("too_few_frames", reason=result.reason, frames=len(result.sequence.frames))
+    else:
+        log.error("combine_failed", reason=result.reason,
+                  frames=[str(f.path) for f in result.sequence.frames])
+
+
+def _summary_row(result: Result) -> tuple[str, ...]:
+    used = [s for s in result.stats if s.used]
+    levels = (f"{max(s.median for s in used):.0f}..{min(s.median for s in used):.0f}"
+              if used else "-")
+    master = str(result.record.path) if result.record else result.outcome.replace("_", " ")
+    return (group_slug(result.sequence.group), f"{result.sequence.start:%Y-%m-%d %H:%M:%S}",
+            str(result.n_used), str(len(result.rejected)), levels, master,
+            f"{result.seconds:.1f}")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in [header, *rows])
+
+
+def _by_group(index: Index) -> list[tuple[Any, list[Sequence]]]:
+    grouped: dict[Any, list[Sequence]] = {}
+    for seq in index.sequences():
+        grouped.setdefault(seq.group, []).append(seq)
+    return list(grouped.items())
+
+
+def _describe_group(key: Any) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in key)
+
+
+def _skip_dict(skip: Skip) -> dict[str, str]:
+    return {"path": str(skip.path), "reason": skip.reason}
+
+
+def _rounded(levels: engine.FrameLevels | None) -> float | None:
+    return None if levels is None else round(levels.median, 2)
+
+
+def _level_text(levels: engine.FrameLevels | None) -> str:
+    return "?" if levels is None else f"{levels.median:9.1f}"

@@ -1,0 +1,61 @@
+"""The quiet-period debounce on APScheduler 3: one date job per group, pushed back by
+every frame that joins it.
+
+Set up around APScheduler's traps (PITFALLS.md): `add_job(..., replace_existing=True)`
+rather than `reschedule_job` (a date job leaves the store while it is being submitted);
+`misfire_grace_time=None` (a job that waits for a worker is never dropped);
+`max_instances=2` (a job that fires while the group's previous run is still going must
+not be skipped and deleted — the job itself serialises per group and finds no work
+when there is none); UTC throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable
+from datetime import UTC, datetime
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+
+class Debouncer:
+    """Runs `job(key)` once no `arm(key, ...)` has pushed it back past its time."""
+
+    def __init__(self, job: Callable[[Hashable], None], workers: int = 4) -> None:
+        self._job = job
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(workers)},
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 2},
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def arm(self, key: Hashable, at: datetime) -> None:
+        """(Re)set `key`'s one job to run at `at`."""
+        self._scheduler.add_job(self._job, "date", run_date=at, args=[key], id=_job_id(key),
+                                replace_existing=True)
+
+    def next_run(self, key: Hashable) -> datetime | None:
+        job = self._scheduler.get_job(_job_id(key))
+        return job.next_run_time if job is not None else None
+
+    def cancel(self, key: Hashable) -> None:
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.remove_job(_job_id(key))
+
+    def shutdown(self) -> None:
+        """Wait for running jobs; pending ones are dropped (start-up rescans find them)."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+
+
+def _job_id(key: Hashable) -> str:
+    return f"combine:{key!r}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

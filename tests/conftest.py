@@ -1,0 +1,28 @@
+"""Shared test helpers: small real FITS frames written into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+FLAT_HEADER = {"IMAGETYP": "Flat Field", "FILTER": "r", "INSTRUME": "SIMCAM",
+               "XBINNING": 1, "YBINNING": 1, "DATE-OBS": "2026-11-23T17:30:00"}
+
+
+def write_frame(path: Path, data: np.ndarray | None = None, **header: object) -> Path:
+    """A flat (by default) with the given header values; `None` values delete the key."""
+    cards = {**FLAT_HEADER, **header}
+    hdr = fits.Header({k: v for k, v in cards.items() if v is not None})
+    if data is None:
+        data = np.full((16, 20), 20000.0, np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(data, hdr).writeto(path)
+    return path
+
+
+@pytest.fixture
+def frame_writer(tmp_path: Path):
+    return lambda name, data=None, **header: write_frame(tmp_path / name, data, **header)

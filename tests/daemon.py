@@ -1,0 +1,170 @@
+"""Test harness for the real daemon: `flatd run` in a subprocess on tmp_path directories,
+its JSON log lines collected, conditions awaited with deadlines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from flatd.simulate import simulate_sequence
+
+DEFAULT_CONFIG = """
+[watch]
+directories = ["incoming"]
+{watch}
+[sequence]
+quiet_seconds = {quiet}
+min_frames = {min_frames}
+[output]
+directory = "masters"
+preview = false
+[status]
+file = "status.json"
+[log]
+format = "json"
+level = "debug"
+{extra}
+"""
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class FlatdProcess:
+    """`flatd run` with a config in `root`; `events` are its parsed log lines."""
+
+    def __init__(self, root: Path, *, quiet: float = 1.0, min_frames: int = 3,
+                 watch: str = "", extra: str = "", env: dict[str, str] | None = None) -> None:
+        self.root = root
+        (root / "incoming").mkdir(parents=True, exist_ok=True)
+        self.config = root / "config.toml"
+        self.config.write_text(DEFAULT_CONFIG.format(quiet=quiet, min_frames=min_frames,
+                                                     watch=watch, extra=extra))
+        self.env = {**os.environ, **(env or {})}
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def masters(self) -> Path:
+        return self.root / "masters"
+
+    def start(self, wait_ready: bool = True) -> FlatdProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flatd", "run", "--config", str(self.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+            cwd=self.root)
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait_ready:
+            self.wait_event("ready", timeout=60)
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            with contextlib.suppress(json.JSONDecodeError):
+                self.events.append(json.loads(line))
+
+    def named(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e.get("event") == event
+                and all(e.get(k) == v for k, v in fields.items())]
+
+    def wait_event(self, event: str, count: int = 1, timeout: float = 30.0,
+                   **fields: Any) -> list[dict[str, Any]]:
+        return wait_for(lambda: (found := self.named(event, **fields)) and len(found) >= count
+                        and found, timeout, what=f"{count} x {event} {fields or ''}\n"
+                        + "".join(self.raw[-30:]))
+
+    def status(self) -> dict[str, Any]:
+        return json.loads((self.root / "status.json").read_text())
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def flat_sequence(n: int, filter_name: str = "r", seed: int = 0, shape=(64, 64), **kwargs):
+    return simulate_sequence(shape=shape, n_frames=n, filter_name=filter_name, seed=seed,
+                             **kwargs)
+
+
+def write_atomically(path: Path, data: np.ndarray, header: fits.Header) -> None:
+    """A camera that writes under a temporary name and renames into place."""
+    temp = path.with_name(f".{path.name}.tmp123")
+    fits.PrimaryHDU(data, header).writeto(temp)
+    os.replace(temp, path)
+
+
+def write_slowly_in_place(path: Path, data: np.ndarray, header: fits.Header,
+                          chunks: int = 4, pause: float = 0.6) -> None:
+    """A camera that writes the file where it lands, in chunks with pauses between them."""
+    temp = path.with_name(f".staging-{path.name}")
+    fits.PrimaryHDU(data, header).writeto(temp)
+    content = temp.read_bytes()
+    temp.unlink()
+    step = -(-len(content) // chunks)
+    with path.open("wb") as out:
+        for start in range(0, len(content), step):
+            out.write(content[start:start + step])
+            out.flush()
+            if start + step < len(content):
+                time.sleep(pause)
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._running = True
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while self._running:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._running = False
+        self.sock.close()

@@ -1,0 +1,114 @@
+"""One file's header to a Frame or a reason: flats, non-flats, broken files, formats."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from flatd.config import FramesConfig
+from flatd.frames import Frame, Skip, read_frame
+
+CONFIG = FramesConfig()
+
+
+def test_a_flat_becomes_a_frame_with_group_date_and_geometry(frame_writer):
+    path = frame_writer("f.fits", np.zeros((30, 40), np.uint16), FILTER="g'", GAIN=1.4)
+    frame = read_frame(path, CONFIG)
+    assert isinstance(frame, Frame)
+    assert frame.group == (("FILTER", "g'"), ("INSTRUME", "SIMCAM"), ("XBINNING", 1),
+                           ("YBINNING", 1))
+    assert frame.shape == (30, 40)
+    assert (frame.bitpix, frame.bzero, frame.compression) == (16, 32768.0, "none")
+    assert frame.date.isoformat() == "2026-11-23T17:30:00+00:00"
+    assert frame.extras == {"GAIN": 1.4}
+    with fits.open(path) as hdul:
+        assert frame.data_offset == hdul[0].fileinfo()["datLoc"]
+
+
+@pytest.mark.parametrize("imagetyp", ["FLAT", "flat field", "  SkyFlat ", "TWIFLAT"])
+def test_flat_types_match_case_insensitively(frame_writer, imagetyp):
+    assert isinstance(read_frame(frame_writer("f.fits", IMAGETYP=imagetyp), CONFIG), Frame)
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ({"IMAGETYP": "Bias Frame"}, "IMAGETYP = 'Bias Frame' is not a flat"),
+    ({"IMAGETYP": None}, "no IMAGETYP keyword"),
+    ({"COMBINED": True}, "already combined"),
+    ({"FLATDVER": "0.1.0"}, "a flatd master"),
+])
+def test_non_inputs_are_skipped_with_a_reason(frame_writer, header, reason):
+    skip = read_frame(frame_writer("f.fits", **header), CONFIG)
+    assert isinstance(skip, Skip)
+    assert (skip.kind, reason in skip.reason) == ("skipped", True)
+
+
+def test_flat_without_a_group_key_is_rejected(frame_writer):
+    skip = read_frame(frame_writer("f.fits", FILTER=None), CONFIG)
+    assert isinstance(skip, Skip)
+    assert skip.kind == "rejected"
+    assert skip.reason == "flat without FILTER (frames.group_by)"
+
+
+def test_broken_files_are_rejected_with_reasons(tmp_path: Path, frame_writer):
+    good = frame_writer("good.fits", np.ones((50, 60), np.float32)).read_bytes()
+    cases = {
+        "empty.fits": (b"", "empty file"),
+        "junk.fits": (bytes(range(256)) * 20, "not a FITS file"),
+        "short-header.fits": (good[:1000], "truncated header"),
+        "truncated.fits": (good[:4000], "truncated: 14880 bytes expected, 4000 on disk"),
+    }
+    for name, (content, _) in cases.items():
+        (tmp_path / name).write_bytes(content)
+    frame_writer("cube.fits", np.zeros((3, 5, 5), np.float32))
+    fits.PrimaryHDU(None, fits.Header({"IMAGETYP": "FLAT", "FILTER": "r", "INSTRUME": "X",
+                                       "XBINNING": 1, "YBINNING": 1})).writeto(
+        tmp_path / "nodata.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column("a", "E", array=[1.0])])]).writeto(tmp_path / "table.fits")
+    cases |= {"cube.fits": (None, "not a 2-D image: NAXIS = 3"),
+              "nodata.fits": (None, "no image data"),
+              "table.fits": (None, "no image: first extension is a BINTABLE")}
+    for name, (_, reason) in cases.items():
+        skip = read_frame(tmp_path / name, CONFIG)
+        assert isinstance(skip, Skip), name
+        assert skip.kind == "rejected", name
+        assert reason in skip.reason, (name, skip.reason)
+
+
+def test_gzip_and_tile_compressed_frames(tmp_path: Path, frame_writer):
+    data = np.arange(24 * 32, dtype=np.float32).reshape(24, 32)
+    plain = frame_writer("a.fits", data, FILTER="i")
+    with gzip.open(tmp_path / "b.fits.gz", "wb") as out:
+        out.write(plain.read_bytes())
+    header = fits.getheader(plain)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header)]).writeto(
+        tmp_path / "c.fits.fz")
+    gz, fz = read_frame(tmp_path / "b.fits.gz", CONFIG), read_frame(tmp_path / "c.fits.fz", CONFIG)
+    assert isinstance(gz, Frame) and isinstance(fz, Frame)
+    assert (gz.compression, gz.hdu, gz.shape) == ("gzip", 0, (24, 32))
+    assert (fz.compression, fz.hdu, fz.shape, fz.bitpix) == ("tile", 1, (24, 32), -32)
+    assert gz.group == fz.group == read_frame(plain, CONFIG).group
+
+
+def test_date_falls_back_to_file_time_and_says_so(frame_writer):
+    frame = read_frame(frame_writer("f.fits", **{"DATE-OBS": "23/11/26"}), CONFIG)
+    assert isinstance(frame, Frame)
+    assert frame.date_from_header is False
+    assert abs(frame.date.timestamp() - time.time()) < 60
+
+
+def test_reading_a_header_is_cheap(tmp_path: Path, frame_writer):
+    header = {f"KEY{i}": i for i in range(150)}
+    paths = [frame_writer(f"f{i}.fits", np.zeros((64, 64), np.float32), **header)
+             for i in range(200)]
+    started = time.perf_counter()
+    for path in paths:
+        read_frame(path, CONFIG)
+    per_file = (time.perf_counter() - started) / len(paths)
+    # generous bound (CI machines vary): ccdproc's ImageFileCollection needs ~4.5 ms
+    assert per_file < 0.004
