@@ -1,18 +1,42 @@
 """The combination engine: a sequence of flat frames in, one normalised master out.
 
-(Skeleton: types fixed, implementation in progress.)
+The recipe is the astropy CCD guide's (scale each frame by 1/median, sigma-clip 5/5
+around the per-pixel median with `mad_std`, average), with two differences: the clip
+works on the *scaled* values, so stars in twilight flats whose level falls during the
+sequence are still rejected (ccdproc clips the unscaled frames), and the memory limit
+counts every buffer, outputs included.
+
+Work is done band by band of rows: every frame's rows for the band are read straight
+into one stack (each file is opened once; see `pixels`), scaled, and reduced. The
+per-pixel median and MAD come from a sorting network run along the frame axis — a fixed
+sequence of element-wise min/max operations on whole rows, which for the usual 5-50
+frames is several times faster than a per-pixel quickselect (bottleneck) and, like all
+large numpy operations, runs outside the GIL, so two bands are combined at once on two
+cores. Bands are sized to stay in the CPU cache and within `mem_limit_mb`.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import bottleneck as bn
 import numpy as np
 
 from flatd.config import CombineConfig
 from flatd.frames import Frame
+from flatd.pixels import FramePixels, raw_dtype
+
+MAD_TO_STD = 1.482602218505602  # astropy.stats.mad_std's factor
+MB = 1_000_000  # mem_limit_mb counts like ccdproc's mem_limit=350e6
+CACHE_BYTES = 6 * MB  # a band's stack this size stays in the CPU caches
+ROW_TEMPORARIES = 16  # float64 row-sized temporaries of one band, per pixel of the band
+MAX_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -39,18 +63,474 @@ class FrameStats:
 
 @dataclass
 class CombineResult:
-    data: np.ndarray  # float32, normalised to median 1
-    uncertainty: np.ndarray  # float32, standard deviation of the mean
+    data: np.ndarray  # normalised to median 1
+    uncertainty: np.ndarray  # standard deviation of the mean
     mask: np.ndarray  # bool, True where no value survived
     stats: list[FrameStats]
     normalisation: float  # median of the combined, scaled frames before normalising
     peak_bytes: int  # largest total of buffers the engine held at once
+    threads: int = 1
+    rows_per_band: int = 0
 
 
 Progress = Callable[[int, int], None]
 
 
+def measure(frame: Frame, saturation_level: float = 0.0, dtype: str = "float32",
+            buffer: np.ndarray | None = None) -> FrameLevels:
+    """Median and mean level of one frame and its fraction of saturated pixels.
+
+    `buffer` (at least the frame's size, of `dtype`) is used for the pixels instead of
+    a new array: reusing one saves the page faults of a fresh allocation per frame."""
+    size = frame.shape[0] * frame.shape[1]
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype)
+    values = buffer[:size]
+    with FramePixels(frame) as pixels:
+        pixels.read_rows(0, frame.shape[0], values.reshape(frame.shape))
+    saturated = 0.0
+    if saturation_level > 0:
+        saturated = np.count_nonzero(values >= saturation_level) / size
+    total = float(np.add.reduce(values, dtype=np.float64))
+    if not np.isfinite(total):
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise ValueError(f"{frame.path.name}: no finite pixel values")
+        total = float(np.add.reduce(values, dtype=np.float64))
+    mean = total / values.size
+    return FrameLevels(median=_median_in_place(values), mean=mean,
+                       saturated_fraction=float(saturated))
+
+
+def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
+                   settings: CombineConfig) -> list[FrameLevels | str]:
+    """`measure` for many frames, two at a time when the memory limit allows it, each
+    worker reusing one pixel buffer. A frame whose pixels cannot be read gets the reason
+    instead of its levels."""
+    if not frames:
+        return []
+    largest = max(f.shape[0] * f.shape[1] for f in frames)
+    one = largest * np.dtype(settings.dtype).itemsize * 1.2
+    threads = min(len(frames), MAX_THREADS if MAX_THREADS * one <= settings.mem_limit_mb * MB
+                  else 1)
+    work = iter(enumerate(zip(frames, saturation_levels, strict=True)))
+    lock = threading.Lock()
+    results: list[FrameLevels | str] = ["not measured"] * len(frames)
+
+    def worker() -> None:
+        buffer = np.empty(largest, settings.dtype)
+        while True:
+            with lock:
+                item = next(work, None)
+            if item is None:
+                return
+            i, (frame, saturation) = item
+            try:
+                results[i] = measure(frame, saturation, settings.dtype, buffer)
+            except (OSError, EOFError, ValueError) as exc:
+                results[i] = f"unreadable pixels: {exc}"
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker) for _ in range(threads)]:
+            future.result()
+    return results
+
+
 def combine(frames: Sequence[Frame], settings: CombineConfig, *,
             rejected: dict[Path, str] | None = None,
+            levels: dict[Path, FrameLevels] | None = None,
             progress: Progress | None = None) -> CombineResult:
-    raise NotImplementedError
+    """Combine `frames` (minus `rejected`, whose reasons go into the stats) into a master.
+
+    `levels` are the frames' measured levels (measured here when missing). Raises
+    ValueError for unusable input (no frames, mixed shapes, a non-positive level, missing
+    gain for the noise deviation) and MemoryError when `mem_limit_mb` cannot hold even
+    the outputs; an exception raised by `progress` abandons the combination.
+    """
+    rejected = rejected or {}
+    levels = dict(levels or {})
+    used = [f for f in frames if f.path not in rejected]
+    if not used:
+        raise ValueError("no usable frames to combine")
+    shapes = {f.shape for f in used}
+    if len(shapes) > 1:
+        raise ValueError(f"frames of different shapes: {sorted(shapes)}")
+    for frame in used:
+        if frame.path not in levels:
+            levels[frame.path] = measure(frame, 0.0, settings.dtype)
+    scales = [_scale(levels[f.path], settings.scale, f) for f in used]
+    noise = _noise_model(used, settings) if settings.deviation == "noise" else None
+    with ExitStack() as stack:
+        readers = [stack.enter_context(FramePixels(f)) for f in used]
+        engine = _Engine(readers, np.array(scales), settings, noise, progress)
+        engine.run()
+    stats = _stats(frames, rejected, levels, dict(zip((f.path for f in used), scales,
+                                                      strict=True)),
+                   dict(zip((f.path for f in used), engine.clipped, strict=True)),
+                   np.prod(next(iter(shapes))))
+    return CombineResult(data=engine.data, uncertainty=engine.uncertainty, mask=engine.mask,
+                         stats=stats, normalisation=engine.normalisation,
+                         peak_bytes=engine.ledger.peak, threads=engine.threads,
+                         rows_per_band=engine.rows_per_band)
+
+
+# -- the engine ----------------------------------------------------------------------------
+class _Ledger:
+    """Counts the bytes of the engine's buffers; `peak` is the most held at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held = 0
+        self.peak = 0
+
+    def hold(self, nbytes: int) -> None:
+        with self._lock:
+            self.held += nbytes
+            self.peak = max(self.peak, self.held)
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.held -= nbytes
+
+
+class _Engine:
+    def __init__(self, readers: list[FramePixels], scales: np.ndarray, settings: CombineConfig,
+                 noise: list[tuple[float, float]] | None, progress: Progress | None) -> None:
+        self.readers = readers
+        self.scales = scales
+        self.settings = settings
+        self.noise = noise
+        self.progress = progress
+        self.dtype = np.dtype(settings.dtype)
+        self.n = len(readers)
+        self.ny, self.nx = readers[0].frame.shape
+        self.ledger = _Ledger()
+        self.clipped = np.zeros(self.n, np.int64)
+        self._plan()
+        self.data = self._allocate((self.ny, self.nx), self.dtype)
+        self.uncertainty = self._allocate((self.ny, self.nx), self.dtype)
+        self.mask = self._allocate((self.ny, self.nx), bool)
+        self.normalisation = 1.0
+        self._lock = threading.Lock()
+        self._next_band = 0
+        self._rows_done = 0
+        self._failed = threading.Event()
+
+    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        array = np.empty(shape, dtype)
+        self.ledger.hold(array.nbytes)
+        return array
+
+    def _plan(self) -> None:
+        """Choose threads and rows per band so that every buffer fits `mem_limit_mb`."""
+        limit = int(self.settings.mem_limit_mb * MB)
+        npix = self.ny * self.nx
+        outputs = npix * (2 * self.dtype.itemsize + 1)
+        normalising = npix * self.dtype.itemsize  # a copy of the master for its median
+        raw_row = max(r.raw_bytes_per_row() for r in self.readers)
+        per_row = (self.n * self.nx * (2 * self.dtype.itemsize + 1) + raw_row
+                   + ROW_TEMPORARIES * 8 * self.nx)
+        available = limit - outputs
+        if available < max(per_row, normalising):
+            need = (outputs + max(per_row, normalising)) / MB
+            raise MemoryError(
+                f"combine.mem_limit_mb = {self.settings.mem_limit_mb:g} is too small for "
+                f"{self.n} frames of {self.nx}x{self.ny}: at least {need:.0f} MB needed")
+        ordered = any(r.ordered_reads_only for r in self.readers)
+        threads = 1 if ordered or self.ny < 2 else MAX_THREADS
+        fit = available // (threads * per_row)
+        if fit < 1:
+            threads, fit = 1, available // per_row
+        cache_rows = max(1, CACHE_BYTES // (self.n * self.nx * self.dtype.itemsize))
+        self.threads = threads
+        self.rows_per_band = int(max(1, min(fit, cache_rows, -(-self.ny // threads))))
+        self.band_bytes = per_row * self.rows_per_band
+
+    def run(self) -> None:
+        bands = -(-self.ny // self.rows_per_band)
+        workers = min(self.threads, bands)
+        if workers == 1:
+            self._work()
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(self._work) for _ in range(workers)]
+                for future in futures:
+                    future.result()
+        self._normalise()
+
+    def _work(self) -> None:
+        self.ledger.hold(self.band_bytes)
+        try:
+            buffers = _Buffers(self.n, self.rows_per_band, self.nx, self.dtype)
+            clipped = np.zeros(self.n, np.int64)
+            while not self._failed.is_set():
+                with self._lock:
+                    first = self._next_band * self.rows_per_band
+                    self._next_band += 1
+                if first >= self.ny:
+                    break
+                stop = min(first + self.rows_per_band, self.ny)
+                self._band(first, stop, buffers, clipped)
+                self._advance(stop - first)
+            with self._lock:
+                self.clipped += clipped
+        except BaseException:
+            self._failed.set()
+            raise
+        finally:
+            self.ledger.release(self.band_bytes)
+
+    def _advance(self, rows: int) -> None:
+        with self._lock:
+            self._rows_done += rows
+            done = self._rows_done
+        if self.progress is not None:
+            self.progress(done, self.ny)
+
+    def _band(self, first: int, stop: int, buffers: _Buffers, clipped: np.ndarray) -> None:
+        rows = stop - first
+        stack = buffers.stack[:, :rows]
+        for i, reader in enumerate(self.readers):
+            reader.read_rows(first, stop, stack[i])
+            if self.scales[i] != 1.0:
+                stack[i] *= self.dtype.type(self.scales[i])
+        finite = bool(np.isfinite(stack).all())
+        settings = self.settings
+        if settings.sigma_clip:
+            center, dev = self._center_and_deviation(stack, buffers, rows, finite)
+        else:
+            center, dev = self._reference(stack, finite), None
+        # sums of the kept values' offsets from `center`: exact enough in float32, since
+        # the offsets are small, and the variance needs no difference of large numbers
+        offset_sum = np.zeros((rows, self.nx), self.dtype)
+        offset_sq = np.zeros((rows, self.nx), self.dtype)
+        count = np.zeros((rows, self.nx), np.int32)
+        offset = buffers.offset[:rows]
+        scratch = buffers.scratch[:rows]
+        keep_all = buffers.keep[:, :rows]
+        for i in range(self.n):
+            keep = keep_all[i]
+            np.subtract(stack[i], center, out=offset)
+            if settings.sigma_clip:
+                spread = dev if self.noise is None else self._noise_deviation(i, center)
+                np.multiply(spread, -settings.sigma_low, out=scratch)
+                np.greater_equal(offset, scratch, out=keep)
+                np.multiply(spread, settings.sigma_high, out=scratch)
+                keep &= np.less_equal(offset, scratch)
+                kept = np.count_nonzero(keep)
+                present = rows * self.nx if finite else np.count_nonzero(np.isfinite(offset))
+                clipped[i] += present - kept
+            else:
+                np.isfinite(offset, out=keep)
+            np.add(offset_sum, offset, out=offset_sum, where=keep)
+            np.multiply(offset, offset, out=offset)
+            np.add(offset_sq, offset, out=offset_sq, where=keep)
+            count += keep
+        self._finish_band(first, stop, stack, keep_all, center, offset_sum, offset_sq, count)
+
+    def _finish_band(self, first: int, stop: int, stack: np.ndarray, keep: np.ndarray,
+                     center: np.ndarray, offset_sum: np.ndarray, offset_sq: np.ndarray,
+                     count: np.ndarray) -> None:
+        empty = count == 0
+        safe_count = np.where(empty, 1, count)
+        if self.settings.method == "average":
+            mean_offset = offset_sum / safe_count
+            value = center + mean_offset
+            spread = np.sqrt(np.maximum(offset_sq / safe_count - mean_offset * mean_offset, 0))
+        else:
+            stack[~keep] = np.nan
+            value = bn.nanmedian(stack, axis=0)
+            spread = MAD_TO_STD * bn.nanmedian(np.abs(stack - value), axis=0)
+        self.data[first:stop] = np.where(empty, np.nan, value)
+        self.uncertainty[first:stop] = np.where(empty, 0.0, spread / np.sqrt(safe_count))
+        self.mask[first:stop] = empty
+
+    def _reference(self, stack: np.ndarray, finite: bool) -> np.ndarray:
+        """Without clipping: any value near the pixel's level keeps the sums small."""
+        if finite:
+            return stack[0].copy()
+        return np.nan_to_num(bn.nanmean(stack, axis=0), nan=0.0).astype(self.dtype)
+
+    def _center_and_deviation(self, stack: np.ndarray, buffers: _Buffers, rows: int,
+                              finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-pixel center and deviation of the scaled values (None for 'noise', which
+        has one deviation per frame)."""
+        work = buffers.work[:, :rows]
+        np.copyto(work, stack)
+        if finite:
+            ordered = sort_rows(list(work), buffers.spare[:rows])
+            median = (ordered[(self.n - 1) // 2] + ordered[self.n // 2]) / 2
+        else:
+            work[~np.isfinite(work)] = np.inf  # sorts last, out of every median's reach
+            counts = np.isfinite(stack).sum(axis=0)
+            work.sort(axis=0)
+            median = _sorted_median(work, counts)
+        center = (median if self.settings.center == "median"
+                  else bn.nanmean(stack, axis=0).astype(self.dtype))
+        if self.settings.deviation == "mad_std":
+            if finite:
+                for row in ordered:
+                    np.subtract(row, median, out=row)
+                    np.abs(row, out=row)
+                ordered = sort_rows(ordered, buffers.spare2[:rows])
+                mad = (ordered[(self.n - 1) // 2] + ordered[self.n // 2]) / 2
+            else:
+                np.subtract(work, median, out=work)
+                np.abs(work, out=work)
+                work.sort(axis=0)
+                mad = _sorted_median(work, counts)
+            return center, MAD_TO_STD * mad
+        if self.settings.deviation == "std":
+            return center, bn.nanstd(stack, axis=0).astype(self.dtype)
+        return center, None
+
+    def _noise_deviation(self, i: int, center: np.ndarray) -> np.ndarray:
+        """The expected standard deviation of frame i's scaled value where the sequence's
+        scaled level is `center`: Poisson noise of its unscaled level plus read noise."""
+        gain, read_noise = self.noise[i]  # type: ignore[index]
+        scale = float(self.scales[i])
+        level = np.maximum(center / scale, 0.0)
+        return scale * np.sqrt(level / gain + (read_noise / gain) ** 2)
+
+    def _normalise(self) -> None:
+        good = ~self.mask
+        if not good.any():
+            raise ValueError("no pixel has a surviving value")
+        copy = self.data[good]
+        self.ledger.hold(copy.nbytes)
+        self.normalisation = _median_in_place(copy)
+        self.ledger.release(copy.nbytes)
+        del copy
+        if not np.isfinite(self.normalisation) or self.normalisation <= 0:
+            raise ValueError(f"combined level {self.normalisation} cannot be normalised")
+        self.data /= self.dtype.type(self.normalisation)
+        self.uncertainty /= self.dtype.type(self.normalisation)
+        self.data[self.mask] = 1.0
+
+
+class _Buffers:
+    """One worker's band buffers: the stack, its sorting copy, the keep masks."""
+
+    def __init__(self, n: int, rows: int, nx: int, dtype: np.dtype) -> None:
+        self.stack = np.empty((n, rows, nx), dtype)
+        self.work = np.empty((n, rows, nx), dtype)
+        self.keep = np.empty((n, rows, nx), bool)
+        self.spare = np.empty((rows, nx), dtype)
+        self.spare2 = np.empty((rows, nx), dtype)
+        self.offset = np.empty((rows, nx), dtype)
+        self.scratch = np.empty((rows, nx), dtype)
+
+
+# -- small pieces ----------------------------------------------------------------------------
+def sort_along_frames(stack: np.ndarray) -> None:
+    """Sort `stack` in place along axis 0 (see `sort_rows`)."""
+    ordered = sort_rows(list(stack), np.empty_like(stack[0]))
+    result = [row.copy() for row in ordered]
+    for target, row in zip(stack, result, strict=True):
+        target[...] = row
+
+
+def sort_rows(rows: list[np.ndarray], spare: np.ndarray) -> list[np.ndarray]:
+    """Sort equal-shaped arrays element-wise (the i-th result holds every pixel's i-th
+    smallest value) with Batcher's odd-even merge network. Two passes per comparator:
+    the minimum goes to a free buffer and buffers are swapped instead of copied, so the
+    results are views of `rows`' buffers and `spare`, in a new order."""
+    rows = list(rows)
+    for a, b in _network(len(rows)):
+        np.minimum(rows[a], rows[b], out=spare)
+        np.maximum(rows[a], rows[b], out=rows[b])
+        rows[a], spare = spare, rows[a]
+    return rows
+
+
+@functools.lru_cache(maxsize=64)
+def _network(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparator pairs of Batcher's odd-even merge sort for n elements."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+def _sorted_median(ordered: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
+    """Median along axis 0 of a stack sorted along axis 0 whose first `counts` values
+    (per pixel) are the real ones."""
+    if isinstance(counts, int):
+        return (ordered[(counts - 1) // 2] + ordered[counts // 2]) / 2
+    low = np.take_along_axis(ordered, np.maximum(counts - 1, 0)[None] // 2, axis=0)[0]
+    high = np.take_along_axis(ordered, (counts // 2)[None], axis=0)[0]
+    high = np.where(counts > 0, high, np.nan).astype(ordered.dtype)
+    return (low + high) / 2
+
+
+def _median_in_place(values: np.ndarray) -> float:
+    """Exact median of a 1-D array (which may be reordered).
+
+    A sorted sample brackets the median; one counting pass and a partition of the few
+    values inside the bracket find it, about four times faster than partitioning all of
+    them. When the bracket misses, the whole array is partitioned."""
+    n = values.size
+    ranks = sorted({(n - 1) // 2, n // 2})
+    if n > 1 << 16:
+        sample = np.sort(values[:: n >> 16])
+        middle, half = sample.size // 2, int(4 * np.sqrt(sample.size))
+        low, high = sample[max(0, middle - half)], sample[min(sample.size - 1, middle + half)]
+        below = np.count_nonzero(values < low)
+        inside = values[(values >= low) & (values <= high)]
+        local = [r - below for r in ranks]
+        if local[0] >= 0 and local[-1] < inside.size:
+            inside.partition(local)
+            return float(np.mean([float(inside[r]) for r in local]))
+    values.partition(ranks)
+    return float(np.mean([float(values[r]) for r in ranks]))
+
+
+def _scale(levels: FrameLevels, scale: str, frame: Frame) -> float:
+    if scale == "none":
+        return 1.0
+    level = levels.median if scale == "median" else levels.mean
+    if not np.isfinite(level) or level <= 0:
+        raise ValueError(f"{frame.path.name}: {scale} level {level:g} cannot scale a flat")
+    return 1.0 / level
+
+
+def _noise_model(frames: list[Frame], settings: CombineConfig) -> list[tuple[float, float]]:
+    """(gain e-/ADU, read noise e-) of each frame, from the settings or its header."""
+    model = []
+    for frame in frames:
+        gain = settings.gain or frame.extras.get("GAIN", 0.0)
+        read_noise = settings.read_noise or frame.extras.get("RDNOISE", 0.0)
+        if gain <= 0:
+            raise ValueError(f"deviation = 'noise' needs the gain: set combine.gain or a "
+                             f"GAIN header ({frame.path.name} has none)")
+        model.append((gain, read_noise))
+    return model
+
+
+def _stats(frames: Sequence[Frame], rejected: dict[Path, str],
+           levels: dict[Path, FrameLevels], scales: dict[Path, float],
+           clipped: dict[Path, int], npix: int) -> list[FrameStats]:
+    rows = []
+    for frame in frames:
+        level = levels.get(frame.path)
+        rows.append(FrameStats(
+            path=frame.path,
+            median=level.median if level else float("nan"),
+            mean=level.mean if level else float("nan"),
+            scale=scales.get(frame.path, 0.0),
+            used=frame.path not in rejected,
+            reason=rejected.get(frame.path, ""),
+            clipped_fraction=clipped.get(frame.path, 0) / npix))
+    return rows
+
+
+__all__ = ["CombineResult", "FrameLevels", "FrameStats", "Progress", "combine", "measure",
+           "measure_frames", "raw_dtype", "sort_along_frames"]

@@ -44,7 +44,7 @@ class Frame:
     hdu: int  # index of the HDU holding the image
     bitpix: int
     compression: Compression
-    data_offset: int | None  # byte offset of the pixels in an uncompressed plain file
+    data_offset: int | None  # byte offset of the pixels (in the decompressed stream for gzip)
     bscale: float = 1.0
     bzero: float = 0.0
     extras: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
@@ -128,7 +128,7 @@ def _read(path: Path, stat: os.stat_result, config: FramesConfig) -> Frame | Ski
         imagetyp=str(image_cards.get(config.imagetyp_keyword.upper(), "")).strip(),
         group=_group(image_cards, config.group_by), date=date, date_from_header=from_header,
         shape=shape, bitpix=bitpix, hdu=hdu, compression=compression,
-        data_offset=data_offset if compression == "none" else None,
+        data_offset=data_offset if compression != "tile" else None,
         bscale=float(image_cards.get("BSCALE", 1.0)), bzero=float(image_cards.get("BZERO", 0.0)),
         extras={k: float(v) for k in EXTRA_KEYWORDS
                 if isinstance(v := image_cards.get(k), int | float) and not isinstance(v, bool)},

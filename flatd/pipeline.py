@@ -63,8 +63,15 @@ def _fill(result: Result, config: Config, output_dir: Path,
     result.rejected = odd_shapes(frames)
     if _too_few(result, config):
         return
-    levels = {f.path: engine.measure(f, saturation_level(f, config))
-              for f in frames if f.path not in result.rejected}
+    to_measure = [f for f in frames if f.path not in result.rejected]
+    measured = engine.measure_frames(to_measure, [saturation_level(f, config) for f in to_measure],
+                                     config.combine)
+    levels = {}
+    for frame, level in zip(to_measure, measured, strict=True):
+        if isinstance(level, str):
+            result.rejected[frame.path] = level
+        else:
+            levels[frame.path] = level
     result.rejected.update(level_rejections(levels, config))
     if _too_few(result, config):
         return
@@ -75,6 +82,7 @@ def _fill(result: Result, config: Config, output_dir: Path,
                                   result.sequence.start, config, output_dir=output_dir)
     if config.output.latest and (promote is None or promote(record)):
         masters.promote_latest(record.path, result.sequence.group, output_dir)
+        record.promoted = True
     result.record, result.outcome = record, "done"
 
 

@@ -1,0 +1,184 @@
+"""`make bench`: flatd against the astropy guide's recipe in ccdproc, whole process against
+whole process, on the same files in the same run.
+
+Cases (files made once into `bench-data/` by the simulated camera, with stars):
+  A  10 frames of 4096x4096 float32        flatd combine vs ccdproc.combine, alternating runs
+  B   6 frames of 4096x2048 float32        same
+  C  50 frames of 4096x4096 at 350 MB      flatd only: peak RSS above the import baseline
+  D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
+
+Wall time is measured around each child process (interpreter start included); peak RSS
+comes from the child's own rusage (`os.wait4`), minus the RSS of a process that only
+imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases ABCD]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench-data"
+PYTHON = sys.executable
+MEM_LIMIT_MB = 350
+
+CCDPROC_RECIPE = """
+import sys
+import numpy as np
+import ccdproc
+from astropy.stats import mad_std
+files, output = sys.argv[1:-1], sys.argv[-1]
+master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.median(a),
+                         sigma_clip=True, sigma_clip_low_thresh=5, sigma_clip_high_thresh=5,
+                         sigma_clip_func=np.ma.median, sigma_clip_dev_func=mad_std,
+                         mem_limit=350e6, unit="adu")
+master.write(output, overwrite=True)
+"""
+FLATD_IMPORTS = ("import flatd.cli, flatd.report, flatd.pipeline, flatd.combine, "
+                 "flatd.masters, flatd.logs")
+CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
+CONFIG = f"""
+[sequence]
+min_frames = 1
+[combine]
+mem_limit_mb = {MEM_LIMIT_MB}
+[output]
+preview = false
+[log]
+format = "json"
+level = "warning"
+"""
+
+
+def run_child(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"benchmark child failed: {' '.join(argv[:4])}...\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def baseline(imports: str) -> float:
+    return run_child([PYTHON, "-c", imports])[1]
+
+
+def make_frames(name: str, n: int, shape: tuple[int, int]) -> list[Path]:
+    from flatd.simulate import simulate_sequence, write_sequence
+
+    directory = DATA / name
+    files = sorted(directory.glob("*.fits"))
+    if len(files) == n:
+        return files
+    print(f"  making {n} frames of {shape[1]}x{shape[0]} in {directory} ...", flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in files:
+        old.unlink()
+    for start in range(0, n, 5):  # five at a time keeps the generator's memory small
+        count = min(5, n - start)
+        seq = simulate_sequence(shape=shape, n_frames=count, seed=start, filter_name="r")
+        for i, path in enumerate(write_sequence(seq, directory, prefix=f"b{start:03d}")):
+            path.rename(directory / f"frame_{start + i:03d}.fits")
+    return sorted(directory.glob("*.fits"))
+
+
+def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
+    config = work / "bench.toml"
+    config.write_text(CONFIG)
+    flatd_cmd = [PYTHON, "-m", "flatd", "combine", "--config", str(config),
+                 "--output", str(work / "flatd-out"), *map(str, files)]
+    ccd_cmd = [PYTHON, "-c", CCDPROC_RECIPE, *map(str, files), str(work / "ccdproc.fits")]
+    flatd_base, ccd_base = baseline(FLATD_IMPORTS), baseline(CCDPROC_IMPORTS)
+    run_child(flatd_cmd)  # warm the page cache for both
+    results: dict[str, list[tuple[float, float]]] = {"flatd": [], "ccdproc": []}
+    for _ in range(repeat):
+        results["ccdproc"].append(run_child(ccd_cmd))
+        results["flatd"].append(run_child(flatd_cmd))
+    f_time = statistics.median(t for t, _ in results["flatd"])
+    c_time = statistics.median(t for t, _ in results["ccdproc"])
+    f_mem = max(m for _, m in results["flatd"]) - flatd_base
+    c_mem = max(m for _, m in results["ccdproc"]) - ccd_base
+    print(f"{label}: flatd {f_time:6.2f} s, {f_mem:5.0f} MB above imports | ccdproc "
+          f"{c_time:6.2f} s, {c_mem:5.0f} MB above imports | flatd is {c_time / f_time:4.1f}x "
+          f"faster; memory {f_mem:.0f} MB vs limit {MEM_LIMIT_MB} MB "
+          f"({'within' if f_mem <= MEM_LIMIT_MB else 'OVER'})", flush=True)
+
+
+def memory_only(label: str, files: list[Path], work: Path) -> None:
+    config = work / "bench.toml"
+    config.write_text(CONFIG)
+    base = baseline(FLATD_IMPORTS)
+    wall, peak = run_child([PYTHON, "-m", "flatd", "combine", "--config", str(config),
+                            "--output", str(work / "flatd-out"), *map(str, files)])
+    print(f"{label}: flatd {wall:6.2f} s, peak {peak:.0f} MB, {peak - base:.0f} MB above "
+          f"imports ({base:.0f} MB) vs limit {MEM_LIMIT_MB} MB "
+          f"({'within' if peak - base <= MEM_LIMIT_MB else 'OVER'})", flush=True)
+
+
+def scan(n_files: int, sample: int) -> None:
+    """Start-up scan: flatd's index of n_files against ImageFileCollection on a sample."""
+    import numpy as np
+    from astropy.io import fits
+
+    directory = DATA / "scan"
+    if len(list(directory.glob("*.fits"))) != n_files:
+        print(f"  making {n_files} small FITS files in {directory} ...", flush=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        data = np.zeros((64, 64), np.float32)
+        for i in range(n_files):
+            header = fits.Header({"IMAGETYP": "Flat Field" if i % 3 else "Light Frame",
+                                  "FILTER": "gri"[i % 3], "INSTRUME": "SIMCAM", "XBINNING": 1,
+                                  "YBINNING": 1, "DATE-OBS": f"2026-11-23T17:{i // 600 % 60:02d}:"
+                                  f"{i // 10 % 60:02d}", "EXPTIME": 5.0,
+                                  **{f"KEY{k:03d}": k for k in range(60)}})
+            fits.PrimaryHDU(data, header).writeto(directory / f"frame_{i:05d}.fits")
+    code_flatd = ("import sys, time; from pathlib import Path; from flatd.config import Config;"
+                  "from flatd.index import index_paths; t = time.perf_counter();"
+                  "index = index_paths([Path(sys.argv[1])], Config());"
+                  "print(time.perf_counter() - t, index.counts()['frames'])")
+    code_ifc = ("import sys, time; from ccdproc import ImageFileCollection;"
+                "from pathlib import Path; files = sorted(Path(sys.argv[1]).glob('*.fits'))"
+                f"[:{sample}]; t = time.perf_counter();"
+                "c = ImageFileCollection(filenames=[str(f) for f in files]);"
+                "print(time.perf_counter() - t, len(c.summary))")
+    out = subprocess.run([PYTHON, "-c", code_flatd, str(directory)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    flatd_s, indexed = float(out[0]), int(out[1])
+    out = subprocess.run([PYTHON, "-c", code_ifc, str(directory)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    ifc_s = float(out[0]) * n_files / sample
+    print(f"D scan of {n_files} files: flatd indexed {indexed} in {flatd_s:.2f} s "
+          f"({flatd_s / n_files * 1e3:.3f} ms/file); ImageFileCollection {ifc_s:.1f} s "
+          f"(extrapolated from {sample} files, {ifc_s / n_files * 1e3:.2f} ms/file): "
+          f"{ifc_s / flatd_s:.0f}x", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", default="ABCD")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flatd-bench-") as tmp:
+        work = Path(tmp)
+        if "A" in args.cases:
+            compare("A 10 x 4096x4096", make_frames("a", 10, (4096, 4096)), args.repeat, work)
+        if "B" in args.cases:
+            compare("B  6 x 4096x2048", make_frames("b", 6, (2048, 4096)), args.repeat, work)
+        if "C" in args.cases:
+            memory_only("C 50 x 4096x4096", make_frames("c", 50, (4096, 4096)), work)
+        if "D" in args.cases:
+            scan(10_000, 1000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Master flat files: their names, their contents, their atomic publication.
+
+A master is `<output>/flat_<group>_<start>.fits`: a primary HDU (float32, median 1) that
+`CCDData.read` and `ccdproc.flat_correct` take as it is, `MASK` and `UNCERT` extensions,
+and an `INPUTS` table with one row per input frame (used or not, and why), which is also
+how the daemon knows after a restart whether a master is up to date. Every value that
+comes from a header is made safe before it reaches a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from flatd import __version__
+from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
+from flatd.combine import CombineResult
+from flatd.config import Config
+from flatd.frames import Frame, GroupValue
+
+SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
+MAX_VALUE_LENGTH = 32
+LATEST = "latest"
+STRUCTURAL_KEYWORDS = {
+    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "BSCALE", "BZERO",
+    "BLANK", "BUNIT", "CHECKSUM", "DATASUM", "EXTNAME", "EXTVER", "TFIELDS", "THEAP",
+    "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZTILE", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0", "ZSIMPLE",
+    "ZEXTEND", "ZBLANK", "ZSCALE", "ZZERO", "ZPCOUNT", "ZGCOUNT", "ZHECKSUM", "ZDATASUM",
+    "ZTENSION", "ZNAME", "ZVAL", "COMBINED", "NCOMBINE", "FLATDVER",
+}
+STRUCTURAL_PREFIXES = ("NAXIS", "ZNAXIS", "ZTILE", "ZNAME", "ZVAL", "TTYPE", "TFORM", "TUNIT")
+
+
+@dataclass
+class MasterRecord:
+    """One written master, as the log event `master_written` and the status file show it."""
+
+    group: dict[str, GroupValue]
+    path: Path
+    created_at: datetime
+    n_frames: int
+    n_rejected: int
+    median_levels: list[float]
+    duration_s: float = 0.0
+    qa: dict[str, Any] = field(default_factory=dict)
+    promoted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": dict(self.group),
+            "path": str(self.path),
+            "created_at": self.created_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "n_frames": self.n_frames,
+            "n_rejected": self.n_rejected,
+            "median_levels": self.median_levels,
+            "duration_s": self.duration_s,
+            "qa": self.qa,
+            "promoted": self.promoted,
+        }
+
+
+# -- names ---------------------------------------------------------------------------------
+def safe_value(value: GroupValue) -> str:
+    """One header value as a file-name part: letters, digits, `-` and `.` only.
+
+    `'` becomes `p` (g' -> gp, the usual spelling); any other change (a slash, a space,
+    a control or non-ASCII character, too long a value) appends a short hash of the
+    original, so that two values that differ never share a name."""
+    text = ("T" if value else "F") if isinstance(value, bool) else str(value)
+    quoted = text.replace("'", "p")
+    cleaned = SAFE_CHARACTER.sub("-", quoted)[:MAX_VALUE_LENGTH]
+    if not cleaned:
+        cleaned = "none"
+    if cleaned != quoted or cleaned == "none" or set(cleaned) <= {".", "-"}:
+        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        cleaned = f"{cleaned.strip('.-') or 'x'}-{digest}"
+    return cleaned
+
+
+def group_slug(group: Iterable[tuple[str, GroupValue]] | dict[str, GroupValue]) -> str:
+    """The group's values joined by `_`, each made safe (see `safe_value`)."""
+    items = group.items() if isinstance(group, dict) else group
+    return "_".join(safe_value(value) for _, value in items)
+
+
+def master_path(output_dir: Path, group: Any, start: datetime) -> Path:
+    """`<output_dir>/flat_<group>_<YYYYMMDDTHHMMSS>.fits`."""
+    path = output_dir / f"flat_{group_slug(group)}_{start.astimezone(UTC):%Y%m%dT%H%M%S}.fits"
+    _check_inside(path, output_dir)
+    return path
+
+
+def latest_path(output_dir: Path, group: Any) -> Path:
+    """`<output_dir>/latest/flat_<group>.fits`."""
+    path = output_dir / LATEST / f"flat_{group_slug(group)}.fits"
+    _check_inside(path, output_dir)
+    return path
+
+
+def _check_inside(path: Path, directory: Path) -> None:
+    if path.resolve().parent not in (directory.resolve(), (directory / LATEST).resolve()):
+        raise ValueError(f"refusing a master path outside {directory}: {path}")
+
+
+# -- writing -------------------------------------------------------------------------------
+def write_master(combined: CombineResult, frames: list[Frame], group: Any, start: datetime,
+                 config: Config, *, output_dir: Path,
+                 qa_cards: list[tuple[str, Any, str]] | None = None) -> MasterRecord:
+    """Write the master of one sequence atomically and return its record."""
+    path = master_path(output_dir, group, start)
+    used = [s for s in combined.stats if s.used]
+    created = datetime.now(UTC)
+    first = next(f for f in frames if any(s.path == f.path for s in used))
+    header = _header(first, frames, combined, group, start, created, config, qa_cards or [])
+    mask = combined.mask.view(np.uint8)
+    uncertainty_header = fits.Header([("UTYPE", "StdDevUncertainty",
+                                       "standard deviation of the mean")])
+    hdul = fits.HDUList([
+        fits.PrimaryHDU(combined.data, header),
+        fits.ImageHDU(mask, name="MASK"),
+        fits.ImageHDU(combined.uncertainty, uncertainty_header, name="UNCERT"),
+        _inputs_table(frames, combined),
+    ])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda fh: hdul.writeto(fh))
+    return MasterRecord(
+        group=dict(group), path=path, created_at=created, n_frames=len(used),
+        n_rejected=len(combined.stats) - len(used),
+        median_levels=[round(s.median, 1) for s in used])
+
+
+def _header(first: Frame, frames: list[Frame], combined: CombineResult, group: Any,
+            start: datetime, created: datetime, config: Config,
+            qa_cards: list[tuple[str, Any, str]]) -> fits.Header:
+    source = _input_header(first)
+    header = fits.Header()
+    for card in source.cards:
+        keyword = card.keyword
+        if keyword in STRUCTURAL_KEYWORDS or keyword.startswith(STRUCTURAL_PREFIXES):
+            continue
+        if keyword in ("COMMENT", "HISTORY", ""):
+            continue
+        with contextlib.suppress(ValueError, fits.VerifyError):
+            header.append(card)
+    settings = config.combine
+    used = [s for s in combined.stats if s.used]
+    ends = [f.date for f in frames]
+    header["BUNIT"] = ("adu", "ratio, normalised to median 1")
+    for key, value in dict(group).items():
+        header[key] = value
+    header.update([
+        ("COMBINED", True, "combined by flatd from the INPUTS frames"),
+        ("NCOMBINE", len(used), "number of frames combined"),
+        ("NREJECT", len(combined.stats) - len(used), "frames rejected before combining"),
+        ("FLATDVER", __version__, "flatd version"),
+        ("DATE", created.strftime("%Y-%m-%dT%H:%M:%S"), "UTC date this file was written"),
+        ("SEQSTART", start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+         "UTC date of the sequence's first frame"),
+        ("SEQEND", max(ends).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+         "UTC date of the sequence's last frame"),
+        ("CMBMETH", settings.method, "combination method"),
+        ("CMBSCALE", settings.scale, "each frame multiplied by 1/this statistic"),
+        ("CMBCLIP", settings.sigma_clip, "sigma clipping of the scaled frames"),
+        ("CMBSLOW", settings.sigma_low, "lower clipping threshold (sigma)"),
+        ("CMBSHIGH", settings.sigma_high, "upper clipping threshold (sigma)"),
+        ("CMBCENT", settings.center, "clipping center"),
+        ("CMBDEV", settings.deviation, "clipping deviation"),
+        ("CMBMEML", settings.mem_limit_mb, "memory limit (MB)"),
+        ("CMBNORM", combined.normalisation, "median of the combined scaled frames"),
+    ])
+    for keyword, value, comment in qa_cards:
+        header[keyword] = (value, comment)
+    header.add_history(f"flatd {__version__}: {settings.method} of {len(used)} flats scaled "
+                       f"by 1/{settings.scale}, clipped {settings.sigma_low:g}/"
+                       f"{settings.sigma_high:g} around {settings.center} ({settings.deviation})")
+    return header
+
+
+def _input_header(frame: Frame) -> fits.Header:
+    try:
+        with fits.open(frame.path, lazy_load_hdus=True) as hdul:
+            return hdul[frame.hdu].header.copy()
+    except (OSError, IndexError, ValueError):
+        return fits.Header()
+
+
+def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTableHDU:
+    stats = {s.path: s for s in combined.stats}
+    rows = [(f, stats.get(f.path)) for f in frames]
+
+    def column(name: str, form: str, values: list[Any]) -> fits.Column:
+        return fits.Column(name=name, format=form, array=np.array(values))
+
+    def text(values: list[str]) -> str:
+        return f"{max([1, *(len(v.encode()) for v in values)])}A"
+
+    names = [f.path.name for f, _ in rows]
+    paths = [str(f.path) for f, _ in rows]
+    reasons = [s.reason if s else "not combined" for _, s in rows]
+    dates = [f.date.isoformat(timespec="milliseconds").replace("+00:00", "") for f, _ in rows]
+    columns = [
+        column("FILE", text(names), names),
+        column("PATH", text(paths), paths),
+        column("SIZE", "K", [f.size for f, _ in rows]),
+        column("MTIME_NS", "K", [f.mtime_ns for f, _ in rows]),
+        column("DATEOBS", text(dates), dates),
+        column("MEDIAN", "D", [s.median if s else np.nan for _, s in rows]),
+        column("MEAN", "D", [s.mean if s else np.nan for _, s in rows]),
+        column("SCALE", "D", [s.scale if s else 0.0 for _, s in rows]),
+        column("USED", "L", [bool(s and s.used) for _, s in rows]),
+        column("REASON", text(reasons), reasons),
+        column("CLIPFRAC", "D", [s.clipped_fraction if s else 0.0 for _, s in rows]),
+    ]
+    return fits.BinTableHDU.from_columns(columns, name="INPUTS")
+
+
+# -- latest/ and reading back --------------------------------------------------------------
+def promote_latest(path: Path, group: Any, output_dir: Path) -> Path:
+    """Make `latest/flat_<group>.fits` the master at `path` (a hard link, replaced
+    atomically; a copy where links are not possible)."""
+    target = latest_path(output_dir, group)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}{TEMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    try:
+        os.link(path, temporary)
+    except OSError:
+        atomic_write(target, lambda fh: _copy_into(path, fh))
+        return target
+    os.replace(temporary, target)
+    fsync_directory(target.parent)
+    return target
+
+
+def _copy_into(path: Path, fh: Any) -> None:
+    with path.open("rb") as source:
+        shutil.copyfileobj(source, fh)
+
+
+def read_master_inputs(path: Path) -> list[dict[str, Any]]:
+    """The rows of a master's INPUTS table as dicts (column name -> value)."""
+    with fits.open(path) as hdul:
+        table = hdul["INPUTS"].data
+        names = table.columns.names
+        return [{name: _plain(row[name]) for name in names} for row in table]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def find_masters(output_dir: Path) -> list[Path]:
+    """Masters in `output_dir` (not `latest/`), oldest name first."""
+    return sorted(p for p in output_dir.glob("flat_*.fits") if p.is_file())

@@ -1,0 +1,110 @@
+"""Checks on a finished master: masked fraction, noise against the inputs' Poisson limit,
+and change against the previous master of its group.
+
+A moved dust donut or a slipped filter wheel changes a small part of the flat by a few
+per cent: the global robust rms of new/previous barely moves, so the ratio is also
+averaged in blocks (cutting the pixel noise of both masters) and the fraction of blocks
+that changed by more than `qa.max_change` is counted. Either measure above its limit
+flags the master.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.stats import mad_std
+
+BLOCK = 8  # pixels a side over which the ratio is averaged before counting changes
+MAX_CHANGED_BLOCK_FRACTION = 0.001  # more changed blocks than this flags the master
+ROWS_PER_STEP = 512  # the previous master is read this many rows at a time
+
+
+@dataclass(frozen=True)
+class MasterQA:
+    masked_fraction: float
+    noise: float | None  # median uncertainty of the master (std of the mean, relative)
+    expected_noise: float | None  # Poisson limit of its used inputs
+    previous: str | None = None
+    change_rms: float | None = None  # robust rms of new/previous - 1
+    changed_fraction: float | None = None  # of BLOCKxBLOCK blocks beyond max_change
+    flagged: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v)
+                for k, v in self.__dict__.items()}
+
+    def header_cards(self) -> list[tuple[str, Any, str]]:
+        cards = [("QAMASK", self.masked_fraction, "fraction of pixels masked"),
+                 ("QAFLAG", self.flagged, "master differs from the previous one")]
+        optional = [("QANOISE", self.noise, "median uncertainty of the master"),
+                    ("QAEXPNS", self.expected_noise, "Poisson limit of the inputs"),
+                    ("QACHGRMS", self.change_rms, "robust rms of new/previous - 1"),
+                    ("QACHGFR", self.changed_fraction, "fraction of 8x8 blocks changed")]
+        cards += [(k, float(v), c) for k, v, c in optional if v is not None]
+        if self.previous:
+            cards.append(("QAPREV", Path(self.previous).name[:68], "compared with"))
+        return cards
+
+
+def assess(data: np.ndarray, uncertainty: np.ndarray, mask: np.ndarray,
+           used_levels: Sequence[float], previous: Path | None, max_change: float) -> MasterQA:
+    """Measure a normalised master (and compare it with `previous` when there is one);
+    `used_levels` are the used inputs' levels in electrons (ADU times gain)."""
+    masked_fraction = float(mask.mean()) if mask.size else 0.0
+    sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
+    noise = float(np.median(sampled)) if sampled.size else None
+    expected = (float(np.sqrt(np.sum(1.0 / np.asarray(used_levels, float)))) / len(used_levels)
+                if len(used_levels) else None)
+    if previous is None or not previous.exists():
+        return MasterQA(masked_fraction, noise, expected)
+    try:
+        change_rms, changed = compare(data, mask, previous, max_change)
+    except (OSError, ValueError) as exc:
+        return MasterQA(masked_fraction, noise, expected, str(previous),
+                        reason=f"previous master unreadable: {exc}")
+    reasons = []
+    if change_rms > max_change:
+        reasons.append(f"rms change {change_rms:.4f} > qa.max_change {max_change:g}")
+    if changed > MAX_CHANGED_BLOCK_FRACTION:
+        reasons.append(f"{changed:.4f} of the image changed by more than {max_change:g}")
+    return MasterQA(masked_fraction, noise, expected, str(previous), change_rms, changed,
+                    bool(reasons), "; ".join(reasons))
+
+
+def compare(data: np.ndarray, mask: np.ndarray, previous: Path,
+            max_change: float) -> tuple[float, float]:
+    """Robust rms of new/previous - 1, and the fraction of blocks changed by more than
+    `max_change`; the previous master is read in steps of rows."""
+    with fits.open(previous, memmap=False, lazy_load_hdus=True) as hdul:
+        old = hdul[0]
+        if old.shape != data.shape:
+            raise ValueError(f"shape {old.shape} differs from {data.shape}")
+        deviations, changed_blocks, blocks = [], 0, 0
+        step = ROWS_PER_STEP // BLOCK * BLOCK
+        for y0 in range(0, data.shape[0], step):
+            ratio = data[y0:y0 + step] / old.section[y0:y0 + step, :] - 1.0
+            ratio[mask[y0:y0 + step] | ~np.isfinite(ratio)] = np.nan
+            deviations.append(ratio[::4, ::4].ravel())  # a sample is enough for a robust rms
+            binned = _block_mean(ratio)
+            changed_blocks += int(np.sum(np.abs(binned) > max_change))
+            blocks += int(np.sum(np.isfinite(binned)))
+    sample = np.concatenate(deviations)
+    change_rms = float(mad_std(sample, ignore_nan=True))
+    return change_rms, changed_blocks / blocks if blocks else 0.0
+
+
+def _block_mean(ratio: np.ndarray) -> np.ndarray:
+    ny, nx = ratio.shape[0] // BLOCK * BLOCK, ratio.shape[1] // BLOCK * BLOCK
+    if ny == 0 or nx == 0:
+        return np.empty(0)
+    blocks = ratio[:ny, :nx].reshape(ny // BLOCK, BLOCK, nx // BLOCK, BLOCK)
+    counts = np.sum(np.isfinite(blocks), axis=(1, 3))
+    sums = np.nansum(blocks, axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > BLOCK * BLOCK // 2, sums / counts, np.nan)
