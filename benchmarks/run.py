@@ -8,19 +8,17 @@ Cases (files made once into `bench-data/` by the simulated camera, with stars):
   D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
 
 Wall time is measured around each child process (interpreter start included); peak RSS
-comes from the child's own rusage (`os.wait4`), minus the RSS of a process that only
+comes from the rusage of a small launcher's child, minus the peak of a process that only
 imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases ABCD]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,16 +54,31 @@ level = "warning"
 """
 
 
+LAUNCHER = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - started
+print(code, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+"""
+
+
 def run_child(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"benchmark child failed: {' '.join(argv[:4])}...\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    """Wall seconds and peak RSS (MB) of one child process.
+
+    The child is started by a small launcher process, whose own RSS is what the child's
+    peak starts from: Linux carries a parent's RSS at fork into the child's `ru_maxrss`,
+    so children of this (large) runner would all report at least its size."""
+    out = subprocess.run([PYTHON, "-c", LAUNCHER, *argv], capture_output=True, text=True,
+                         check=False)
+    try:
+        code, wall, peak = out.stdout.split()
+    except ValueError:
+        code, wall, peak = "1", "0", "0"
+    if code != "0":
+        raise SystemExit(f"benchmark child failed: {' '.join(argv[:4])}...\n"
+                         f"{out.stderr[-2000:]}")
+    return float(wall), float(peak)
 
 
 def baseline(imports: str) -> float:

@@ -17,6 +17,8 @@ cores. Bands are sized to stay in the CPU cache and within `mem_limit_mb`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -37,6 +39,11 @@ MB = 1_000_000  # mem_limit_mb counts like ccdproc's mem_limit=350e6
 CACHE_BYTES = 6 * MB  # a band's stack this size stays in the CPU caches
 ROW_TEMPORARIES = 16  # float64 row-sized temporaries of one band, per pixel of the band
 MAX_THREADS = 2
+GRID = 8  # blocks a side over which each frame is compared with the median image
+CHUNK = 1 << 18  # elements per step when scanning a whole frame (stays in the CPU cache)
+SAMPLE_ROWS = 64  # rows read first to bracket a frame's median
+BRACKET_SIGMAS = 8  # bracket half-width, in standard errors of the sample's median rank
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class FrameStats:
     used: bool
     reason: str  # why not used ("" when used)
     clipped_fraction: float  # of its pixels rejected by the sigma clip
+    structure: float = float("nan")  # largest large-scale departure from the median image
 
 
 @dataclass
@@ -80,17 +88,26 @@ def measure(frame: Frame, saturation_level: float = 0.0, dtype: str = "float32",
             buffer: np.ndarray | None = None) -> FrameLevels:
     """Median and mean level of one frame and its fraction of saturated pixels.
 
-    `buffer` (at least the frame's size, of `dtype`) is used for the pixels instead of
-    a new array: reusing one saves the page faults of a fresh allocation per frame."""
-    size = frame.shape[0] * frame.shape[1]
-    if buffer is None or buffer.size < size:
-        buffer = np.empty(size, dtype)
-    values = buffer[:size]
+    The median is exact, found in one streaming pass: a sample of evenly spaced rows
+    brackets it, then every band of rows (small enough to stay in the CPU cache) adds
+    to the sum, the saturated and below-bracket counts, and gives up its few values
+    inside the bracket, which are partitioned at the end. Only when the bracket misses
+    (or for a gzip stream, which cannot be read out of order) is the whole frame read
+    into `buffer` (or a new array) and partitioned."""
     with FramePixels(frame) as pixels:
+        if not pixels.ordered_reads_only and frame.shape[0] * frame.shape[1] > 1 << 16:
+            levels = _streamed_levels(pixels, saturation_level, np.dtype(dtype))
+            if levels is not None:
+                return levels
+        size = frame.shape[0] * frame.shape[1]
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(size, dtype)
+        values = buffer[:size]
         pixels.read_rows(0, frame.shape[0], values.reshape(frame.shape))
     saturated = 0.0
     if saturation_level > 0:
-        saturated = np.count_nonzero(values >= saturation_level) / size
+        saturated = sum(np.count_nonzero(values[i:i + CHUNK] >= saturation_level)
+                        for i in range(0, size, CHUNK)) / size
     total = float(np.add.reduce(values, dtype=np.float64))
     if not np.isfinite(total):
         values = values[np.isfinite(values)]
@@ -102,6 +119,49 @@ def measure(frame: Frame, saturation_level: float = 0.0, dtype: str = "float32",
                        saturated_fraction=float(saturated))
 
 
+def _streamed_levels(pixels: FramePixels, saturation_level: float,
+                     dtype: np.dtype) -> FrameLevels | None:
+    ny, nx = pixels.frame.shape
+    sample_rows = np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
+    row = np.empty((1, nx), dtype)
+    sample = np.empty((sample_rows.size, nx), dtype)
+    for k, y in enumerate(sample_rows):
+        pixels.read_rows(int(y), int(y) + 1, row)
+        sample[k] = row[0]
+    sample = np.sort(sample[np.isfinite(sample)])
+    if sample.size == 0:
+        return None
+    middle, half = sample.size // 2, int(BRACKET_SIGMAS * np.sqrt(sample.size) / 2) + 1
+    low, high = sample[max(0, middle - half)], sample[min(sample.size - 1, middle + half)]
+    rows = max(1, CHUNK // nx)
+    band = np.empty((rows, nx), dtype)
+    total, count, saturated, below, inside = 0.0, 0, 0, 0, []
+    for first in range(0, ny, rows):
+        part = band[:min(rows, ny - first)]
+        pixels.read_rows(first, first + part.shape[0], part)
+        values = part.reshape(-1)
+        subtotal = float(np.add.reduce(values, dtype=np.float64))
+        if not np.isfinite(subtotal):
+            values = values[np.isfinite(values)]
+            subtotal = float(np.add.reduce(values, dtype=np.float64))
+        total += subtotal
+        count += values.size
+        if saturation_level > 0:
+            saturated += np.count_nonzero(values >= saturation_level)
+        below += np.count_nonzero(values < low)
+        inside.append(values[(values >= low) & (values <= high)])
+    if count == 0:
+        raise ValueError(f"{pixels.frame.path.name}: no finite pixel values")
+    ranks = sorted({(count - 1) // 2, count // 2})
+    local = [r - below for r in ranks]
+    chosen = np.concatenate(inside)
+    if local[0] < 0 or local[-1] >= chosen.size:
+        return None
+    chosen.partition(local)
+    return FrameLevels(median=float(np.mean([float(chosen[r]) for r in local])),
+                       mean=total / count, saturated_fraction=saturated / (ny * nx))
+
+
 def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
                    settings: CombineConfig) -> list[FrameLevels | str]:
     """`measure` for many frames, two at a time when the memory limit allows it, each
@@ -109,6 +169,7 @@ def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
     instead of its levels."""
     if not frames:
         return []
+    release_freed_memory()
     largest = max(f.shape[0] * f.shape[1] for f in frames)
     one = largest * np.dtype(settings.dtype).itemsize * 1.2
     threads = min(len(frames), MAX_THREADS if MAX_THREADS * one <= settings.mem_limit_mb * MB
@@ -147,6 +208,7 @@ def combine(frames: Sequence[Frame], settings: CombineConfig, *,
     gain for the noise deviation) and MemoryError when `mem_limit_mb` cannot hold even
     the outputs; an exception raised by `progress` abandons the combination.
     """
+    release_freed_memory()
     rejected = rejected or {}
     levels = dict(levels or {})
     used = [f for f in frames if f.path not in rejected]
@@ -167,6 +229,7 @@ def combine(frames: Sequence[Frame], settings: CombineConfig, *,
     stats = _stats(frames, rejected, levels, dict(zip((f.path for f in used), scales,
                                                       strict=True)),
                    dict(zip((f.path for f in used), engine.clipped, strict=True)),
+                   dict(zip((f.path for f in used), engine.structure(), strict=True)),
                    np.prod(next(iter(shapes))))
     return CombineResult(data=engine.data, uncertainty=engine.uncertainty, mask=engine.mask,
                          stats=stats, normalisation=engine.normalisation,
@@ -206,6 +269,11 @@ class _Engine:
         self.ny, self.nx = readers[0].frame.shape
         self.ledger = _Ledger()
         self.clipped = np.zeros(self.n, np.int64)
+        self.grid_rows = min(GRID, self.ny)
+        self.grid_cols = min(GRID, self.nx)
+        self.col_starts = np.linspace(0, self.nx, self.grid_cols + 1).astype(int)[:-1]
+        self.offset_blocks = np.zeros((self.n, self.grid_rows, self.grid_cols))
+        self.center_blocks = np.zeros((self.grid_rows, self.grid_cols))
         self._plan()
         self.data = self._allocate((self.ny, self.nx), self.dtype)
         self.uncertainty = self._allocate((self.ny, self.nx), self.dtype)
@@ -263,6 +331,8 @@ class _Engine:
         try:
             buffers = _Buffers(self.n, self.rows_per_band, self.nx, self.dtype)
             clipped = np.zeros(self.n, np.int64)
+            offset_blocks = np.zeros_like(self.offset_blocks)
+            center_blocks = np.zeros_like(self.center_blocks)
             while not self._failed.is_set():
                 with self._lock:
                     first = self._next_band * self.rows_per_band
@@ -270,10 +340,12 @@ class _Engine:
                 if first >= self.ny:
                     break
                 stop = min(first + self.rows_per_band, self.ny)
-                self._band(first, stop, buffers, clipped)
+                self._band(first, stop, buffers, clipped, (offset_blocks, center_blocks))
                 self._advance(stop - first)
             with self._lock:
                 self.clipped += clipped
+                self.offset_blocks += offset_blocks
+                self.center_blocks += center_blocks
         except BaseException:
             self._failed.set()
             raise
@@ -287,7 +359,8 @@ class _Engine:
         if self.progress is not None:
             self.progress(done, self.ny)
 
-    def _band(self, first: int, stop: int, buffers: _Buffers, clipped: np.ndarray) -> None:
+    def _band(self, first: int, stop: int, buffers: _Buffers, clipped: np.ndarray,
+              blocks: tuple[np.ndarray, np.ndarray]) -> None:
         rows = stop - first
         stack = buffers.stack[:, :rows]
         for i, reader in enumerate(self.readers):
@@ -295,6 +368,8 @@ class _Engine:
             if self.scales[i] != 1.0:
                 stack[i] *= self.dtype.type(self.scales[i])
         finite = bool(np.isfinite(stack).all())
+        if not finite:  # infinities become NaN, which every nan-statistic below skips
+            np.copyto(stack, np.nan, where=np.isinf(stack))
         settings = self.settings
         if settings.sigma_clip:
             center, dev = self._center_and_deviation(stack, buffers, rows, finite)
@@ -306,20 +381,31 @@ class _Engine:
         offset_sq = np.zeros((rows, self.nx), self.dtype)
         count = np.zeros((rows, self.nx), np.int32)
         offset = buffers.offset[:rows]
-        scratch = buffers.scratch[:rows]
         keep_all = buffers.keep[:, :rows]
+        flags = buffers.flags[:rows]
+        block_rows = np.arange(first, stop) * self.grid_rows // self.ny
+        if settings.sigma_clip:
+            np.add.at(blocks[1], block_rows, self._column_blocks(center))
+        if settings.sigma_clip and self.noise is not None:
+            self._noise_keep(stack, keep_all, center, buffers.work[:, :rows])
+        elif settings.sigma_clip:
+            low = dev * self.dtype.type(-settings.sigma_low)
+            high = dev * self.dtype.type(settings.sigma_high)
         for i in range(self.n):
             keep = keep_all[i]
             np.subtract(stack[i], center, out=offset)
             if settings.sigma_clip:
-                spread = dev if self.noise is None else self._noise_deviation(i, center)
-                np.multiply(spread, -settings.sigma_low, out=scratch)
-                np.greater_equal(offset, scratch, out=keep)
-                np.multiply(spread, settings.sigma_high, out=scratch)
-                keep &= np.less_equal(offset, scratch)
+                if self.noise is None:
+                    np.greater_equal(offset, low, out=keep)
+                    np.less_equal(offset, high, out=flags)
+                    keep &= flags
                 kept = np.count_nonzero(keep)
                 present = rows * self.nx if finite else np.count_nonzero(np.isfinite(offset))
                 clipped[i] += present - kept
+                np.multiply(offset, keep, out=offset)
+                if not finite:
+                    np.copyto(offset, 0, where=~keep)
+                np.add.at(blocks[0][i], block_rows, self._column_blocks(offset))
             else:
                 np.isfinite(offset, out=keep)
             np.add(offset_sum, offset, out=offset_sum, where=keep)
@@ -345,6 +431,20 @@ class _Engine:
         self.uncertainty[first:stop] = np.where(empty, 0.0, spread / np.sqrt(safe_count))
         self.mask[first:stop] = empty
 
+    def _column_blocks(self, rows: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(rows, self.col_starts, axis=1, dtype=np.float64)
+
+    def structure(self) -> np.ndarray:
+        """Per frame: the largest departure of a block's mean from the median image,
+        relative, after removing the frame's typical departure (NaN without clipping)."""
+        if not self.settings.sigma_clip:
+            return np.full(self.n, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relative = self.offset_blocks / self.center_blocks
+        typical = np.nanmedian(relative.reshape(self.n, -1), axis=1)
+        departure = np.abs(relative - typical[:, None, None]).reshape(self.n, -1)
+        return np.nanmax(np.where(np.isfinite(departure), departure, -np.inf), axis=1)
+
     def _reference(self, stack: np.ndarray, finite: bool) -> np.ndarray:
         """Without clipping: any value near the pixel's level keeps the sums small."""
         if finite:
@@ -369,11 +469,7 @@ class _Engine:
                   else bn.nanmean(stack, axis=0).astype(self.dtype))
         if self.settings.deviation == "mad_std":
             if finite:
-                for row in ordered:
-                    np.subtract(row, median, out=row)
-                    np.abs(row, out=row)
-                ordered = sort_rows(ordered, buffers.spare2[:rows])
-                mad = (ordered[(self.n - 1) // 2] + ordered[self.n // 2]) / 2
+                mad = sorted_mad(ordered, median, buffers.spare2[:rows])
             else:
                 np.subtract(work, median, out=work)
                 np.abs(work, out=work)
@@ -384,13 +480,64 @@ class _Engine:
             return center, bn.nanstd(stack, axis=0).astype(self.dtype)
         return center, None
 
-    def _noise_deviation(self, i: int, center: np.ndarray) -> np.ndarray:
-        """The expected standard deviation of frame i's scaled value where the sequence's
-        scaled level is `center`: Poisson noise of its unscaled level plus read noise."""
+    def _noise_variance(self, i: int, center: np.ndarray) -> np.ndarray:
+        """The expected variance of frame i's scaled value where the sequence's scaled
+        level is `center`: Poisson noise of its unscaled level plus read noise."""
         gain, read_noise = self.noise[i]  # type: ignore[index]
         scale = float(self.scales[i])
         level = np.maximum(center / scale, 0.0)
-        return scale * np.sqrt(level / gain + (read_noise / gain) ** 2)
+        return scale * scale * (level / gain + (read_noise / gain) ** 2)
+
+    def _noise_keep(self, stack: np.ndarray, keep: np.ndarray, center: np.ndarray,
+                    variance: np.ndarray) -> None:
+        """deviation = 'noise': which values to keep, judged by each frame's expected
+        noise (gain and read noise at the pixel's level) rather than by the spread of a
+        few values.
+
+        Stars and cosmic rays only add light. So the highest value is dropped while it
+        exceeds the lowest by more than sigma_high times the noise of their difference;
+        then, where at least three values are left, a value more than sigma_low below
+        the mean of the others is dropped. Unlike a clip around the median, this keeps
+        the one clean value when two frames of three are hit at the same pixel."""
+        settings = self.settings
+        for i in range(self.n):
+            variance[i] = self._noise_variance(i, center)
+        np.isfinite(stack, out=keep)
+        shape = center.shape
+        for _ in range(self.n - 1):
+            highest = np.full(shape, -np.inf, self.dtype)
+            lowest = np.full(shape, np.inf, self.dtype)
+            highest_var = np.zeros(shape, self.dtype)
+            lowest_var = np.zeros(shape, self.dtype)
+            which = np.zeros(shape, np.int16)
+            for i in range(self.n):
+                higher = keep[i] & (stack[i] > highest)
+                np.copyto(highest, stack[i], where=higher)
+                np.copyto(highest_var, variance[i], where=higher)
+                which[higher] = i
+                lower = keep[i] & (stack[i] < lowest)
+                np.copyto(lowest, stack[i], where=lower)
+                np.copyto(lowest_var, variance[i], where=lower)
+            with np.errstate(invalid="ignore"):
+                out = highest - lowest > settings.sigma_high * np.sqrt(highest_var + lowest_var)
+            if not out.any():
+                break
+            for i in range(self.n):
+                keep[i] &= ~(out & (which == i))
+        alive = keep.sum(axis=0)
+        total = np.zeros(shape)
+        total_var = np.zeros(shape)
+        for i in range(self.n):
+            np.add(total, stack[i], out=total, where=keep[i])
+            np.add(total_var, variance[i], out=total_var, where=keep[i])
+        others = np.maximum(alive - 1, 1)
+        for i in range(self.n):
+            others_mean = (total - np.where(keep[i], stack[i], 0)) / others
+            others_var = (total_var - np.where(keep[i], variance[i], 0)) / (others * others)
+            spread = np.sqrt(variance[i] + others_var)
+            with np.errstate(invalid="ignore"):
+                low = stack[i] < others_mean - settings.sigma_low * spread
+            keep[i] &= ~(low & (alive >= 3))
 
     def _normalise(self) -> None:
         good = ~self.mask
@@ -418,10 +565,27 @@ class _Buffers:
         self.spare = np.empty((rows, nx), dtype)
         self.spare2 = np.empty((rows, nx), dtype)
         self.offset = np.empty((rows, nx), dtype)
-        self.scratch = np.empty((rows, nx), dtype)
+        self.flags = np.empty((rows, nx), bool)
 
 
 # -- small pieces ----------------------------------------------------------------------------
+@functools.cache
+def release_freed_memory() -> None:
+    """Make glibc return every large freed buffer to the system at once.
+
+    By default glibc raises its mmap threshold after large frees, so later buffers of a
+    few MB come from the heap and stay in the process after use: the measuring pass
+    would then still hold ~100 MB while the combination runs, and the process would
+    exceed `mem_limit_mb` without the engine holding more. A fixed threshold keeps
+    every buffer above 1 MB in its own mapping, unmapped when freed."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: nothing to tune
+
+
 def sort_along_frames(stack: np.ndarray) -> None:
     """Sort `stack` in place along axis 0 (see `sort_rows`)."""
     ordered = sort_rows(list(stack), np.empty_like(stack[0]))
@@ -441,6 +605,49 @@ def sort_rows(rows: list[np.ndarray], spare: np.ndarray) -> list[np.ndarray]:
         np.maximum(rows[a], rows[b], out=rows[b])
         rows[a], spare = spare, rows[a]
     return rows
+
+
+def sorted_mad(ordered: list[np.ndarray], median: np.ndarray,
+               scratch: np.ndarray) -> np.ndarray:
+    """Median absolute deviation from `median` of element-wise sorted rows (`sort_rows`'s
+    result, overwritten with the deviations).
+
+    The deviations of the values at and below the median, read downwards, are sorted;
+    so are those of the values above it. The median of the two sorted lists comes from
+    the merge-path rule (the r-th smallest of lists A and B is the least, over every
+    split i + j = r + 1, of max(A[i-1], B[j-1])), a few element-wise max/min per rank
+    instead of sorting the deviations again."""
+    n = len(ordered)
+    a = (n - 1) // 2 + 1
+    lower = ordered[:a][::-1]
+    upper = ordered[a:]
+    for row in lower:
+        np.subtract(median, row, out=row)
+    for row in upper:
+        np.subtract(row, median, out=row)
+    ranks = sorted({(n - 1) // 2, n // 2})
+    result = [_merged_rank(lower, upper, rank, scratch) for rank in ranks]
+    return result[0] if len(result) == 1 else (result[0] + result[1]) / 2
+
+
+def _merged_rank(first: list[np.ndarray], second: list[np.ndarray], rank: int,
+                 scratch: np.ndarray) -> np.ndarray:
+    """Element-wise `rank`-th smallest (from 0) of the union of two sorted row lists."""
+    best: np.ndarray | None = None
+    for i in range(max(0, rank + 1 - len(second)), min(len(first), rank + 1) + 1):
+        j = rank + 1 - i
+        if i == 0:
+            candidate = second[j - 1]
+        elif j == 0:
+            candidate = first[i - 1]
+        else:
+            candidate = np.maximum(first[i - 1], second[j - 1], out=scratch)
+        if best is None:
+            best = candidate.copy()
+        else:
+            np.minimum(best, candidate, out=best)
+    assert best is not None
+    return best
 
 
 @functools.lru_cache(maxsize=64)
@@ -483,8 +690,10 @@ def _median_in_place(values: np.ndarray) -> float:
         sample = np.sort(values[:: n >> 16])
         middle, half = sample.size // 2, int(4 * np.sqrt(sample.size))
         low, high = sample[max(0, middle - half)], sample[min(sample.size - 1, middle + half)]
-        below = np.count_nonzero(values < low)
-        inside = values[(values >= low) & (values <= high)]
+        below = sum(np.count_nonzero(values[i:i + CHUNK] < low)
+                    for i in range(0, n, CHUNK))
+        inside = np.concatenate([chunk[(chunk >= low) & (chunk <= high)] for chunk in
+                                 (values[i:i + CHUNK] for i in range(0, n, CHUNK))])
         local = [r - below for r in ranks]
         if local[0] >= 0 and local[-1] < inside.size:
             inside.partition(local)
@@ -517,7 +726,8 @@ def _noise_model(frames: list[Frame], settings: CombineConfig) -> list[tuple[flo
 
 def _stats(frames: Sequence[Frame], rejected: dict[Path, str],
            levels: dict[Path, FrameLevels], scales: dict[Path, float],
-           clipped: dict[Path, int], npix: int) -> list[FrameStats]:
+           clipped: dict[Path, int], structure: dict[Path, float],
+           npix: int) -> list[FrameStats]:
     rows = []
     for frame in frames:
         level = levels.get(frame.path)
@@ -528,7 +738,8 @@ def _stats(frames: Sequence[Frame], rejected: dict[Path, str],
             scale=scales.get(frame.path, 0.0),
             used=frame.path not in rejected,
             reason=rejected.get(frame.path, ""),
-            clipped_fraction=clipped.get(frame.path, 0) / npix))
+            clipped_fraction=clipped.get(frame.path, 0) / npix,
+            structure=float(structure.get(frame.path, np.nan))))
     return rows
 
 

@@ -1,4 +1,5 @@
-"""One sequence to one published master: frame checks, the engine, the write, `latest/`.
+"""One sequence to one published master: frame checks, the engine, the master's QA, the
+write, the preview and `latest/`.
 
 The one place where the stages meet for a single sequence, so that `flatd combine` and
 the daemon make masters in exactly the same way.
@@ -6,6 +7,7 @@ the daemon make masters in exactly the same way.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,13 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
+from flatd import checks, masters, qa
 from flatd import combine as engine
-from flatd import masters
+from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Frame
 from flatd.index import Sequence
 
+log = structlog.get_logger("flatd.pipeline")
+
 Outcome = Literal["done", "too_few", "failed"]
+
+__all__ = ["Result", "make_master", "saturation_level"]
 
 
 @dataclass
@@ -43,7 +52,8 @@ def make_master(sequence: Sequence, config: Config, *, output_dir: Path | None =
                 progress: engine.Progress | None = None,
                 promote: Callable[[masters.MasterRecord], bool] | None = None) -> Result:
     """Check, combine and write one sequence. Never raises for bad data: a failure is an
-    outcome with its reason (the caller logs it and carries on)."""
+    outcome with its reason (the caller logs it and carries on). `promote` may veto
+    moving `latest/` to the new master (QA's veto comes first)."""
     started = time.perf_counter()
     result = Result(sequence, "failed")
     try:
@@ -60,11 +70,49 @@ def _fill(result: Result, config: Config, output_dir: Path,
           progress: engine.Progress | None,
           promote: Callable[[masters.MasterRecord], bool] | None) -> None:
     frames = list(result.sequence.frames)
-    result.rejected = odd_shapes(frames)
+    result.rejected = checks.odd_frames(frames)
     if _too_few(result, config):
         return
+    levels = _measure(frames, result, config)
+    if _too_few(result, config):
+        return
+    combined = engine.combine(frames, config.combine, rejected=result.rejected,
+                              levels=levels, progress=progress)
+    outliers = checks.structure_outliers(combined.stats)
+    if outliers:
+        result.rejected.update(outliers)
+        if _too_few(result, config):
+            result.stats = combined.stats
+            return
+        combined = engine.combine(frames, config.combine, rejected=result.rejected,
+                                  levels=levels, progress=progress)
+    result.stats = combined.stats
+    group = result.sequence.group
+    previous = _previous_master(output_dir, group)
+    assessment = qa.assess(combined.data, combined.uncertainty, combined.mask,
+                           _used_levels_in_electrons(frames, combined.stats, config),
+                           previous, config.qa.max_change)
+    record = masters.write_master(combined, frames, group, result.sequence.start, config,
+                                  output_dir=output_dir, qa_cards=assessment.header_cards())
+    record.qa = assessment.to_dict()
+    if config.output.preview:
+        _preview(record, combined, frames)
+    if assessment.flagged:
+        log.warning("master_suspect", path=str(record.path), reason=assessment.reason,
+                    previous=assessment.previous,
+                    promoted=config.output.latest and config.qa.promote_changed)
+    wanted = config.output.latest and (not assessment.flagged or config.qa.promote_changed)
+    if wanted and (promote is None or promote(record)):
+        masters.promote_latest(record.path, group, output_dir)
+        record.promoted = True
+    result.record, result.outcome = record, "done"
+
+
+def _measure(frames: list[Frame], result: Result,
+             config: Config) -> dict[Path, engine.FrameLevels]:
     to_measure = [f for f in frames if f.path not in result.rejected]
-    measured = engine.measure_frames(to_measure, [saturation_level(f, config) for f in to_measure],
+    measured = engine.measure_frames(to_measure,
+                                     [saturation_level(f, config) for f in to_measure],
                                      config.combine)
     levels = {}
     for frame, level in zip(to_measure, measured, strict=True):
@@ -72,18 +120,43 @@ def _fill(result: Result, config: Config, output_dir: Path,
             result.rejected[frame.path] = level
         else:
             levels[frame.path] = level
-    result.rejected.update(level_rejections(levels, config))
-    if _too_few(result, config):
-        return
-    combined = engine.combine(frames, config.combine, rejected=result.rejected,
-                              levels=levels, progress=progress)
-    result.stats = combined.stats
-    record = masters.write_master(combined, frames, result.sequence.group,
-                                  result.sequence.start, config, output_dir=output_dir)
-    if config.output.latest and (promote is None or promote(record)):
-        masters.promote_latest(record.path, result.sequence.group, output_dir)
-        record.promoted = True
-    result.record, result.outcome = record, "done"
+    result.rejected.update(checks.level_rejections(levels, config))
+    return levels
+
+
+def _previous_master(output_dir: Path, group: object) -> Path | None:
+    """The master `latest/` names for the group (before this one replaces anything)."""
+    latest = masters.latest_path(output_dir, group)
+    if not latest.exists():
+        return None
+    for candidate in masters.find_masters(output_dir):
+        try:
+            if os.path.samefile(candidate, latest):
+                return candidate
+        except OSError:
+            continue
+    return latest
+
+
+def _used_levels_in_electrons(frames: list[Frame], stats: list[engine.FrameStats],
+                              config: Config) -> list[float]:
+    gains = {f.path: config.combine.gain or f.extras.get("GAIN", 0.0) or 1.0 for f in frames}
+    return [s.median * gains[s.path] for s in stats if s.used]
+
+
+def _preview(record: masters.MasterRecord, combined: engine.CombineResult,
+             frames: list[Frame]) -> None:
+    from flatd.preview import write_preview
+
+    stats = {s.path: s for s in combined.stats}
+    levels = [(f.path.name, stats[f.path].median, stats[f.path].mean, stats[f.path].used,
+               stats[f.path].reason) for f in frames if f.path in stats]
+    title = f"{record.path.name}: {record.n_frames} frames, {record.n_rejected} rejected"
+    try:
+        write_preview(record.path, combined.data, combined.mask, title, levels)
+    except Exception as exc:  # a quicklook must never cost the master
+        log.warning("preview_failed", path=str(record.path), reason=f"{type(exc).__name__}: "
+                    f"{exc}")
 
 
 def _too_few(result: Result, config: Config) -> bool:
@@ -96,34 +169,3 @@ def _too_few(result: Result, config: Config) -> bool:
         reasons = Counter(r.split(":")[0] for r in result.rejected.values())
         result.reason += "; rejected: " + ", ".join(f"{n}x {r}" for r, n in reasons.items())
     return True
-
-
-def odd_shapes(frames: list[Frame]) -> dict[Path, str]:
-    """Frames whose shape differs from the sequence's most common one."""
-    if not frames:
-        return {}
-    majority = Counter(f.shape for f in frames).most_common(1)[0][0]
-    return {f.path: f"shape {f.shape[1]}x{f.shape[0]} differs from the sequence's "
-                    f"{majority[1]}x{majority[0]}"
-            for f in frames if f.shape != majority}
-
-
-def level_rejections(levels: dict[Path, engine.FrameLevels], config: Config) -> dict[Path, str]:
-    """Frames too faint, too bright or too saturated to use, with the measured values."""
-    qa = config.qa
-    reasons = {}
-    for path, level in levels.items():
-        if level.median < qa.min_level:
-            reasons[path] = f"too faint: median {level.median:.0f} < qa.min_level {qa.min_level:g}"
-        elif level.median > qa.max_level:
-            reasons[path] = (f"too bright: median {level.median:.0f} > qa.max_level "
-                             f"{qa.max_level:g}")
-        elif level.saturated_fraction > qa.max_saturated_fraction:
-            reasons[path] = (f"saturated: {level.saturated_fraction:.4f} of pixels > "
-                             f"qa.max_saturated_fraction {qa.max_saturated_fraction:g}")
-    return reasons
-
-
-def saturation_level(frame: Frame, config: Config) -> float:
-    """The configured saturation level, else the frame's SATURATE; 0 means not checked."""
-    return config.qa.saturation_level or frame.extras.get("SATURATE", 0.0)

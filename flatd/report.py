@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -119,12 +120,63 @@ def combine_paths(paths: Iterable[Path], config: Config, *, output_dir: Path | N
     for skip in index.skips():
         log.info("frame_skipped", path=str(skip.path), kind=skip.kind, reason=skip.reason)
     results = []
+    line = ProgressLine(sys.stderr) if show_progress else None
     for sequence in index.sequences():
-        with structlog.contextvars.bound_contextvars(group=group_slug(sequence.group)):
-            result = make_master(sequence, config, output_dir=output_dir)
+        name = group_slug(sequence.group)
+        with structlog.contextvars.bound_contextvars(group=name):
+            progress = None
+            if line is not None:
+                line.show(f"{name}: {len(sequence.frames)} frames, measuring")
+                progress = line.for_group(name)
+            try:
+                result = make_master(sequence, config, output_dir=output_dir,
+                                     progress=progress)
+            finally:
+                if line is not None:
+                    line.clear()
             _log_result(result)
         results.append(result)
     return CombineSummary(results, index)
+
+
+class ProgressLine:
+    """One line on a terminal, rewritten in place (`r_SIMCAM_1_1: 37% (1520/4096 rows)`)
+    and cleared when a group is done, so that only the summary stays on the screen. A
+    terminal that goes away only ends the display, never the combination."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.width = 0
+        self.last: tuple[str, int] | None = None
+
+    def show(self, text: str) -> None:
+        self._write("\r" + text + " " * max(0, self.width - len(text)))
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.width:
+            self._write("\r" + " " * self.width + "\r")
+            self.width = 0
+        self.last = None
+
+    def _write(self, text: str) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.stream = None  # type: ignore[assignment]
+
+    def for_group(self, name: str) -> engine.Progress:
+        def progress(done: int, total: int) -> None:
+            percent = 100 * done // total if total else 100
+            if self.last == (name, percent):
+                return  # the same text again: a terminal needs no more than 101 updates
+            self.last = (name, percent)
+            self.show(f"{name}: {percent}% ({done}/{total} rows)")
+
+        return progress
 
 
 def _log_result(result: Result) -> None:

@@ -237,15 +237,22 @@ def simulate_sequence(shape: tuple[int, int] = (256, 256), n_frames: int = 10,
                       levels: Sequence[float] = (40000.0, 5000.0), gain: float = 1.0,
                       read_noise: float = 5.0, instrument: str = "SIMCAM", binning: int = 1,
                       dust: bool = True, exposure: float = 5.0,
-                      cadence_seconds: float = 30.0) -> SimulatedSequence:
+                      cadence_seconds: float = 30.0,
+                      true_flat: np.ndarray | None = None) -> SimulatedSequence:
     """A calibrated twilight flat sequence of `n_frames` frames of `shape` (ny, nx).
 
+    `true_flat` replaces the simulated pixel response (it is normalised to median 1), so
+    that two sequences can share one flat, or differ by a known change.
     `start` is the UTC time of the first frame (naive = UTC; None = 2026-11-23T17:30:00);
     frame i is taken `i * cadence_seconds` later. The illumination falls geometrically from
     `levels[0]` to `levels[1]`.
     """
     camera = _Camera(shape, n_frames, filter_name, start, seed, stars, cosmic_rays, levels,
                      gain, read_noise, instrument, binning, dust, exposure, cadence_seconds)
+    if true_flat is not None:
+        if true_flat.shape != camera.shape:
+            raise ValueError(f"true_flat has shape {true_flat.shape}, not {camera.shape}")
+        camera.true_flat = np.asarray(true_flat, np.float64) / np.median(true_flat)
     return SimulatedSequence(
         frames=[camera.frame(i) for i in range(camera.n_frames)],
         headers=[camera.header(i) for i in range(camera.n_frames)],

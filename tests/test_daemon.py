@@ -189,3 +189,23 @@ def test_sigterm_exits_cleanly_and_sighup_is_ignored(daemon):
     assert flatd.stop(timeout=10) == 0
     assert flatd.status()["daemon"]["state"] == "stopped"
     assert flatd.named("stopped")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_daemon_uses_no_measurable_cpu(daemon):
+    flatd = daemon(quiet=0.5).start()
+    seq = flat_sequence(3, seed=21)
+    for i in range(3):
+        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    flatd.wait_event("master_written")
+    wait_for(lambda: flatd.status()["groups"][0]["state"] == "done", what="group done")
+    before, started = cpu_seconds(flatd.proc.pid), time.monotonic()
+    # idle: only the health tick and the status heartbeat may run
+    wait_for(lambda: time.monotonic() - started >= 4.0, timeout=10, what="4 s of idling")
+    used = cpu_seconds(flatd.proc.pid) - before
+    assert used <= 0.08, f"idle daemon used {used:.2f} s of CPU in 4 s"
+    assert flatd.stop() == 0

@@ -25,7 +25,7 @@ def test_a_flat_becomes_a_frame_with_group_date_and_geometry(frame_writer):
     assert frame.shape == (30, 40)
     assert (frame.bitpix, frame.bzero, frame.compression) == (16, 32768.0, "none")
     assert frame.date.isoformat() == "2026-11-23T17:30:00+00:00"
-    assert frame.extras == {"GAIN": 1.4}
+    assert frame.extras == {"GAIN": 1.4, "XBINNING": 1.0, "YBINNING": 1.0}
     with fits.open(path) as hdul:
         assert frame.data_offset == hdul[0].fileinfo()["datLoc"]
 
