@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+
+soak: $(STAMP)
+	FLATD_SOAK_SECONDS=$${FLATD_SOAK_SECONDS:-1800} $(BIN)/python -m pytest -q -s tests/faults/test_soak.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -9,6 +9,7 @@ and the directory fsynced so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,8 +26,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o64
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", suffix=TEMP_SUFFIX,
                                     dir=path.parent)
     tmp = Path(tmp_name)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # opened by name, not fdopen'ed: writers that look at `fh.name` get a path (astropy
+        # turns a failed write into AttributeError when the name is a descriptor number)
+        with tmp.open("wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -78,3 +82,16 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def remove_stale_temporaries_of(path: Path) -> list[Path]:
+    """Delete temporaries a crash left while replacing `path` (e.g. the status file, whose
+    directory may be shared, so only this file's own temporaries go); return what went."""
+    removed = []
+    if path.parent.is_dir():
+        for candidate in path.parent.glob(f"{TEMP_PREFIX}{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
+            if is_temporary(candidate):
+                with contextlib.suppress(FileNotFoundError):
+                    candidate.unlink()
+                    removed.append(candidate)
+    return removed

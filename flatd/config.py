@@ -282,8 +282,21 @@ def _check_cross_field(config: Config, problems: list[str]) -> None:
         problems.append("frames.group_by lists a keyword twice")
 
 
+CCDPROC_NAMES = {  # ccdproc.combine's (and the astropy guide's) names for flatd's keys
+    "sigma_clip_dev_func": "deviation", "sigma_clip_func": "center",
+    "sigma_clip_low_thresh": "sigma_low", "sigma_clip_high_thresh": "sigma_high",
+    "mem_limit": "mem_limit_mb", "combine_uncertainty_function": "deviation",
+}
+
+
 def _suggest(word: str, candidates: typing.Iterable[str], section: str | None = None) -> str:
     candidates = list(candidates)
+    known = [name for name, key in CCDPROC_NAMES.items() if key in candidates]
+    alias = difflib.get_close_matches(word, known, n=1, cutoff=0.85)
+    if alias:
+        key = CCDPROC_NAMES[alias[0]]
+        return (f"; did you mean {section + '.' if section else ''}{key}? ('{alias[0]}' is "
+                f"ccdproc's name for it)")
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
     if not close:
         close = [c for c in candidates if c.startswith(word) or word.startswith(c)][:1]

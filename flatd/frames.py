@@ -10,8 +10,10 @@ to hold its data (a truncated or half-written file is never indexed as complete)
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ CARD = 80
 MAX_HEADER_BLOCKS = 1000  # 36,000 cards: anything longer is not a camera frame
 GroupValue = str | int | float | bool
 Compression = Literal["none", "gzip", "tile"]
-EXTRA_KEYWORDS = ("GAIN", "RDNOISE", "SATURATE", "EXPTIME")
+EXTRA_KEYWORDS = ("GAIN", "RDNOISE", "SATURATE", "EXPTIME", "XBINNING", "YBINNING")
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,13 @@ def _read(path: Path, stat: os.stat_result, config: FramesConfig) -> Frame | Ski
         gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[assignment]
-        primary, primary_end = _read_header(stream, first=True)
+        wanted = _wanted_keywords(config)
+        primary, primary_end = _read_header(stream, first=True, wanted=wanted)
         image_cards, hdu, data_offset = primary, 0, primary_end
         compression: Compression = "gzip" if gzipped else "none"
         if _int(primary, "NAXIS", 0) == 0 and primary.get("EXTEND") is True:
             stream.seek(primary_end)
-            ext, ext_end = _read_header(stream, first=False)
+            ext, ext_end = _read_header(stream, first=False, wanted=wanted)
             image_cards, hdu, data_offset = {**primary, **ext}, 1, ext_end
             if ext.get("XTENSION") == "BINTABLE" and ext.get("ZIMAGE") is True:
                 compression = "tile"
@@ -154,6 +157,10 @@ def _not_an_input(path: Path, cards: dict, config: FramesConfig,
     if missing:
         return Skip(path, "rejected", f"flat without {', '.join(missing)} (frames.group_by)",
                     stat.st_size, stat.st_mtime_ns)
+    empty = [k for k in config.group_by if cards[k.upper()] is None]
+    if empty:
+        return Skip(path, "rejected", f"flat with no readable value for {', '.join(empty)} "
+                    "(frames.group_by)", stat.st_size, stat.st_mtime_ns)
     return None
 
 
@@ -175,10 +182,30 @@ def _geometry(cards: dict, compression: Compression) -> tuple[tuple[int, int], i
     return (axes[1], axes[0]), bitpix, data_bytes
 
 
-def _read_header(stream: BinaryIO, first: bool) -> tuple[dict[str, object], int]:
-    """Parse the header at the stream's position; return its cards and the data offset."""
+STRUCTURAL = frozenset({"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "BSCALE",
+                        "BZERO", "ZIMAGE", "ZBITPIX", "ZNAXIS", "FLATDVER", "COMBINED",
+                        *(f"{prefix}NAXIS{i}" for prefix in ("", "Z") for i in range(1, 10))})
+
+
+@functools.lru_cache(maxsize=16)
+def _wanted_keywords(config: FramesConfig) -> frozenset[bytes]:
+    """The keywords whose values `read_frame` uses; every other card is skipped unparsed
+    (parsing a card costs ~20 us: a 100-card header would cost 2 ms, not 0.1)."""
+    names = {*STRUCTURAL, *EXTRA_KEYWORDS, config.imagetyp_keyword.upper(),
+             config.date_keyword.upper(), *(k.upper() for k in config.group_by)}
+    return frozenset(name.encode("ascii", "replace") for name in names)
+
+
+def _read_header(stream: BinaryIO, first: bool,
+                 wanted: frozenset[bytes] | None = None) -> tuple[dict[str, object], int]:
+    """Parse the header at the stream's position; return its cards (only the `wanted`
+    ones, when given) and the data offset.
+
+    A long string value (`'...&'` followed by `CONTINUE` cards) is read whole, so two
+    values that differ only after the first card's 68 characters stay distinct."""
     cards: dict[str, object] = {}
     start = stream.tell()
+    pending: list[bytes] = []  # the card images of a value that may go on in CONTINUE cards
     for block_number in range(MAX_HEADER_BLOCKS):
         block = stream.read(BLOCK)
         if block_number == 0 and first and not b"SIMPLE  =".startswith(block[:9]):
@@ -189,18 +216,100 @@ def _read_header(stream: BinaryIO, first: bool) -> tuple[dict[str, object], int]
         for offset in range(0, BLOCK, CARD):
             raw = block[offset:offset + CARD]
             keyword = raw[:8].rstrip()
+            if pending and keyword == b"CONTINUE":
+                pending.append(raw)
+                continue
+            if pending:
+                _store(cards, pending)
+                pending = []
             if keyword == b"END":
                 return cards, start + (block_number + 1) * BLOCK
-            if raw[8:10] == b"= " and keyword not in cards:
-                cards[keyword.decode("ascii", "replace")] = _value(raw)
+            if (raw[8:10] == b"= " and (wanted is None or keyword in wanted)
+                    and keyword.decode("ascii", "replace") not in cards):
+                pending = [raw]
     raise _Broken(f"header longer than {MAX_HEADER_BLOCKS} blocks")
 
 
-def _value(raw: bytes) -> object:
+def _store(cards: dict[str, object], images: list[bytes]) -> None:
+    keyword = images[0][:8].rstrip().decode("ascii", "replace")
+    cards[keyword] = _value(images)
+
+
+def _value(images: list[bytes]) -> object:
+    """A card's value (with its CONTINUE cards). A value astropy cannot parse (non-ASCII
+    bytes, control characters) is kept as printable text with those bytes escaped
+    (`\\xNN`), so that different raw values never become the same value; a card
+    without a value gives None."""
     try:
-        return fits.Card.fromstring(raw.decode("ascii", "replace")).value
-    except (ValueError, fits.VerifyError):
+        text = b"".join(images).decode("ascii")
+        if not text.isprintable():
+            raise ValueError("not printable ASCII")
+        if len(images) == 1:
+            value = simple_value(text)
+            if value is not NOT_SIMPLE:
+                return value
+        value = fits.Card.fromstring(text).value
+    except (ValueError, UnicodeDecodeError, fits.VerifyError):
+        return _raw_string(images)
+    return None if isinstance(value, fits.card.Undefined) else value
+
+
+NOT_SIMPLE = object()
+_INTEGER = re.compile(r"[+-]?\d+")
+_REAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([ED][+-]?\d+)?")
+
+
+def simple_value(card: str) -> object:
+    """The value of a plain card (string, logical, integer, real or empty) as astropy's
+    `Card` gives it, or NOT_SIMPLE for anything else (which astropy then parses). About
+    twenty times faster than `Card.fromstring(card).value`, which looks up astropy's
+    configuration on every call; the start-up scan reads a dozen cards per file."""
+    body = card[10:].lstrip()
+    if body.startswith("'"):
+        index = 1
+        while True:
+            end = body.find("'", index)
+            if end < 0:
+                return NOT_SIMPLE
+            if body[end + 1:end + 2] != "'":
+                break
+            index = end + 2
+        inner = body[1:end].replace("''", "'").rstrip()
+        rest = body[end + 1:].lstrip()
+        return inner if not inner.endswith("&") and (not rest or rest[0] == "/") else NOT_SIMPLE
+    token = body.split("/", 1)[0].strip()
+    if token in ("T", "F"):
+        return token == "T"
+    if not token:
         return None
+    if _INTEGER.fullmatch(token):
+        return int(token)
+    if _REAL.fullmatch(token):
+        return float(token.replace("D", "E"))
+    return NOT_SIMPLE
+
+
+def _raw_string(images: list[bytes]) -> str | None:
+    """The quoted string of raw card images, its odd bytes escaped; None if unquoted."""
+    parts = []
+    for number, image in enumerate(images):
+        body = image[10:].lstrip() if number == 0 else image[8:].lstrip()
+        if not body.startswith(b"'"):
+            return None if number == 0 else "".join(parts)
+        end, index = None, 1
+        while index < len(body):
+            if body[index:index + 2] == b"''":
+                index += 2
+                continue
+            if body[index:index + 1] == b"'":
+                end = index
+                break
+            index += 1
+        inner = body[1:end].replace(b"''", b"'")
+        if inner.endswith(b"&") and number + 1 < len(images):
+            inner = inner[:-1]
+        parts.append("".join(chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in inner))
+    return "".join(parts).rstrip()
 
 
 def _int(cards: dict, key: str, default: int) -> int:

@@ -10,6 +10,7 @@ retried later with a growing delay.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from astropy.io import fits
 
 from flatd import masters
 from flatd.config import Config
@@ -30,6 +32,17 @@ log = structlog.get_logger("flatd.groups")
 
 RETRY_FIRST_SECONDS = 30.0
 RETRY_MAX_SECONDS = 1800.0
+RETRY_ENV = "FLATD_RETRY_SECONDS"  # first retry delay; for tests and drills, not a config key
+
+
+def retry_first_seconds() -> float:
+    """The delay before the first retry of a failed combination: `$FLATD_RETRY_SECONDS`
+    when it is a positive number, else 30 s (doubling up to 30 min after that)."""
+    try:
+        value = float(os.environ.get(RETRY_ENV, ""))
+    except ValueError:
+        return RETRY_FIRST_SECONDS
+    return value if 0 < value <= RETRY_MAX_SECONDS else RETRY_FIRST_SECONDS
 
 
 class Cancelled(Exception):
@@ -78,6 +91,7 @@ class Groups:
         self._group_locks: dict[GroupKey, threading.Lock] = {}
         self._combine_lock = threading.Lock()
         self._made: dict[Path, frozenset] = {}
+        self._owners: dict[Path, GroupKey] = {}  # master path -> the group it belongs to
         self._stopping = threading.Event()
         self._scheduling = False
         self._debouncer = Debouncer(self.run)
@@ -127,7 +141,9 @@ class Groups:
                 log.warning("combine_abandoned", reason="daemon stopping")
             except Exception as exc:  # never let a job die silently in the pool
                 log.exception("combine_crashed")
-                self._failed(group, str(exc))
+                reason = f"combination crashed: {type(exc).__name__}: {exc}"
+                self._on_error(masters.group_slug(group), reason)
+                self._failed(group, reason)
             self._on_change()
 
     def _run(self, group: GroupKey) -> None:
@@ -174,15 +190,19 @@ class Groups:
         return not made
 
     def _combine(self, sequence: Sequence) -> Result:
+        path = masters.master_path(self._config.output.directory, sequence.group,
+                                   sequence.start)
         with self._combine_lock:
             if self._stopping.is_set():
                 raise Cancelled
-            self._set(sequence.group, state="combining")
-            log.info("combine_started", frames=len(sequence.frames),
-                     start=sequence.start.isoformat())
-            result = make_master(sequence, self._config, progress=self._check_stop)
-        path = masters.master_path(self._config.output.directory, sequence.group,
-                                   sequence.start)
+            taken = self._claim(path, sequence.group)
+            if taken:
+                result = Result(sequence, "failed", reason=taken)
+            else:
+                self._set(sequence.group, state="combining")
+                log.info("combine_started", frames=len(sequence.frames),
+                         start=sequence.start.isoformat())
+                result = make_master(sequence, self._config, progress=self._check_stop)
         if result.outcome != "failed":
             self._made[path] = sequence.identities
         for frame_path, reason in result.rejected.items():
@@ -196,6 +216,19 @@ class Groups:
             self._on_error(str(path), result.reason)
         return result
 
+    def _claim(self, path: Path, group: GroupKey) -> str:
+        """Make sure `path` is not another group's master: distinct header values can make
+        the same safe name (`g'` and `gp` both give `gp`). Return why not, or ""."""
+        owner = self._owners.get(path)
+        if owner is None and path.exists():
+            owner = _group_of_master(path, group)
+        if owner is not None and owner != group:
+            return (f"master name {path.name} already belongs to group {dict(owner)}, not "
+                    f"{dict(group)}: their header values make the same file name; rename "
+                    "one of them (e.g. FILTER) or move the other master away")
+        self._owners[path] = group
+        return ""
+
     def _check_stop(self, done: int, total: int) -> None:
         if self._stopping.is_set():
             raise Cancelled
@@ -204,10 +237,13 @@ class Groups:
         with self._lock:
             state = self._state(group)
             state.failures += 1
-            delay = min(RETRY_FIRST_SECONDS * 2 ** (state.failures - 1), RETRY_MAX_SECONDS)
+            delay = min(retry_first_seconds() * 2 ** (state.failures - 1),
+                        RETRY_MAX_SECONDS)
             state.state, state.reason = "waiting", f"retrying after failure: {reason}"
             state.stable_at = utcnow() + timedelta(seconds=delay)
         if not self._stopping.is_set():
+            log.warning("combine_retry_scheduled", retry_seconds=delay,
+                        failures=state.failures, reason=reason)
             self._debouncer.arm(group, state.stable_at)
 
     # -- state -------------------------------------------------------------------------
@@ -242,6 +278,22 @@ class Groups:
     def _group_lock(self, group: GroupKey) -> threading.Lock:
         with self._lock:
             return self._group_locks.setdefault(group, threading.Lock())
+
+
+def _group_of_master(path: Path, like: GroupKey) -> GroupKey | None:
+    """The group a master on disk was made for (its header's values of `like`'s keys);
+    None when that cannot be told."""
+    try:
+        header = fits.getheader(path)
+    except (OSError, ValueError):
+        return None
+    values = []
+    for key, _ in like:
+        if key not in header:
+            return None
+        value = header[key]
+        values.append((key, value.strip() if isinstance(value, str) else value))
+    return tuple(values)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -1,12 +1,14 @@
 """Quicklook PNGs beside each master: the flat with a robust stretch, and the guide's plot
 of each input frame's level in sequence order (rejected frames marked).
 
-matplotlib on its headless Agg backend, imported only when a preview is drawn.
+matplotlib's object API on the Agg canvas (no pyplot, so no global state: previews may be
+drawn from several worker threads at once), imported only when a preview is drawn.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,22 +29,16 @@ def write_preview(master: Path, data: np.ndarray, mask: np.ndarray | None, title
 
     `levels` holds, per input in sequence order: (name, median, mean, used, reason).
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (image_axes, level_axes) = plt.subplots(
-        1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [1.15, 1]})
-    try:
-        _draw_image(figure, image_axes, data, mask)
-        _draw_levels(level_axes, levels)
-        figure.suptitle(title, fontsize=11)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=90)
-    finally:
-        plt.close(figure)
+    figure = Figure(figsize=(12, 5.2))
+    image_axes, level_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
+    _draw_image(figure, image_axes, data, mask)
+    _draw_levels(level_axes, levels)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
     path = preview_path(master)
     atomic_write_bytes(path, buffer.getvalue())
     return path
@@ -65,16 +61,25 @@ def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) ->
     medians = np.array([lv[1] for lv in levels], dtype=float)
     means = np.array([lv[2] for lv in levels], dtype=float)
     used = np.array([lv[3] for lv in levels], dtype=bool)
-    axes.plot(order, medians, "-o", color="tab:blue", label="median", zorder=2)
-    axes.plot(order, means, "--", color="tab:orange", label="mean", zorder=1)
-    if (~used).any():
-        axes.scatter(order[~used], medians[~used], s=140, facecolors="none",
-                     edgecolors="tab:red", linewidths=2, label="rejected", zorder=3)
+    n_rejected = int((~used).sum())
+    axes.set_title(f"input levels: {int(used.sum())} used, {n_rejected} rejected", fontsize=10)
     axes.set_xlabel("frame in sequence")
     axes.set_ylabel("level [ADU]")
-    axes.set_title("input levels", fontsize=10)
-    axes.set_xticks(order)
     axes.grid(alpha=0.3)
+    if not levels:
+        axes.text(0.5, 0.5, "no inputs recorded", ha="center", va="center",
+                  transform=axes.transAxes)
+        return
+    axes.plot(order, medians, "-o", color="tab:blue", label="median", zorder=2)
+    axes.plot(order, means, "--x", color="tab:orange", label="mean", zorder=3)
+    if n_rejected:
+        axes.scatter(order[~used], medians[~used], s=160, facecolors="none",
+                     edgecolors="tab:red", linewidths=2, label="rejected", zorder=4)
+        for x, (_, median, _, used_frame, reason) in zip(order, levels, strict=True):
+            if not used_frame and reason and np.isfinite(float(median)):
+                axes.annotate(str(reason)[:28], (x, float(median)), xytext=(8, 8),
+                              textcoords="offset points", fontsize=8, color="tab:red")
+    axes.set_xticks(order if len(order) <= 30 else order[::max(1, len(order) // 15)])
     axes.legend(fontsize=9)
 
 
@@ -84,4 +89,6 @@ def _binned(data: np.ndarray) -> np.ndarray:
         return np.asarray(data, dtype=np.float32)
     ny, nx = (s // factor * factor for s in data.shape)
     blocks = data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    return np.nanmean(blocks, axis=(1, 3), dtype=np.float32)
+    with warnings.catch_warnings():  # an all-masked block is NaN, and says so
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(blocks, axis=(1, 3), dtype=np.float32)

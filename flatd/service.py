@@ -21,7 +21,7 @@ from types import FrameType
 import structlog
 
 from flatd import __version__, notify
-from flatd.atomic import remove_stale_temporaries
+from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
 from flatd.config import Config
 from flatd.discover import walk
 from flatd.groups import Groups
@@ -68,6 +68,8 @@ class Daemon:
         output = self.config.output.directory
         output.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temporaries(output):
+            log.warning("stale_temporary_removed", path=str(stale))
+        for stale in remove_stale_temporaries_of(self.config.status.file):
             log.warning("stale_temporary_removed", path=str(stale))
         log.info("starting", version=__version__, pid=os.getpid(),
                  directories=[str(d) for d in self.config.watch.directories],
@@ -185,6 +187,16 @@ class Daemon:
         states = [g["state"] for g in document.get("groups", [])]
         busy = sum(s in ("pending", "combining") for s in states)
         notify.notify(f"STATUS={self._summary()}; {busy} combining/pending")
+        try:  # the observer's page beside the status file; a failure never stops the daemon
+            from flatd import page
+
+            page.write_page(document, self.config.status.file, self.config.output.directory)
+        except Exception as exc:
+            if getattr(self, "_page_failing", None) != str(exc):
+                log.warning("page_write_failed", reason=f"{type(exc).__name__}: {exc}")
+            self._page_failing = str(exc)
+        else:
+            self._page_failing = None
 
 
 def _settle_seconds(config: Config) -> float:

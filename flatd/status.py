@@ -312,9 +312,14 @@ def render_status(document: dict[str, Any], color: bool, *,
         facts.append(f"version {daemon['version']}")
     if started and dstate in RUNNING_STATES:
         facts.append(f"up {_duration((now - started).total_seconds())}")
+    elif dstate == "stopped" and updated:
+        facts.append(f"stopped {_ago(now, updated)}")
+        if started:
+            facts.append(f"ran {_duration((updated - started).total_seconds())}")
     elif started:
         facts.append(f"started {_ago(now, started)}")
-    facts.append(f"updated {_ago(now, updated)}" if updated else "never updated")
+    if dstate != "stopped" or not updated:
+        facts.append(f"updated {_ago(now, updated)}" if updated else "never updated")
     lines.append(f"{head} ({', '.join(facts)})")
 
     watch = _dict(document.get("watch"))
@@ -332,8 +337,11 @@ def render_status(document: dict[str, Any], color: bool, *,
     rows = []
     for group in groups:
         gstate = str(group.get("state", "?"))
-        rows.append((_group_name(group), gstate, f"{group.get('frames', 0)} frames",
-                     _group_detail(group, gstate, now)))
+        rejected = group.get("rejected")
+        frames = f"{group.get('frames', 0)} frames"
+        if isinstance(rejected, list) and rejected:
+            frames += f", {len(rejected)} rejected"
+        rows.append((_group_name(group), gstate, frames, _group_detail(group, gstate, now)))
     if rows:
         wname = max(len(r[0]) for r in rows)
         wstate = max(len(r[1]) for r in rows)
@@ -359,6 +367,8 @@ def render_status(document: dict[str, Any], color: bool, *,
             qa = master.get("qa")
             if isinstance(qa, dict) and qa.get("flagged"):
                 extra.append(paint("QA flagged", "red"))
+                if master.get("promoted") is False:
+                    extra.append("not promoted to latest/")
             lines.append(f"  {master.get('path', '?')}  ({', '.join(extra)})")
         if len(masters) > MAX_MASTERS_SHOWN:
             lines.append(f"  … and {len(masters) - MAX_MASTERS_SHOWN} older")
@@ -402,7 +412,7 @@ def _group_detail(group: dict[str, Any], gstate: str, now: datetime) -> str:
     if group.get("reason") and gstate not in ("done",):
         parts.append(str(group["reason"]))
     if group.get("latest_master"):
-        parts.append(f"latest {group['latest_master']}")
+        parts.append(f"latest {Path(str(group['latest_master'])).name}")
     return "; ".join(parts)
 
 
@@ -439,8 +449,11 @@ def _duration(seconds: float) -> str:
 
 
 def status_command(path: Path, *, as_json: bool, color: bool) -> int:
-    """`flatd status`: print the status (JSON or a summary); 0 if the daemon runs, else 3."""
+    """`flatd status`: print the status (JSON or a summary); 0 if the daemon runs, else 3.
+
+    `color` is whether stdout is a terminal; `NO_COLOR` or `TERM=dumb` turn colours off."""
     path = Path(path)
+    color = color and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     document = read_status(path)
     if document is None:
         reason = "no status file at" if not path.exists() else "unreadable status file at"

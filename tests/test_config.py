@@ -38,7 +38,15 @@ def test_misspelled_key_is_named_with_the_nearest_valid_one():
 
 def test_the_guides_typo_is_refused():
     problems = problems_of({"combine": {"signma_clip_dev_func": "mad_std"}})
-    assert "unknown key combine.signma_clip_dev_func" in problems[0]
+    assert problems == ["unknown key combine.signma_clip_dev_func; did you mean "
+                        "combine.deviation? ('sigma_clip_dev_func' is ccdproc's name for it)"]
+
+
+def test_ccdproc_names_point_to_flatds_keys():
+    problems = problems_of({"combine": {"sigma_clip_low_thresh": 5, "mem_limit": 350e6}})
+    assert [p.split("; ")[1] for p in problems] == [
+        "did you mean combine.sigma_low? ('sigma_clip_low_thresh' is ccdproc's name for it)",
+        "did you mean combine.mem_limit_mb? ('mem_limit' is ccdproc's name for it)"]
 
 
 def test_all_problems_are_reported_in_one_go():

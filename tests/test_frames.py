@@ -112,3 +112,28 @@ def test_reading_a_header_is_cheap(tmp_path: Path, frame_writer):
     per_file = (time.perf_counter() - started) / len(paths)
     # generous bound (CI machines vary): ccdproc's ImageFileCollection needs ~4.5 ms
     assert per_file < 0.004
+
+
+PLAIN_CARDS = [
+    "FILTER  = 'r       '           / filter", "IMAGETYP= 'Flat Field'",
+    "XBINNING=                    1 / bin", "GAIN    =                  1.4",
+    "EXPTIME =               5.0E+0", "X       =                1.5D3",
+    "SIMPLE  =                    T", "EXTEND  =                    F / ext",
+    "NAME    = 'it''s   '", "DATE-OBS= '2026-11-23T17:30:00.000' / UTC", "EMPTY   =",
+    "NEG     =                  -42", "NEGF    =                 -.25",
+    "BZERO   =                32768", "STR2    = '  lead'", "CPLX    = (1.0, 2.0)",
+    "LONG    = 'abc&'", "QUOTE   = 'a''''b'   / two quotes",
+]
+
+
+@pytest.mark.parametrize("card", PLAIN_CARDS)
+def test_the_fast_card_parser_agrees_with_astropy(card: str):
+    from flatd.frames import NOT_SIMPLE, simple_value
+
+    image = card.ljust(80)
+    value = simple_value(image)
+    expected = fits.Card.fromstring(image).value
+    if isinstance(expected, fits.card.Undefined):
+        expected = None
+    if value is not NOT_SIMPLE:
+        assert (value, type(value)) == (expected, type(expected))

@@ -1,0 +1,220 @@
+"""The observer's page `index.html`: written beside the status file, every image it shows
+exists, header values cannot inject markup, and a real headless browser renders it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flatd import page
+from flatd.config import load_config
+from flatd.page import render_page, write_page
+from flatd.preview import write_preview
+from flatd.service import Daemon
+
+HOSTILE = '<script>alert("x")</script>"><img src=x onerror=alert(1)>&amp;'
+NOW = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _group(filter_name: str, masters: Path, state: str = "done", **extra: Any) -> dict:
+    keys = {"FILTER": filter_name, "INSTRUME": "SIMCAM", "XBINNING": 1, "YBINNING": 1}
+    latest = str(masters / f"flat_{filter_name}_SIMCAM_1_1_20261123T173000.fits")
+    return {"group": keys, "name": f"{filter_name}_SIMCAM_1_1", "frames": 7, "state": state,
+            "stable_at": _iso(NOW + timedelta(seconds=30)), "last_frame_at": _iso(NOW),
+            "latest_master": latest if state == "done" else None, "reason": "", "rejected": [],
+            **extra}
+
+
+def _master(group: dict, qa: dict | None = None) -> dict:
+    return {"group": group["group"], "path": group["latest_master"],
+            "created_at": _iso(NOW - timedelta(minutes=90)), "n_frames": 6, "n_rejected": 1,
+            "median_levels": [40000.0, 30000.0], "duration_s": 0.4, "qa": qa or {},
+            "promoted": True}
+
+
+def _document(tmp_path: Path, *, hostile: bool = False) -> dict:
+    masters = tmp_path / "masters"
+    groups = [_group("g", masters), _group("r", masters), _group("i", masters, "waiting")]
+    groups[0]["rejected"] = [{"path": "/data/flat_g_003.fits", "reason": "too faint: 800"}]
+    if hostile:
+        groups.append(_group(HOSTILE, masters, reason=HOSTILE,
+                             rejected=[{"path": HOSTILE, "reason": HOSTILE}]))
+    masters_list = [_master(groups[0], {"flagged": True, "change": 0.031}),
+                    _master(groups[1])]
+    if hostile:
+        masters_list.append(_master(groups[3], {HOSTILE: HOSTILE}))
+    return {
+        "schema": 1,
+        "daemon": {"pid": 1234, "version": "0.1.0", "state": "running",
+                   "started_at": _iso(NOW - timedelta(hours=12)), "updated_at": _iso(NOW)},
+        "watch": {"directories": [str(tmp_path / "incoming")], "observer": "inotify"},
+        "index": {"frames": 22, "flats": 21, "skipped": 0, "rejected": 1},
+        "groups": groups,
+        "masters": masters_list,
+        "errors": [{"path": str(tmp_path / "incoming" / "broken_000.fits"),
+                    "reason": "truncated: 6976 bytes expected, 5883 on disk" +
+                    (HOSTILE if hostile else ""), "at": _iso(NOW), "count": 2}],
+    }
+
+
+def _previews(document: dict, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    y, x = np.mgrid[:64, :96]
+    data = (1 - 0.2 * ((x - 48) ** 2 + (y - 32) ** 2) / 48**2).astype(np.float32)
+    written = []
+    for master in document["masters"]:
+        if master["group"]["FILTER"] in skip:
+            continue
+        levels = [("a.fits", 40000.0, 39900.0, True, ""), ("b.fits", 800.0, 790.0, False, "faint")]
+        written.append(write_preview(Path(master["path"]), data, None, "t", levels))
+    return written
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(text: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(text)
+    return parser.tags
+
+
+def _write(tmp_path: Path, document: dict) -> Path:
+    return write_page(document, tmp_path / "status.json", tmp_path / "masters")
+
+
+def test_page_written_beside_the_status_file(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    _previews(document)
+    path = _write(tmp_path, document)
+    assert path == tmp_path / "index.html"
+    text = path.read_text("utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert '<meta http-equiv="refresh" content="60">' in text
+    for expected in ("g_SIMCAM_1_1", "r_SIMCAM_1_1", "i_SIMCAM_1_1", "running", "waiting",
+                     "6 / 1", "QA flagged", "flat_g_003.fits: too faint: 800",
+                     "broken_000.fits", "(×2)", "frames used / rejected"):
+        assert expected in text, expected
+    assert "<script" not in text.lower()
+    assert not list(tmp_path.glob(".flatd-tmp-*"))
+
+
+def test_master_age_is_shown(tmp_path: Path) -> None:
+    text = render_page(_document(tmp_path), tmp_path, tmp_path / "masters", now=NOW)
+    assert "90 min ago (2026-11-24 05:30:00 UTC)" in text
+    assert "in 30 s" in text  # the waiting group: when it will combine
+
+
+def test_every_image_referenced_exists_and_links_are_relative(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    written = _previews(document, skip=("r",))  # r has no preview: no <img> for it
+    path = _write(tmp_path, document)
+    images = [attrs["src"] for tag, attrs in _tags(path.read_text("utf-8")) if tag == "img"]
+    assert len(images) == len(written) == 1
+    for src in images:
+        assert src and not src.startswith("/") and "://" not in src
+        assert (path.parent / src).resolve().is_file()
+    assert sorted((path.parent / s).resolve() for s in images) == sorted(
+        p.resolve() for p in written)
+
+
+def test_page_in_another_directory_links_up(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    _previews(document)
+    path = write_page(document, tmp_path / "state" / "status.json", tmp_path / "masters")
+    images = [attrs["src"] for tag, attrs in _tags(path.read_text("utf-8")) if tag == "img"]
+    assert images and all(src.startswith("../masters/") for src in images)
+    assert all((path.parent / src).is_file() for src in images)
+
+
+def test_hostile_header_values_are_escaped(tmp_path: Path) -> None:
+    document = _document(tmp_path, hostile=True)
+    text = _write(tmp_path, document).read_text("utf-8")
+    assert "<script" not in text.lower()
+    assert "onerror" not in {k for _, attrs in _tags(text) for k in attrs}
+    assert [tag for tag, _ in _tags(text)].count("img") == 0  # no previews were drawn
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
+    assert "&amp;amp;" in text  # an entity in a header stays text
+
+
+def test_malformed_documents_still_render(tmp_path: Path) -> None:
+    for document in ({}, {"daemon": None, "groups": "x", "masters": [1], "errors": [None]},
+                     {"groups": [{"group": None, "latest_master": 5}], "masters": [{}]}):
+        text = render_page(document, tmp_path, tmp_path)
+        assert "</html>" in text
+
+
+def test_daemon_writes_the_page_with_every_status_write(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[watch]\ndirectories = ["incoming"]\n[status]\nfile = "state/status.json"\n')
+    daemon = Daemon(load_config(tmp_path / "config.toml"))
+    document = _document(tmp_path)
+    daemon._announce(document)
+    assert "g_SIMCAM_1_1" in (tmp_path / "state" / "index.html").read_text("utf-8")
+
+    def broken(*args: object) -> Path:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(page, "write_page", broken)
+    daemon._announce(document)  # logged, never raised
+    daemon._announce(document)
+
+
+# -- a real browser ----------------------------------------------------------------------------
+def _browser() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _run_browser(browser: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--no-first-run", "--disable-dev-shm-usage", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=90, check=False)
+
+
+@pytest.mark.timeout(180)
+def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    mpimg = pytest.importorskip("matplotlib.image")
+    document = _document(tmp_path, hostile=True)
+    _previews(document)
+    path = _write(tmp_path, document)
+    url = path.resolve().as_uri()
+
+    dom = _run_browser(browser, "--dump-dom", url, cwd=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for name in ("g_SIMCAM_1_1", "r_SIMCAM_1_1", "i_SIMCAM_1_1"):
+        assert name in dom.stdout
+    assert '<script>alert("x")</script>' not in dom.stdout  # shown as text, never an element
+    assert "alert(&quot;x&quot;)" in dom.stdout or 'alert("x")' in dom.stdout
+
+    shot = tmp_path / "shot.png"
+    run = _run_browser(browser, f"--screenshot={shot}", "--window-size=1200,900",
+                       "--hide-scrollbars", url, cwd=tmp_path)
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (900, 1200)
+    not_white = (pixels < 0.9).any(axis=2)
+    assert not_white.mean() > 0.05, "the screenshot is (nearly) blank"
+    # the header bar is dark, and below it the page is mostly light with the previews in it
+    assert pixels[:40].mean() < 0.3
+    json.dumps(document)  # the fixture document is what a status file holds
