@@ -21,7 +21,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
-	$(BIN)/ruff format --check flatd tests benchmarks
 
 soak: $(STAMP)
 	FLATD_SOAK_SECONDS=$${FLATD_SOAK_SECONDS:-1800} $(BIN)/python -m pytest -q -s tests/faults/test_soak.py

@@ -24,7 +24,7 @@ from flatd.frames import Frame
 STRUCTURE_FLOOR = 0.02  # a block departure below 2% is never a reason to reject
 STRUCTURE_FACTOR = 5.0  # ... nor one below 5x the sequence's typical departure
 STRUCTURE_MIN_FRAMES = 3  # a median image needs at least three frames
-CLIPPED_FLOOR = 0.05  # a frame with more of its pixels clipped than this ...
+CLIPPED_FLOOR = 0.25  # a frame with more of its pixels clipped than this ...
 CLIPPED_FACTOR = 5.0  # ... and than 5x the sequence's typical fraction is unlike the others
 
 

@@ -44,6 +44,7 @@ CHUNK = 1 << 18  # elements per step when scanning a whole frame (stays in the C
 SAMPLE_ROWS = 64  # rows read first to bracket a frame's median
 BRACKET_SIGMAS = 8  # bracket half-width, in standard errors of the sample's median rank
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 32 * MB  # buffers this large are unmapped when freed; smaller ones reused
 
 
 @dataclass(frozen=True)
@@ -383,9 +384,8 @@ class _Engine:
         offset = buffers.offset[:rows]
         keep_all = buffers.keep[:, :rows]
         flags = buffers.flags[:rows]
-        block_rows = np.arange(first, stop) * self.grid_rows // self.ny
         if settings.sigma_clip:
-            np.add.at(blocks[1], block_rows, self._column_blocks(center))
+            self._add_blocks(blocks[1], first, center)
         if settings.sigma_clip and self.noise is not None:
             self._noise_keep(stack, keep_all, center, buffers.work[:, :rows])
         elif settings.sigma_clip:
@@ -405,34 +405,53 @@ class _Engine:
                 np.multiply(offset, keep, out=offset)
                 if not finite:
                     np.copyto(offset, 0, where=~keep)
-                np.add.at(blocks[0][i], block_rows, self._column_blocks(offset))
+                self._add_blocks(blocks[0][i], first, offset)
             else:
                 np.isfinite(offset, out=keep)
-            np.add(offset_sum, offset, out=offset_sum, where=keep)
+                if not finite:
+                    np.copyto(offset, 0, where=~keep)
+            # offset is 0 wherever the value is not kept
+            np.add(offset_sum, offset, out=offset_sum)
             np.multiply(offset, offset, out=offset)
-            np.add(offset_sq, offset, out=offset_sq, where=keep)
+            np.add(offset_sq, offset, out=offset_sq)
             count += keep
         self._finish_band(first, stop, stack, keep_all, center, offset_sum, offset_sq, count)
 
     def _finish_band(self, first: int, stop: int, stack: np.ndarray, keep: np.ndarray,
                      center: np.ndarray, offset_sum: np.ndarray, offset_sq: np.ndarray,
                      count: np.ndarray) -> None:
-        empty = count == 0
-        safe_count = np.where(empty, 1, count)
+        data, uncertainty = self.data[first:stop], self.uncertainty[first:stop]
+        empty = self.mask[first:stop]
+        np.equal(count, 0, out=empty)
+        inverse = np.reciprocal(np.maximum(count, 1), dtype=self.dtype)
         if self.settings.method == "average":
-            mean_offset = offset_sum / safe_count
-            value = center + mean_offset
-            spread = np.sqrt(np.maximum(offset_sq / safe_count - mean_offset * mean_offset, 0))
+            np.multiply(offset_sum, inverse, out=offset_sum)  # the mean offset
+            np.add(center, offset_sum, out=data)
+            np.multiply(offset_sq, inverse, out=offset_sq)
+            np.multiply(offset_sum, offset_sum, out=offset_sum)
+            np.subtract(offset_sq, offset_sum, out=offset_sq)  # the variance
+            np.maximum(offset_sq, 0, out=offset_sq)
+            np.multiply(offset_sq, inverse, out=offset_sq)
+            np.sqrt(offset_sq, out=uncertainty)
         else:
             stack[~keep] = np.nan
-            value = bn.nanmedian(stack, axis=0)
-            spread = MAD_TO_STD * bn.nanmedian(np.abs(stack - value), axis=0)
-        self.data[first:stop] = np.where(empty, np.nan, value)
-        self.uncertainty[first:stop] = np.where(empty, 0.0, spread / np.sqrt(safe_count))
-        self.mask[first:stop] = empty
+            data[...] = bn.nanmedian(stack, axis=0)
+            uncertainty[...] = (MAD_TO_STD * bn.nanmedian(np.abs(stack - data), axis=0)
+                                * np.sqrt(inverse))
+        if empty.any():
+            data[empty] = np.nan
+            uncertainty[empty] = 0.0
 
-    def _column_blocks(self, rows: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(rows, self.col_starts, axis=1, dtype=np.float64)
+    def _add_blocks(self, blocks: np.ndarray, first: int, rows: np.ndarray) -> None:
+        """Add the sums of `rows` (image rows from `first`) over each GRID block."""
+        stop = first + rows.shape[0]
+        block = first * self.grid_rows // self.ny
+        while first < stop:
+            block_end = min(stop, -(-(block + 1) * self.ny // self.grid_rows))
+            part = rows[first - (stop - rows.shape[0]):block_end - (stop - rows.shape[0])]
+            blocks[block] += np.add.reduceat(part.sum(axis=0), self.col_starts,
+                                             dtype=np.float64)
+            first, block = block_end, block + 1
 
     def structure(self) -> np.ndarray:
         """Per frame: the largest departure of a block's mean from the median image,
@@ -574,14 +593,15 @@ def release_freed_memory() -> None:
     """Make glibc return every large freed buffer to the system at once.
 
     By default glibc raises its mmap threshold after large frees, so later buffers of a
-    few MB come from the heap and stay in the process after use: the measuring pass
-    would then still hold ~100 MB while the combination runs, and the process would
-    exceed `mem_limit_mb` without the engine holding more. A fixed threshold keeps
-    every buffer above 1 MB in its own mapping, unmapped when freed."""
+    tens of MB come from the heap and stay in the process after use, and the process
+    exceeds `mem_limit_mb` without the engine holding more. A fixed threshold keeps
+    every buffer above it in its own mapping, unmapped when freed, while the band-sized
+    temporaries below it are reused from the heap instead of being mapped (and paged
+    in) afresh for every band."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError, TypeError):
         pass  # not glibc: nothing to tune
 
