@@ -80,12 +80,14 @@ class Groups:
     def __init__(self, index: Index, config: Config, *,
                  on_master: Callable[[masters.MasterRecord], None],
                  on_error: Callable[[str, str], None],
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None],
+                 on_skipped: Callable[[str, str], None] | None = None) -> None:
         self._index = index
         self._config = config
         self._on_master = on_master
         self._on_error = on_error
         self._on_change = on_change
+        self._on_skipped = on_skipped
         self._states: dict[GroupKey, GroupState] = {}
         self._lock = threading.Lock()
         self._group_locks: dict[GroupKey, threading.Lock] = {}
@@ -254,12 +256,15 @@ class Groups:
                     sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))]
 
     def note_skip(self, skip: Skip) -> None:
-        """Rejected files are errors of the status file; skipped ones are only counted."""
+        """Rejected files are errors of the status file; skipped ones go to its bounded
+        `skipped` list (through `on_skipped`)."""
         if skip.kind == "rejected":
             log.warning("frame_rejected", path=str(skip.path), reason=skip.reason)
             self._on_error(str(skip.path), skip.reason)
         else:
             log.info("frame_skipped", path=str(skip.path), reason=skip.reason)
+            if self._on_skipped is not None:
+                self._on_skipped(str(skip.path), skip.reason)
 
     @property
     def _quiet(self) -> timedelta:

@@ -50,7 +50,8 @@ class Daemon:
             snapshot=lambda: (self.index.counts(), self.groups.snapshot()),
             on_write=self._announce)
         self.groups = Groups(self.index, config, on_master=self._master_written,
-                             on_error=self.board.add_error, on_change=self.board.mark_changed)
+                             on_error=self.board.add_error, on_change=self.board.mark_changed,
+                             on_skipped=self.board.add_skip)
         self.ingest = Ingest(self.index, config.frames, on_group_changed=self.groups.frame_arrived,
                              on_skip=self.groups.note_skip,
                              settle_seconds=_settle_seconds(config))

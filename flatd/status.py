@@ -105,6 +105,7 @@ class StatusBoard:
         self._groups: list[dict[str, Any]] = []
         self._masters: list[dict[str, Any]] = []
         self._errors: list[dict[str, Any]] = []
+        self._skipped: list[dict[str, Any]] = []
         self.writes = 0  # successful writes, for tests and diagnostics
 
     # -- reporting (any thread) ----------------------------------------------------------
@@ -141,6 +142,14 @@ class StatusBoard:
                 del self._errors[self._history:]
         self.mark_changed()
 
+    def add_skip(self, path: str, reason: str) -> None:
+        """Record a file that is not an input (not a flat, flatd's own output) with its
+        reason: counted in `index`, the newest kept in `skipped` (bounded)."""
+        with self._lock:
+            self._skipped.insert(0, {"path": path, "reason": reason, "at": utc_iso()})
+            del self._skipped[self._history:]
+        self.mark_changed()
+
     # -- the document ------------------------------------------------------------------------
     def document(self) -> dict[str, Any]:
         """The current status document (a fresh copy; `updated_at` is now)."""
@@ -163,6 +172,7 @@ class StatusBoard:
                 "groups": [dict(g) for g in self._groups],
                 "masters": [dict(m) for m in self._masters],
                 "errors": [dict(e) for e in self._errors],
+                "skipped": [dict(s) for s in self._skipped],
             }
 
     def write_now(self) -> bool:

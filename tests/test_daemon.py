@@ -138,6 +138,9 @@ def test_bad_files_are_named_and_the_good_frames_still_combine(daemon):
     [error] = status["errors"]
     assert error["path"].endswith("junk.fits") and "not a FITS file" in error["reason"]
     assert flatd.named("frame_rejected")[0]["path"].endswith("junk.fits")
+    [skipped] = wait_for(lambda: flatd.status()["skipped"], what="the bias in status")
+    assert skipped["path"].endswith("bias.fits")
+    assert skipped["reason"] == "IMAGETYP = 'Bias Frame' is not a flat"
     assert flatd.stop() == 0
 
 

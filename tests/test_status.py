@@ -64,7 +64,8 @@ def test_writes_a_schema_1_document(tmp_path: Path) -> None:
     assert raw.endswith("}\n") and raw.startswith('{\n  "schema": 1')
     doc = json.loads(raw)
     assert doc["schema"] == 1
-    assert set(doc) == {"schema", "daemon", "watch", "index", "groups", "masters", "errors"}
+    assert set(doc) == {"schema", "daemon", "watch", "index", "groups", "masters", "errors",
+                        "skipped"}
     daemon = doc["daemon"]
     assert daemon["pid"] == os.getpid() and daemon["state"] == "running"
     assert daemon["version"]
