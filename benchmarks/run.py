@@ -119,15 +119,20 @@ def make_frames(name: str, n: int, shape: tuple[int, int]) -> list[Path]:
 def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
     config = work / "bench.toml"
     config.write_text(CONFIG)
-    flatd_cmd = [PYTHON, "-m", "flatd", "combine", "--config", str(config),
-                 "--output", str(work / "flatd-out"), *map(str, files)]
+
+    def flatd_cmd(run: int) -> list[str]:
+        # a fresh output directory each run: a one-shot combine, like ccdproc's (with an
+        # earlier master in latest/, flatd would also compare the new one with it)
+        return [PYTHON, "-m", "flatd", "combine", "--config", str(config),
+                "--output", str(work / f"flatd-out-{label[0]}-{run}"), *map(str, files)]
+
     ccd_cmd = [PYTHON, "-c", CCDPROC_RECIPE, *map(str, files), str(work / "ccdproc.fits")]
     flatd_base, ccd_base = baseline(FLATD_IMPORTS), baseline(CCDPROC_IMPORTS)
-    run_child(flatd_cmd)  # warm the page cache for both
+    run_child(flatd_cmd(-1))  # warm the page cache for both
     results: dict[str, list[tuple[float, float]]] = {"flatd": [], "ccdproc": []}
-    for _ in range(repeat):
+    for run in range(repeat):
         results["ccdproc"].append(run_child(ccd_cmd))
-        results["flatd"].append(run_child(flatd_cmd))
+        results["flatd"].append(run_child(flatd_cmd(run)))
     f_time = statistics.median(t for t, _ in results["flatd"])
     c_time = statistics.median(t for t, _ in results["ccdproc"])
     f_mem = max(m for _, m in results["flatd"]) - flatd_base

@@ -55,6 +55,7 @@ def test_a_settled_sequence_becomes_a_master_with_status_and_log(daemon):
     [master] = masters_in(flatd.masters)
     assert master.name == "flat_r_SIMCAM_1_1_20261123T173000.fits"
     # latency: quiet period + combination + 2 s
+    print(f"latency: {written - last_landed:.2f} s (quiet 1.0 s, combine {event['duration_s']} s)")
     assert written - last_landed <= 1.0 + event["duration_s"] + 2.0
     ccd = CCDData.read(master)
     assert (ccd.data.dtype.kind, ccd.data.dtype.itemsize) == ("f", 4)
@@ -210,5 +211,6 @@ def test_idle_daemon_uses_no_measurable_cpu(daemon):
     # idle: only the health tick and the status heartbeat may run
     wait_for(lambda: time.monotonic() - started >= 4.0, timeout=10, what="4 s of idling")
     used = cpu_seconds(flatd.proc.pid) - before
+    print(f"idle CPU: {used:.3f} s in 4 s")
     assert used <= 0.08, f"idle daemon used {used:.2f} s of CPU in 4 s"
     assert flatd.stop() == 0
