@@ -21,7 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ MAX_THREADS = 2
 GRID = 8  # blocks a side over which each frame is compared with the median image
 CHUNK = 1 << 18  # elements per step when scanning a whole frame (stays in the CPU cache)
 SAMPLE_ROWS = 64  # rows read first to bracket a frame's median
+SMALL = 1 << 16  # frames of fewer pixels are measured in memory; samples have about this many
 BRACKET_SIGMAS = 8  # bracket half-width, in standard errors of the sample's median rank
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MMAP_THRESHOLD = 32 * MB  # buffers this large are unmapped when freed; smaller ones reused
@@ -85,89 +86,111 @@ class CombineResult:
 Progress = Callable[[int, int], None]
 
 
-def measure(frame: Frame, saturation_level: float = 0.0, dtype: str = "float32",
-            buffer: np.ndarray | None = None) -> FrameLevels:
+def measure(frame: Frame, saturation_level: float = 0.0,
+            dtype: str = "float32") -> FrameLevels:
     """Median and mean level of one frame and its fraction of saturated pixels.
 
-    The median is exact, found in one streaming pass: a sample of evenly spaced rows
-    brackets it, then every band of rows (small enough to stay in the CPU cache) adds
-    to the sum, the saturated and below-bracket counts, and gives up its few values
-    inside the bracket, which are partitioned at the end. Only when the bracket misses
-    (or for a gzip stream, which cannot be read out of order) is the whole frame read
-    into `buffer` (or a new array) and partitioned."""
+    The median is exact, found in one streaming pass (see `_Tally`): a sample of evenly
+    spaced rows brackets it, then every band of rows, small enough to stay in the CPU
+    cache, is counted and gives up its few values inside the bracket. Only when the
+    bracket misses, or for a gzip stream (which cannot be read out of order), is the
+    whole frame read and its median found in memory."""
+    ny, nx = frame.shape
     with FramePixels(frame) as pixels:
-        if not pixels.ordered_reads_only and frame.shape[0] * frame.shape[1] > 1 << 16:
-            levels = _streamed_levels(pixels, saturation_level, np.dtype(dtype))
-            if levels is not None:
-                return levels
-        size = frame.shape[0] * frame.shape[1]
-        if buffer is None or buffer.size < size:
-            buffer = np.empty(size, dtype)
-        values = buffer[:size]
-        pixels.read_rows(0, frame.shape[0], values.reshape(frame.shape))
-    saturated = 0.0
-    if saturation_level > 0:
-        saturated = sum(np.count_nonzero(values[i:i + CHUNK] >= saturation_level)
-                        for i in range(0, size, CHUNK)) / size
-    total = float(np.add.reduce(values, dtype=np.float64))
-    if not np.isfinite(total):
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            raise ValueError(f"{frame.path.name}: no finite pixel values")
-        total = float(np.add.reduce(values, dtype=np.float64))
-    mean = total / values.size
-    return FrameLevels(median=_median_in_place(values), mean=mean,
-                       saturated_fraction=float(saturated))
+        if not pixels.ordered_reads_only and ny * nx > SMALL:
+            tally = _Tally(_sample_rows(pixels, np.dtype(dtype)), saturation_level)
+            for band in _row_bands(pixels, np.dtype(dtype)):
+                tally.add(band)
+            median = tally.median()
+            if median is not None:
+                return tally.levels(median, ny * nx)
+        values = np.empty(ny * nx, dtype)
+        pixels.read_rows(0, ny, values.reshape(frame.shape))
+    tally = _Tally(values[:: max(1, values.size // SMALL)], saturation_level)
+    for start in range(0, values.size, CHUNK):
+        tally.add(values[start:start + CHUNK])
+    if tally.count == 0:
+        raise ValueError(f"{frame.path.name}: no finite pixel values")
+    median = tally.median()
+    if median is None:
+        median = _partitioned_median(values[np.isfinite(values)])
+    return tally.levels(median, ny * nx)
 
 
-def _streamed_levels(pixels: FramePixels, saturation_level: float,
-                     dtype: np.dtype) -> FrameLevels | None:
-    ny, nx = pixels.frame.shape
-    sample_rows = np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
-    row = np.empty((1, nx), dtype)
-    sample = np.empty((sample_rows.size, nx), dtype)
-    for k, y in enumerate(sample_rows):
-        pixels.read_rows(int(y), int(y) + 1, row)
-        sample[k] = row[0]
-    sample = np.sort(sample[np.isfinite(sample)])
-    if sample.size == 0:
-        return None
-    middle, half = sample.size // 2, int(BRACKET_SIGMAS * np.sqrt(sample.size) / 2) + 1
-    low, high = sample[max(0, middle - half)], sample[min(sample.size - 1, middle + half)]
-    rows = max(1, CHUNK // nx)
-    band = np.empty((rows, nx), dtype)
-    total, count, saturated, below, inside = 0.0, 0, 0, 0, []
-    for first in range(0, ny, rows):
-        part = band[:min(rows, ny - first)]
-        pixels.read_rows(first, first + part.shape[0], part)
-        values = part.reshape(-1)
+class _Tally:
+    """Sum, count, saturated count and the median's bracket, over chunks of one array.
+
+    A sorted sample brackets the median (BRACKET_SIGMAS standard errors of its rank each
+    side); each chunk then adds its count below the bracket and its values inside it,
+    and the exact median is the right rank among those few values — one pass, about
+    four times faster than partitioning everything."""
+
+    def __init__(self, sample: np.ndarray, saturation_level: float = 0.0) -> None:
+        sample = np.sort(sample[np.isfinite(sample)])
+        self.low = self.high = None
+        if sample.size:
+            middle = sample.size // 2
+            half = int(BRACKET_SIGMAS * np.sqrt(sample.size) / 2) + 1
+            self.low = sample[max(0, middle - half)]
+            self.high = sample[min(sample.size - 1, middle + half)]
+        self.saturation_level = saturation_level
+        self.total, self.count, self.saturated, self.below = 0.0, 0, 0, 0
+        self.inside: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
         subtotal = float(np.add.reduce(values, dtype=np.float64))
         if not np.isfinite(subtotal):
             values = values[np.isfinite(values)]
             subtotal = float(np.add.reduce(values, dtype=np.float64))
-        total += subtotal
-        count += values.size
-        if saturation_level > 0:
-            saturated += np.count_nonzero(values >= saturation_level)
-        below += np.count_nonzero(values < low)
-        inside.append(values[(values >= low) & (values <= high)])
-    if count == 0:
-        raise ValueError(f"{pixels.frame.path.name}: no finite pixel values")
-    ranks = sorted({(count - 1) // 2, count // 2})
-    local = [r - below for r in ranks]
-    chosen = np.concatenate(inside)
-    if local[0] < 0 or local[-1] >= chosen.size:
-        return None
-    chosen.partition(local)
-    return FrameLevels(median=float(np.mean([float(chosen[r]) for r in local])),
-                       mean=total / count, saturated_fraction=saturated / (ny * nx))
+        self.total += subtotal
+        self.count += values.size
+        if self.saturation_level > 0:
+            self.saturated += np.count_nonzero(values >= self.saturation_level)
+        if self.low is not None:
+            self.below += np.count_nonzero(values < self.low)
+            self.inside.append(values[(values >= self.low) & (values <= self.high)])
+
+    def median(self) -> float | None:
+        """The exact median, or None when the bracket missed it."""
+        if self.low is None or self.count == 0:
+            return None
+        local = [r - self.below for r in _middle_ranks(self.count)]
+        chosen = np.concatenate(self.inside)
+        if local[0] < 0 or local[-1] >= chosen.size:
+            return None
+        chosen.partition(local)
+        return float(np.mean([float(chosen[r]) for r in local]))
+
+    def levels(self, median: float, pixels: int) -> FrameLevels:
+        return FrameLevels(median=median, mean=self.total / self.count,
+                           saturated_fraction=self.saturated / pixels)
+
+
+def _sample_rows(pixels: FramePixels, dtype: np.dtype) -> np.ndarray:
+    ny, nx = pixels.frame.shape
+    rows = np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
+    sample = np.empty((rows.size, nx), dtype)
+    for k, y in enumerate(rows):
+        pixels.read_rows(int(y), int(y) + 1, sample[k:k + 1])
+    return sample.reshape(-1)
+
+
+def _row_bands(pixels: FramePixels, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The frame's pixels, a cache-sized band of rows at a time (one reused buffer)."""
+    ny, nx = pixels.frame.shape
+    rows = max(1, CHUNK // nx)
+    band = np.empty((rows, nx), dtype)
+    for first in range(0, ny, rows):
+        part = band[:min(rows, ny - first)]
+        pixels.read_rows(first, first + part.shape[0], part)
+        yield part.reshape(-1)
 
 
 def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
                    settings: CombineConfig) -> list[FrameLevels | str]:
-    """`measure` for many frames, two at a time when the memory limit allows it, each
-    worker reusing one pixel buffer. A frame whose pixels cannot be read gets the reason
-    instead of its levels."""
+    """`measure` for many frames, two at a time when the memory limit allows a whole
+    frame per worker (the fallback's need). A frame whose pixels cannot be read gets the
+    reason instead of its levels."""
     if not frames:
         return []
     release_freed_memory()
@@ -175,27 +198,15 @@ def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
     one = largest * np.dtype(settings.dtype).itemsize * 1.2
     threads = min(len(frames), MAX_THREADS if MAX_THREADS * one <= settings.mem_limit_mb * MB
                   else 1)
-    work = iter(enumerate(zip(frames, saturation_levels, strict=True)))
-    lock = threading.Lock()
-    results: list[FrameLevels | str] = ["not measured"] * len(frames)
 
-    def worker() -> None:
-        buffer = np.empty(largest, settings.dtype)
-        while True:
-            with lock:
-                item = next(work, None)
-            if item is None:
-                return
-            i, (frame, saturation) = item
-            try:
-                results[i] = measure(frame, saturation, settings.dtype, buffer)
-            except (OSError, EOFError, ValueError) as exc:
-                results[i] = f"unreadable pixels: {exc}"
+    def measured(pair: tuple[Frame, float]) -> FrameLevels | str:
+        try:
+            return measure(pair[0], pair[1], settings.dtype)
+        except (OSError, EOFError, ValueError) as exc:
+            return f"unreadable pixels: {exc}"
 
     with ThreadPoolExecutor(threads) as pool:
-        for future in [pool.submit(worker) for _ in range(threads)]:
-            future.result()
-    return results
+        return list(pool.map(measured, zip(frames, saturation_levels, strict=True)))
 
 
 def combine(frames: Sequence[Frame], settings: CombineConfig, *,
@@ -699,27 +710,22 @@ def _sorted_median(ordered: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
 
 
 def _median_in_place(values: np.ndarray) -> float:
-    """Exact median of a 1-D array (which may be reordered).
+    """Exact median of a 1-D array of finite values (which may be reordered)."""
+    tally = _Tally(values[:: max(1, values.size // SMALL)])
+    for start in range(0, values.size, CHUNK):
+        tally.add(values[start:start + CHUNK])
+    median = tally.median()
+    return median if median is not None else _partitioned_median(values)
 
-    A sorted sample brackets the median; one counting pass and a partition of the few
-    values inside the bracket find it, about four times faster than partitioning all of
-    them. When the bracket misses, the whole array is partitioned."""
-    n = values.size
-    ranks = sorted({(n - 1) // 2, n // 2})
-    if n > 1 << 16:
-        sample = np.sort(values[:: n >> 16])
-        middle, half = sample.size // 2, int(4 * np.sqrt(sample.size))
-        low, high = sample[max(0, middle - half)], sample[min(sample.size - 1, middle + half)]
-        below = sum(np.count_nonzero(values[i:i + CHUNK] < low)
-                    for i in range(0, n, CHUNK))
-        inside = np.concatenate([chunk[(chunk >= low) & (chunk <= high)] for chunk in
-                                 (values[i:i + CHUNK] for i in range(0, n, CHUNK))])
-        local = [r - below for r in ranks]
-        if local[0] >= 0 and local[-1] < inside.size:
-            inside.partition(local)
-            return float(np.mean([float(inside[r]) for r in local]))
+
+def _partitioned_median(values: np.ndarray) -> float:
+    ranks = _middle_ranks(values.size)
     values.partition(ranks)
     return float(np.mean([float(values[r]) for r in ranks]))
+
+
+def _middle_ranks(n: int) -> list[int]:
+    return sorted({(n - 1) // 2, n // 2})
 
 
 def _scale(levels: FrameLevels, scale: str, frame: Frame) -> float:

@@ -52,10 +52,6 @@ class Frame:
     extras: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
 
     @property
-    def group_dict(self) -> dict[str, GroupValue]:
-        return dict(self.group)
-
-    @property
     def identity(self) -> tuple[str, int, int]:
         """What makes two sightings of a file the same frame: path, size, mtime."""
         return (str(self.path), self.size, self.mtime_ns)

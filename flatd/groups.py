@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from astropy.io import fits
 
 from flatd import masters
 from flatd.config import Config
@@ -181,9 +180,11 @@ class Groups:
                                    sequence.start)
         if path not in self._made and path.exists():
             try:
+                owner, rows = masters.read_master(path, [key for key, _ in sequence.group])
                 self._made[path] = frozenset(
-                    (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"]))
-                    for row in masters.read_master_inputs(path))
+                    (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"])) for row in rows)
+                if owner is not None:
+                    self._owners.setdefault(path, owner)
             except (OSError, KeyError, ValueError) as exc:
                 log.warning("master_unreadable", path=str(path), reason=str(exc))
         made = self._made.get(path) == sequence.identities
@@ -221,9 +222,7 @@ class Groups:
     def _claim(self, path: Path, group: GroupKey) -> str:
         """Make sure `path` is not another group's master: distinct header values can make
         the same safe name (`g'` and `gp` both give `gp`). Return why not, or ""."""
-        owner = self._owners.get(path)
-        if owner is None and path.exists():
-            owner = _group_of_master(path, group)
+        owner = self._owners.get(path)  # read with its INPUTS by `_needs_master`
         if owner is not None and owner != group:
             return (f"master name {path.name} already belongs to group {dict(owner)}, not "
                     f"{dict(group)}: their header values make the same file name; rename "
@@ -283,22 +282,6 @@ class Groups:
     def _group_lock(self, group: GroupKey) -> threading.Lock:
         with self._lock:
             return self._group_locks.setdefault(group, threading.Lock())
-
-
-def _group_of_master(path: Path, like: GroupKey) -> GroupKey | None:
-    """The group a master on disk was made for (its header's values of `like`'s keys);
-    None when that cannot be told."""
-    try:
-        header = fits.getheader(path)
-    except (OSError, ValueError):
-        return None
-    values = []
-    for key, _ in like:
-        if key not in header:
-            return None
-        value = header[key]
-        values.append((key, value.strip() if isinstance(value, str) else value))
-    return tuple(values)
 
 
 def _iso(moment: datetime | None) -> str | None:

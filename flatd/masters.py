@@ -251,10 +251,21 @@ def _copy_into(path: Path, fh: Any) -> None:
 
 def read_master_inputs(path: Path) -> list[dict[str, Any]]:
     """The rows of a master's INPUTS table as dicts (column name -> value)."""
+    return read_master(path, ())[1]
+
+
+def read_master(path: Path, keys: Iterable[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """From one open: the group a master was made for (its header's values of `keys`,
+    as a group key; None when one is missing) and its INPUTS rows."""
+    keys = tuple(keys)
     with fits.open(path) as hdul:
+        header = hdul[0].header
+        values = [(key, header[key]) for key in keys if key in header]
+        group = (tuple((k, v.strip() if isinstance(v, str) else v) for k, v in values)
+                 if len(values) == len(keys) else None)
         table = hdul["INPUTS"].data
         names = table.columns.names
-        return [{name: _plain(row[name]) for name in names} for row in table]
+        return group, [{name: _plain(row[name]) for name in names} for row in table]
 
 
 def _plain(value: Any) -> Any:

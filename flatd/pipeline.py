@@ -28,8 +28,6 @@ log = structlog.get_logger("flatd.pipeline")
 
 Outcome = Literal["done", "too_few", "failed"]
 
-__all__ = ["Result", "make_master", "saturation_level"]
-
 
 @dataclass
 class Result:

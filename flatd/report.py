@@ -11,11 +11,12 @@ from typing import Any, TextIO
 import structlog
 
 from flatd import combine as engine
+from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Skip
 from flatd.index import Index, Sequence, index_paths
 from flatd.masters import group_slug
-from flatd.pipeline import Result, make_master, saturation_level
+from flatd.pipeline import Result, make_master
 
 log = structlog.get_logger("flatd.report")
 
@@ -75,13 +76,15 @@ class ScanReport:
 def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
     """Index `paths` and measure every flat's median level."""
     index = index_paths(paths, config)
+    frames = index.frames()
     levels = {}
-    for frame in index.frames():
-        try:
-            levels[frame.path] = engine.measure(frame, saturation_level(frame, config))
-        except (OSError, ValueError) as exc:
-            index.add(Skip(frame.path, "rejected", f"unreadable pixels: {exc}", frame.size,
-                           frame.mtime_ns))
+    measured = engine.measure_frames(frames, [saturation_level(f, config) for f in frames],
+                                     config.combine)
+    for frame, level in zip(frames, measured, strict=True):
+        if isinstance(level, str):
+            index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
+        else:
+            levels[frame.path] = level
     return ScanReport(index, levels)
 
 

@@ -11,12 +11,10 @@ when there is none); UTC throughout.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 
@@ -38,14 +36,6 @@ class Debouncer:
         """(Re)set `key`'s one job to run at `at`."""
         self._scheduler.add_job(self._job, "date", run_date=at, args=[key], id=_job_id(key),
                                 replace_existing=True)
-
-    def next_run(self, key: Hashable) -> datetime | None:
-        job = self._scheduler.get_job(_job_id(key))
-        return job.next_run_time if job is not None else None
-
-    def cancel(self, key: Hashable) -> None:
-        with contextlib.suppress(JobLookupError):
-            self._scheduler.remove_job(_job_id(key))
 
     def shutdown(self) -> None:
         """Wait for running jobs; pending ones are dropped (start-up rescans find them)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -28,37 +30,33 @@ def test_large_frames_written_in_chunks_renamed_or_rsynced_are_indexed_once_when
         early.extend(f"{e['event']} {name}" for e in list(flatd.events)
                      if str(e.get("path", "")).endswith(name))
 
-    def in_place(name: str, content: bytes) -> None:
-        """A camera writing where the file lands, with pauses of more than a second."""
+    def write_in_chunks(path: Path, content: bytes, pause: float,
+                        between: Callable[[], None] = lambda: None) -> None:
         step = -(-len(content) // CHUNKS)
-        with (flatd.incoming / name).open("wb") as out:
+        with path.open("wb") as out:
             for start in range(0, len(content), step):
                 out.write(content[start:start + step])
                 out.flush()
                 if start + step < len(content):
-                    time.sleep(PAUSE)
-                    watch_for_early(name)
+                    time.sleep(pause)
+                    between()
+
+    def in_place(name: str, content: bytes) -> None:
+        """A camera writing where the file lands, with pauses of more than a second."""
+        write_in_chunks(flatd.incoming / name, content, PAUSE,
+                        between=lambda: watch_for_early(name))
 
     def renamed(name: str, content: bytes) -> None:
         """A writer that uses a temporary name and renames, also slowly."""
         temp = flatd.incoming / f"{name}.part"
-        step = -(-len(content) // CHUNKS)
-        with temp.open("wb") as out:
-            for start in range(0, len(content), step):
-                out.write(content[start:start + step])
-                out.flush()
-                time.sleep(PAUSE / 2)
+        write_in_chunks(temp, content, PAUSE / 2)
         watch_for_early(name)
         os.replace(temp, flatd.incoming / name)
 
     def rsynced(name: str, content: bytes) -> None:
         """rsync: `.name.XXXXXX` in the same directory, then a rename."""
         temp = flatd.incoming / f".{name}.Xa9b3c"
-        step = -(-len(content) // CHUNKS)
-        with temp.open("wb") as out:
-            for start in range(0, len(content), step):
-                out.write(content[start:start + step])
-                time.sleep(PAUSE / 2)
+        write_in_chunks(temp, content, PAUSE / 2)
         watch_for_early(name)
         os.replace(temp, flatd.incoming / name)
 
