@@ -15,6 +15,7 @@ imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases
 from __future__ import annotations
 
 import argparse
+import compileall
 import statistics
 import subprocess
 import sys
@@ -197,6 +198,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="ABCD")
     args = parser.parse_args()
+    # a pip install compiles flatd's bytecode; an editable checkout run with
+    # PYTHONDONTWRITEBYTECODE would otherwise recompile it in every run
+    compileall.compile_dir(ROOT / "flatd", quiet=1)
+    from flatd import kernel
+
+    print(f"engine: {'compiled kernel' if kernel.available() else 'numpy only'}; "
+          f"page cache warm; medians of {args.repeat} alternating runs", flush=True)
     with tempfile.TemporaryDirectory(prefix="flatd-bench-") as tmp:
         work = Path(tmp)
         if "A" in args.cases:

@@ -18,8 +18,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 def main(argv: Seq[str] | None = None) -> int:
     """Entry point of the `flatd` console script; returns the process exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(with_simulate="simulate" in arguments)
+    args = parser.parse_args(arguments)
     if args.command == "simulate":
         from flatd import simulate
 
@@ -35,7 +36,9 @@ def main(argv: Seq[str] | None = None) -> int:
     return args.handler(args, config)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
+    """The command line; `simulate`'s own options only `with_simulate` (importing the
+    simulator costs astropy's 0.3 s import, which no other command should wait for)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH",
                         help="config file (default: $FLATD_CONFIG, ./config.toml, "
@@ -74,9 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", parents=[common],
                                    help="a fake camera writing flat sequences into OUTDIR")
-    from flatd import simulate as simulator
+    if with_simulate:
+        from flatd import simulate as simulator
 
-    simulator.add_arguments(simulate)
+        simulator.add_arguments(simulate)
     return parser
 
 
@@ -95,6 +99,8 @@ def _check_config(config: Config) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    import astropy.io.fits  # noqa: F401 - once, before the daemon's threads may need it
+
     from flatd.service import run
 
     return run(config)

@@ -27,9 +27,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import bottleneck as bn
 import numpy as np
 
+from flatd import kernel
 from flatd.config import CombineConfig
 from flatd.frames import Frame
 from flatd.pixels import FramePixels, raw_dtype
@@ -81,6 +81,7 @@ class CombineResult:
     peak_bytes: int  # largest total of buffers the engine held at once
     threads: int = 1
     rows_per_band: int = 0
+    engine: str = "numpy"  # or "kernel": the compiled kernel did the finite bands
 
 
 Progress = Callable[[int, int], None]
@@ -99,8 +100,9 @@ def measure(frame: Frame, saturation_level: float = 0.0,
     with FramePixels(frame) as pixels:
         if not pixels.ordered_reads_only and ny * nx > SMALL:
             tally = _Tally(_sample_rows(pixels, np.dtype(dtype)), saturation_level)
-            for band in _row_bands(pixels, np.dtype(dtype)):
-                tally.add(band)
+            if not (dtype == "float32" and tally.add_file(pixels)):
+                for band, swapped in _row_bands(pixels, np.dtype(dtype)):
+                    tally.add(band, swapped)
             median = tally.median()
             if median is not None:
                 return tally.levels(median, ny * nx)
@@ -126,18 +128,28 @@ class _Tally:
     four times faster than partitioning everything."""
 
     def __init__(self, sample: np.ndarray, saturation_level: float = 0.0) -> None:
-        sample = np.sort(sample[np.isfinite(sample)])
+        sample = sample[np.isfinite(sample)]
         self.low = self.high = None
+        self.inside_fraction = 1.0  # expected share of the values within the bracket
         if sample.size:
             middle = sample.size // 2
             half = int(BRACKET_SIGMAS * np.sqrt(sample.size) / 2) + 1
-            self.low = sample[max(0, middle - half)]
-            self.high = sample[min(sample.size - 1, middle + half)]
+            ends = [max(0, middle - half), min(sample.size - 1, middle + half)]
+            sample.partition(ends)
+            self.low, self.high = sample[ends[0]], sample[ends[1]]
+            self.inside_fraction = (ends[1] - ends[0] + 1) / sample.size
         self.saturation_level = saturation_level
         self.total, self.count, self.saturated, self.below = 0.0, 0, 0, 0
         self.inside: list[np.ndarray] = []
+        self._scratch: np.ndarray | None = None
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, swapped: bool = False) -> None:
+        """Add a chunk of values (1-D; big-endian bytes in a float32 array when
+        `swapped`, which only the kernel reads)."""
+        if values.dtype == np.float32 and kernel.available():
+            self._add_with_kernel(values, swapped)
+            return
+        assert not swapped
         subtotal = float(np.add.reduce(values, dtype=np.float64))
         if not np.isfinite(subtotal):
             values = values[np.isfinite(values)]
@@ -149,6 +161,45 @@ class _Tally:
         if self.low is not None:
             self.below += np.count_nonzero(values < self.low)
             self.inside.append(values[(values >= self.low) & (values <= self.high)])
+
+    def add_file(self, pixels: FramePixels) -> bool:
+        """Add all of a frame's pixels in one kernel call, reading the file there; False
+        (nothing added) when the kernel cannot read this file, or the bracket holds far
+        more values than the sample promised."""
+        source = pixels.raw_source(0)
+        if source is None or not kernel.available():
+            return False
+        count = pixels.frame.shape[0] * pixels.frame.shape[1]
+        buffer = np.empty(min(count, CHUNK), np.float32)
+        expected = self.inside_fraction * count
+        inside = np.empty(min(count, int(4 * expected) + buffer.size), np.float32)
+        totals = kernel.TallyResult()
+        bracket = None if self.low is None else (float(self.low), float(self.high))
+        chosen = kernel.tally_file(source[0], source[1], count, str(pixels.frame.path),
+                                   bracket, self.saturation_level, totals, buffer, inside)
+        if chosen is None:
+            return False
+        self._add_totals(totals)
+        if bracket is not None:
+            self.inside.append(chosen)
+        return True
+
+    def _add_totals(self, totals: kernel.TallyResult) -> None:
+        self.total += totals.sum
+        self.count += totals.finite
+        self.below += totals.below
+        self.saturated += totals.saturated
+
+    def _add_with_kernel(self, values: np.ndarray, swapped: bool) -> None:
+        if self._scratch is None or self._scratch.size < values.size:
+            self._scratch = np.empty(values.size, np.float32)
+        totals = kernel.TallyResult()
+        bracket = None if self.low is None else (float(self.low), float(self.high))
+        inside = kernel.tally(values, swapped, bracket, self.saturation_level, totals,
+                              self._scratch)
+        self._add_totals(totals)
+        if bracket is not None:
+            self.inside.append(inside.copy())
 
     def median(self) -> float | None:
         """The exact median, or None when the bracket missed it."""
@@ -175,15 +226,18 @@ def _sample_rows(pixels: FramePixels, dtype: np.dtype) -> np.ndarray:
     return sample.reshape(-1)
 
 
-def _row_bands(pixels: FramePixels, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """The frame's pixels, a cache-sized band of rows at a time (one reused buffer)."""
+def _row_bands(pixels: FramePixels, dtype: np.dtype) -> Iterator[tuple[np.ndarray, bool]]:
+    """The frame's pixels, a cache-sized band of rows at a time (one reused buffer), each
+    with whether it was left in big-endian byte order for the kernel."""
     ny, nx = pixels.frame.shape
     rows = max(1, CHUNK // nx)
     band = np.empty((rows, nx), dtype)
+    big_endian_ok = dtype == np.float32 and kernel.available()
     for first in range(0, ny, rows):
         part = band[:min(rows, ny - first)]
-        pixels.read_rows(first, first + part.shape[0], part)
-        yield part.reshape(-1)
+        swapped = pixels.read_rows(first, first + part.shape[0], part,
+                                   big_endian_ok=big_endian_ok)
+        yield part.reshape(-1), swapped
 
 
 def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
@@ -246,7 +300,8 @@ def combine(frames: Sequence[Frame], settings: CombineConfig, *,
     return CombineResult(data=engine.data, uncertainty=engine.uncertainty, mask=engine.mask,
                          stats=stats, normalisation=engine.normalisation,
                          peak_bytes=engine.ledger.peak, threads=engine.threads,
-                         rows_per_band=engine.rows_per_band)
+                         rows_per_band=engine.rows_per_band,
+                         engine="kernel" if engine.uses_kernel else "numpy")
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -291,10 +346,26 @@ class _Engine:
         self.uncertainty = self._allocate((self.ny, self.nx), self.dtype)
         self.mask = self._allocate((self.ny, self.nx), bool)
         self.normalisation = 1.0
+        self.uses_kernel = kernel.available() and self._kernel_recipe()
         self._lock = threading.Lock()
         self._next_band = 0
         self._rows_done = 0
         self._failed = threading.Event()
+
+    def _kernel_recipe(self) -> bool:
+        """Whether the compiled kernel does these settings (else numpy does all)."""
+        settings = self.settings
+        clip_ok = not settings.sigma_clip or (settings.center == "median"
+                                              and settings.deviation == "mad_std")
+        return self.dtype == np.float32 and settings.method == "average" and clip_ok
+
+    def _band_kernel(self) -> kernel.BandKernel | None:
+        if not self.uses_kernel:
+            return None
+        return kernel.BandKernel(
+            [str(r.frame.path) for r in self.readers], self.scales, _network(self.n),
+            [*self.col_starts, self.nx], self.grid_rows, self.settings.sigma_clip,
+            self.settings.sigma_low, self.settings.sigma_high)
 
     def _allocate(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         array = np.empty(shape, dtype)
@@ -342,6 +413,7 @@ class _Engine:
         self.ledger.hold(self.band_bytes)
         try:
             buffers = _Buffers(self.n, self.rows_per_band, self.nx, self.dtype)
+            band_kernel = self._band_kernel()
             clipped = np.zeros(self.n, np.int64)
             offset_blocks = np.zeros_like(self.offset_blocks)
             center_blocks = np.zeros_like(self.center_blocks)
@@ -352,7 +424,8 @@ class _Engine:
                 if first >= self.ny:
                     break
                 stop = min(first + self.rows_per_band, self.ny)
-                self._band(first, stop, buffers, clipped, (offset_blocks, center_blocks))
+                self._band(first, stop, buffers, clipped, (offset_blocks, center_blocks),
+                           band_kernel)
                 self._advance(stop - first)
             with self._lock:
                 self.clipped += clipped
@@ -372,11 +445,34 @@ class _Engine:
             self.progress(done, self.ny)
 
     def _band(self, first: int, stop: int, buffers: _Buffers, clipped: np.ndarray,
-              blocks: tuple[np.ndarray, np.ndarray]) -> None:
+              blocks: tuple[np.ndarray, np.ndarray],
+              band_kernel: kernel.BandKernel | None) -> None:
         rows = stop - first
         stack = buffers.stack[:, :rows]
+        sources: list[tuple[int, int] | None] = []
+        swapped = np.zeros(self.n, bool)
         for i, reader in enumerate(self.readers):
-            reader.read_rows(first, stop, stack[i])
+            source = reader.raw_source(first) if band_kernel is not None else None
+            if source is None:
+                swapped[i] = reader.read_rows(first, stop, stack[i],
+                                              big_endian_ok=band_kernel is not None)
+            else:
+                swapped[i] = True  # the kernel reads the file's bytes itself
+            sources.append(source)
+        if band_kernel is not None:
+            row_blocks = np.arange(first, stop) * self.grid_rows // self.ny
+            if band_kernel.combine_band(stack, sources, swapped, row_blocks,
+                                        self.data[first:stop], self.uncertainty[first:stop],
+                                        self.mask[first:stop]):
+                clipped += band_kernel.clipped
+                if self.settings.sigma_clip:
+                    blocks[0][...] += band_kernel.offset_blocks
+                    blocks[1][...] += band_kernel.center_blocks
+                return
+            # a value is not finite: the numpy engine below does this band
+        for i in range(self.n):
+            if swapped[i]:
+                stack[i].byteswap(inplace=True)
             if self.scales[i] != 1.0:
                 stack[i] *= self.dtype.type(self.scales[i])
         finite = bool(np.isfinite(stack).all())
@@ -431,6 +527,8 @@ class _Engine:
     def _finish_band(self, first: int, stop: int, stack: np.ndarray, keep: np.ndarray,
                      center: np.ndarray, offset_sum: np.ndarray, offset_sq: np.ndarray,
                      count: np.ndarray) -> None:
+        import bottleneck as bn  # only off the kernel's path
+
         data, uncertainty = self.data[first:stop], self.uncertainty[first:stop]
         empty = self.mask[first:stop]
         np.equal(count, 0, out=empty)
@@ -477,6 +575,8 @@ class _Engine:
 
     def _reference(self, stack: np.ndarray, finite: bool) -> np.ndarray:
         """Without clipping: any value near the pixel's level keeps the sums small."""
+        import bottleneck as bn  # only off the kernel's path
+
         if finite:
             return stack[0].copy()
         return np.nan_to_num(bn.nanmean(stack, axis=0), nan=0.0).astype(self.dtype)
@@ -485,6 +585,8 @@ class _Engine:
                               finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-pixel center and deviation of the scaled values (None for 'noise', which
         has one deviation per frame)."""
+        import bottleneck as bn  # only off the kernel's path
+
         work = buffers.work[:, :rows]
         np.copyto(work, stack)
         if finite:
@@ -570,19 +672,37 @@ class _Engine:
             keep[i] &= ~(low & (alive >= 3))
 
     def _normalise(self) -> None:
-        good = ~self.mask
-        if not good.any():
+        """Divide by the master's median; leave data and uncertainty in FITS (big-endian)
+        byte order, so that writing them needs no swapped copy."""
+        if self.mask.all():
             raise ValueError("no pixel has a surviving value")
-        copy = self.data[good]
-        self.ledger.hold(copy.nbytes)
-        self.normalisation = _median_in_place(copy)
-        self.ledger.release(copy.nbytes)
-        del copy
+        if self.mask.any():
+            good = self.data[~self.mask]
+            self.ledger.hold(good.nbytes)
+            self.normalisation = _median_in_place(good)
+            self.ledger.release(good.nbytes)
+            del good
+        else:
+            self.normalisation = self._median_of_data()
         if not np.isfinite(self.normalisation) or self.normalisation <= 0:
             raise ValueError(f"combined level {self.normalisation} cannot be normalised")
         self.data /= self.dtype.type(self.normalisation)
         self.uncertainty /= self.dtype.type(self.normalisation)
         self.data[self.mask] = 1.0
+        self.data = _to_big_endian(self.data)
+        self.uncertainty = _to_big_endian(self.uncertainty)
+
+    def _median_of_data(self) -> float:
+        """The exact median of the (all finite) data, without a copy unless the tally's
+        bracket misses."""
+        values = self.data.reshape(-1)
+        median = _tally_median(values)
+        if median is None:
+            copy = values.copy()
+            self.ledger.hold(copy.nbytes)
+            median = _partitioned_median(copy)
+            self.ledger.release(copy.nbytes)
+        return median
 
 
 class _Buffers:
@@ -711,11 +831,24 @@ def _sorted_median(ordered: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
 
 def _median_in_place(values: np.ndarray) -> float:
     """Exact median of a 1-D array of finite values (which may be reordered)."""
+    median = _tally_median(values)
+    return median if median is not None else _partitioned_median(values)
+
+
+def _tally_median(values: np.ndarray) -> float | None:
+    """Exact median of a 1-D array of finite values, or None when the bracket misses."""
     tally = _Tally(values[:: max(1, values.size // SMALL)])
     for start in range(0, values.size, CHUNK):
         tally.add(values[start:start + CHUNK])
-    median = tally.median()
-    return median if median is not None else _partitioned_median(values)
+    return tally.median()
+
+
+def _to_big_endian(array: np.ndarray) -> np.ndarray:
+    """The same buffer, byte-swapped in place and viewed as big-endian."""
+    big_endian = array.dtype.newbyteorder(">")
+    if array.dtype == big_endian:
+        return array
+    return array.byteswap(inplace=True).view(big_endian)
 
 
 def _partitioned_median(values: np.ndarray) -> float:

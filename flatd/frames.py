@@ -1,8 +1,9 @@
 """One file's header to a `Frame` (or a `Skip` saying why not), cheaply.
 
 Only the raw 2880-byte header blocks are read and only the cards flatd needs are
-parsed (by astropy's `Card`), so indexing costs a few hundredths of a millisecond per
-file plus the read itself, not the ~4.5 ms of a full `ImageFileCollection` entry. The
+parsed (plain values directly, anything else by astropy's `Card`, imported only then), so
+indexing costs a few hundredths of a millisecond per file plus the read itself, not the
+~4.5 ms of a full `ImageFileCollection` entry, and needs no astropy import. The
 same pass records where the image data lies, so the engine can read it band by band
 without opening the file through astropy again, and checks the file is long enough
 to hold its data (a truncated or half-written file is never indexed as complete).
@@ -18,8 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
-
-from astropy.io import fits
 
 from flatd.config import FramesConfig
 
@@ -244,8 +243,13 @@ def _value(images: list[bytes]) -> object:
             value = simple_value(text)
             if value is not NOT_SIMPLE:
                 return value
+    except (ValueError, UnicodeDecodeError):
+        return _raw_string(images)
+    from astropy.io import fits
+
+    try:
         value = fits.Card.fromstring(text).value
-    except (ValueError, UnicodeDecodeError, fits.VerifyError):
+    except (ValueError, fits.VerifyError):
         return _raw_string(images)
     return None if isinstance(value, fits.card.Undefined) else value
 

@@ -6,15 +6,24 @@ and astropy into the same stream in the same format, and replaces `warnings.show
 once, globally, with a hook that logs each distinct warning only once (astropy repeats the
 same FITSFixedWarning for every file, with only numbers and paths differing). It may be
 called again (tests reconfigure): the previous set-up is replaced, never stacked.
+
+astropy is imported lazily (only when a file needs it), often after logging is set up;
+its own logger and warnings hook are then tamed as soon as its import finishes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import re
 import sys
 import threading
+import types
 import warnings
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -67,8 +76,11 @@ def configure_logging(format: str, level: str, stream: TextIO | None = None) -> 
         cache_logger_on_first_use=False,
     )
     _configure_stdlib(out, numeric, tail)
-    _configure_astropy()
     _install_warning_hook()
+    if "astropy" in sys.modules:
+        _configure_astropy()
+    else:
+        _configure_astropy_once_imported()
 
 
 # -- stdlib logging -------------------------------------------------------------------------
@@ -114,13 +126,14 @@ def _configure_stdlib(stream: TextIO, level: int, tail: list[Processor]) -> None
     logging.captureWarnings(False)
 
 
-def _configure_astropy() -> None:
+def _configure_astropy(astropy_log: Any = None) -> None:
     """Drop astropy's own stderr handler (its records then reach ours once, through the
     root logger) and stop it from hooking `warnings.showwarning` (ours does that)."""
-    try:
-        from astropy import log as astropy_log
-    except ImportError:  # pragma: no cover - astropy is a dependency
-        return
+    if astropy_log is None:
+        try:
+            from astropy import log as astropy_log
+        except ImportError:  # pragma: no cover - astropy is a dependency
+            return
     for handler in list(astropy_log.handlers):
         astropy_log.removeHandler(handler)
     astropy_log.propagate = True
@@ -129,6 +142,46 @@ def _configure_astropy() -> None:
             astropy_log.disable_warnings_logging()
         except Exception:  # someone replaced showwarning after astropy: forget astropy's hook
             astropy_log._showwarning_orig = None
+
+
+_finder_lock = threading.Lock()
+
+
+class _AfterAstropyImport(importlib.abc.MetaPathFinder):
+    """Finds `astropy` for the import system and makes its loader call
+    `_configure_astropy` right after the package has run (astropy installs its handler
+    and warnings hook while it is imported); then leaves `sys.meta_path`."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "astropy":
+            return None
+        _remove_finder(self)
+        spec = importlib.util.find_spec(fullname)  # by the finders after this one
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run_package = loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            run_package(module)
+            with contextlib.suppress(Exception):  # never at the cost of the import
+                _configure_astropy(getattr(module, "log", None))
+
+        with contextlib.suppress(AttributeError, TypeError):  # a loader that refuses
+            loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _configure_astropy_once_imported() -> None:
+    with _finder_lock:
+        if not any(isinstance(f, _AfterAstropyImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterAstropyImport())
+
+
+def _remove_finder(finder: _AfterAstropyImport) -> None:
+    with _finder_lock, contextlib.suppress(ValueError):
+        sys.meta_path.remove(finder)
 
 
 # -- warnings ---------------------------------------------------------------------------------

@@ -18,16 +18,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.combine import CombineResult
 from flatd.config import Config
 from flatd.frames import Frame, GroupValue
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
 MAX_VALUE_LENGTH = 32
@@ -117,7 +119,10 @@ def _check_inside(path: Path, directory: Path) -> None:
 def write_master(combined: CombineResult, frames: list[Frame], group: Any, start: datetime,
                  config: Config, *, output_dir: Path,
                  qa_cards: list[tuple[str, Any, str]] | None = None) -> MasterRecord:
-    """Write the master of one sequence atomically and return its record."""
+    """Write the master of one sequence atomically and return its record. The images
+    are written as they are: big-endian arrays ('>f4') go out without a byte-swap."""
+    from astropy.io import fits
+
     path = master_path(output_dir, group, start)
     used = [s for s in combined.stats if s.used]
     created = datetime.now(UTC)
@@ -143,6 +148,8 @@ def write_master(combined: CombineResult, frames: list[Frame], group: Any, start
 def _header(first: Frame, frames: list[Frame], combined: CombineResult, group: Any,
             start: datetime, created: datetime, config: Config,
             qa_cards: list[tuple[str, Any, str]]) -> fits.Header:
+    from astropy.io import fits
+
     source = _input_header(first)
     header = fits.Header()
     for card in source.cards:
@@ -188,6 +195,8 @@ def _header(first: Frame, frames: list[Frame], combined: CombineResult, group: A
 
 
 def _input_header(frame: Frame) -> fits.Header:
+    from astropy.io import fits
+
     try:
         with fits.open(frame.path, lazy_load_hdus=True) as hdul:
             return hdul[frame.hdu].header.copy()
@@ -196,6 +205,8 @@ def _input_header(frame: Frame) -> fits.Header:
 
 
 def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTableHDU:
+    from astropy.io import fits
+
     stats = {s.path: s for s in combined.stats}
     rows = [(f, stats.get(f.path)) for f in frames]
 
@@ -222,7 +233,12 @@ def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTable
         column("REASON", text(reasons), reasons),
         column("CLIPFRAC", "D", [s.clipped_fraction if s else 0.0 for _, s in rows]),
     ]
-    return fits.BinTableHDU.from_columns(columns, name="INPUTS")
+    # what BinTableHDU.from_columns(columns, name="INPUTS") builds, without its check for
+    # an astropy Table, whose import (~0.1 s) is most of the cost of a small table
+    table = fits.BinTableHDU()
+    table.data = fits.FITS_rec.from_columns(fits.ColDefs(columns))
+    table.name = "INPUTS"
+    return table
 
 
 # -- latest/ and reading back --------------------------------------------------------------
@@ -257,6 +273,8 @@ def read_master_inputs(path: Path) -> list[dict[str, Any]]:
 def read_master(path: Path, keys: Iterable[str]) -> tuple[Any, list[dict[str, Any]]]:
     """From one open: the group a master was made for (its header's values of `keys`,
     as a group key; None when one is missing) and its INPUTS rows."""
+    from astropy.io import fits
+
     keys = tuple(keys)
     with fits.open(path) as hdul:
         header = hdul[0].header

@@ -14,11 +14,14 @@ import gzip
 import os
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 
 from flatd.frames import Frame
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 _RAW_TYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
@@ -42,6 +45,8 @@ class FramePixels:
         elif frame.compression == "gzip":
             self._stream = gzip.GzipFile(frame.path, "rb")
         else:
+            from astropy.io import fits
+
             self._hdul = fits.open(frame.path, memmap=False, lazy_load_hdus=True)
 
     @property
@@ -53,17 +58,32 @@ class FramePixels:
         """Scratch bytes one row needs on its way to float (0 when read in place)."""
         return self.frame.shape[1] * raw_dtype(self.frame.bitpix).itemsize
 
-    def read_rows(self, first: int, stop: int, out: np.ndarray) -> None:
+    def raw_source(self, first: int) -> tuple[int, int] | None:
+        """(file descriptor, byte offset of row `first`) when the rows are stored as
+        plain big-endian float32, which the kernel reads itself; else None."""
+        frame = self.frame
+        if (self._fd is None or frame.bitpix != -32 or frame.bscale != 1.0
+                or frame.bzero != 0.0):
+            return None
+        return self._fd, frame.data_offset + first * frame.shape[1] * 4
+
+    def read_rows(self, first: int, stop: int, out: np.ndarray, *,
+                  big_endian_ok: bool = False) -> bool:
         """Fill `out` (shape (stop-first, nx), float) with the physical values of rows
-        first..stop-1 (BSCALE and BZERO applied)."""
+        first..stop-1 (BSCALE and BZERO applied). With `big_endian_ok`, values stored
+        as big-endian floats of out's size may be left in their file byte order (for
+        the kernel, which swaps them as it loads them); returns whether they were."""
         if self._hdul is not None:
             with self._lock:
                 out[...] = self._hdul[self.frame.hdu].section[first:stop, :]
-            return
+            return False
         raw_type = raw_dtype(self.frame.bitpix)
         offset = self.frame.data_offset + first * self.frame.shape[1] * raw_type.itemsize
         if raw_type.kind == "f" and raw_type.itemsize == out.itemsize and out.flags.c_contiguous:
             self._read_into(memoryview(out.reshape(-1).view(np.uint8)), offset)
+            plain = self.frame.bscale == 1.0 and self.frame.bzero == 0.0
+            if big_endian_ok and plain:
+                return True
             out.byteswap(inplace=True)
         else:
             raw = np.empty(out.shape, raw_type)
@@ -73,6 +93,7 @@ class FramePixels:
             out *= self.frame.bscale
         if self.frame.bzero != 0.0:
             out += self.frame.bzero
+        return False
 
     def _read_into(self, buffer: memoryview, offset: int) -> None:
         if self._stream is not None:

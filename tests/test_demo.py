@@ -52,7 +52,8 @@ def _fresh_copy(destination: Path) -> Path:
     (destination / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
     # make must see the shared venv as set up, never reinstall it from the copy
     stamp = (ROOT / ".venv" / ".installed").stat().st_mtime
-    os.utime(destination / "pyproject.toml", (stamp - 1, stamp - 1))
+    for prerequisite in ("pyproject.toml", "flatd/_kernel.c"):  # the Makefile's stamp rule
+        os.utime(destination / prerequisite, (stamp - 1, stamp - 1))
     return destination
 
 

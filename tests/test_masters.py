@@ -140,6 +140,44 @@ def test_settings_reach_the_header(tmp_path: Path) -> None:
     assert (header["CMBMETH"], header["CMBDEV"], header["CMBSLOW"]) == ("median", "std", 3.5)
 
 
+def _combined(directory: Path):
+    from flatd import combine as engine
+
+    make_inputs(directory, [30000, 25000, 20000, 16000, 13000, 500])
+    config = Config()
+    sequence = index_paths([directory], config).sequences()[0]
+    frames = list(sequence.frames)
+    return frames, engine.combine(frames, config.combine,
+                                  rejected={frames[-1].path: "too faint"}), sequence
+
+
+def test_inputs_table_is_what_from_columns_builds(tmp_path: Path) -> None:
+    import io
+
+    frames, combined, _ = _combined(tmp_path / "in")
+    table = masters._inputs_table(frames, combined)
+    ours, official = io.BytesIO(), io.BytesIO()
+    table.writeto(ours)
+    fits.BinTableHDU.from_columns(table.columns, name="INPUTS").writeto(official)
+    assert ours.getvalue() == official.getvalue()
+    assert table.columns.names == INPUT_COLUMNS
+
+
+def test_big_endian_images_are_written_as_they_are(tmp_path: Path) -> None:
+    frames, combined, sequence = _combined(tmp_path / "in")
+    native = combined.data.astype(np.float32), combined.uncertainty.astype(np.float32)
+    combined.data, combined.uncertainty = (a.astype(">f4") for a in native)
+    record = masters.write_master(combined, frames, sequence.group, sequence.start, Config(),
+                                  output_dir=tmp_path / "out")
+    assert combined.data.dtype.str == ">f4" and combined.uncertainty.dtype.str == ">f4"
+    np.testing.assert_array_equal(combined.data, native[0])  # not left byte-swapped
+    with fits.open(record.path) as hdul:
+        np.testing.assert_array_equal(hdul[0].data, native[0])
+        np.testing.assert_array_equal(hdul["UNCERT"].data, native[1])
+        np.testing.assert_array_equal(hdul["MASK"].data, combined.mask.view(np.uint8))
+    assert CCDData.read(record.path).data.shape == native[0].shape
+
+
 # -- names ----------------------------------------------------------------------------------
 HOSTILE = ["../../../etc/x", "/abs/path", "a\x00b", "x" * 300, "x" * 299 + "y", "é", "e", "R",
            "r", "g'", "g", "", "none", ".", "..", "-", "a b", "a_b", "a-b", "a/b", "a\\b",

@@ -239,3 +239,18 @@ def test_noise_deviation_without_gain_is_a_clear_error(tmp_path):
     result = make_master(sequence_of(write(seq, tmp_path / "in"), config), config)
     assert result.outcome == "failed"
     assert "combine.gain" in result.reason
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 1001, 40000])
+def test_robust_rms_is_astropys_mad_std(dtype, size) -> None:
+    from astropy.stats import mad_std
+
+    from flatd.qa import _nan_mad_std
+
+    rng = np.random.default_rng(size)
+    sample = (rng.normal(0, 0.01, size) * rng.uniform(0.1, 10)).astype(dtype)
+    sample[rng.random(size) < 0.1] = np.nan
+    sample[0] = 0.5
+    ours, theirs = _nan_mad_std(sample), mad_std(sample, ignore_nan=True)
+    assert ours.dtype == theirs.dtype and float(ours) == float(theirs)
