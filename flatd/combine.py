@@ -9,10 +9,15 @@ counts every buffer, outputs included.
 Work is done band by band of rows: every frame's rows for the band are read straight
 into one stack (each file is opened once; see `pixels`), scaled, and reduced. The
 per-pixel median and MAD come from a sorting network run along the frame axis — a fixed
-sequence of element-wise min/max operations on whole rows, which for the usual 5-50
-frames is several times faster than a per-pixel quickselect (bottleneck) and, like all
-large numpy operations, runs outside the GIL, so two bands are combined at once on two
-cores. Bands are sized to stay in the CPU cache and within `mem_limit_mb`.
+sequence of element-wise min/max operations, which for the usual 5-50 frames is several
+times faster than a per-pixel quickselect (bottleneck). Two bands are combined at once on
+two cores, outside the GIL. Bands are sized to stay in the CPU cache and within
+`mem_limit_mb`.
+
+For the default recipe the compiled kernel (`kernel`, `_kernel.c`) does each band, and
+each frame's tally, in one call, with the same float32 operations in the same order as
+the numpy code here, which does everything else (other settings, bands holding NaN or
+infinity) and everything when the kernel is not built.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ A plain FITS file is read with positional reads (`os.preadv`) at the data offset
 against the process, safe from several threads on one descriptor, and each file is
 opened once per combination. Gzip files are decompressed as a forward stream (bands
 must then be read in order); tile-compressed files go through astropy's
-`CompImageHDU.section`, which decompresses only the tiles a band needs.
+`CompImageHDU.section`, which decompresses only the tiles a band needs. Plain big-endian
+float32 data can be left in its file byte order, or not read here at all: `raw_source`
+gives the compiled kernel the descriptor and offset to read it itself.
 """
 
 from __future__ import annotations
