@@ -213,24 +213,26 @@ def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTable
     def column(name: str, form: str, values: list[Any]) -> fits.Column:
         return fits.Column(name=name, format=form, array=np.array(values))
 
-    def text(values: list[str]) -> str:
-        return f"{max([1, *(len(v.encode()) for v in values)])}A"
+    def text(name: str, values: list[str]) -> fits.Column:
+        # as bytes: a path outside ASCII (or not even UTF-8) must not cost the master
+        encoded = [_to_bytes(v) for v in values]
+        return column(name, f"{max([1, *map(len, encoded)])}A", encoded)
 
     names = [f.path.name for f, _ in rows]
     paths = [str(f.path) for f, _ in rows]
     reasons = [s.reason if s else "not combined" for _, s in rows]
     dates = [f.date.isoformat(timespec="milliseconds").replace("+00:00", "") for f, _ in rows]
     columns = [
-        column("FILE", text(names), names),
-        column("PATH", text(paths), paths),
+        text("FILE", names),
+        text("PATH", paths),
         column("SIZE", "K", [f.size for f, _ in rows]),
         column("MTIME_NS", "K", [f.mtime_ns for f, _ in rows]),
-        column("DATEOBS", text(dates), dates),
+        text("DATEOBS", dates),
         column("MEDIAN", "D", [s.median if s else np.nan for _, s in rows]),
         column("MEAN", "D", [s.mean if s else np.nan for _, s in rows]),
         column("SCALE", "D", [s.scale if s else 0.0 for _, s in rows]),
         column("USED", "L", [bool(s and s.used) for _, s in rows]),
-        column("REASON", text(reasons), reasons),
+        text("REASON", reasons),
         column("CLIPFRAC", "D", [s.clipped_fraction if s else 0.0 for _, s in rows]),
     ]
     # what BinTableHDU.from_columns(columns, name="INPUTS") builds, without its check for
@@ -286,9 +288,15 @@ def read_master(path: Path, keys: Iterable[str]) -> tuple[Any, list[dict[str, An
         return group, [{name: _plain(row[name]) for name in names} for row in table]
 
 
+def _to_bytes(text: str) -> bytes:
+    """UTF-8, with a file name's undecodable bytes (Python's surrogate escapes) as they
+    were on disk; `_plain` turns them back into the same str."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", "surrogateescape")
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -70,7 +70,8 @@ def write_page(status_document: dict, status_path: Path, output_dir: Path) -> Pa
     path = page_path(status_path)
     text = render_page(status_document, path.parent, Path(output_dir),
                        status_name=Path(status_path).name)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # a file name that is not UTF-8 shows as its escaped bytes rather than stop the page
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 

@@ -281,3 +281,19 @@ def test_write_is_atomic_and_a_failed_write_keeps_the_previous_master(
     assert (output / "latest" / "flat_gp_LFC_1_1.fits").read_bytes() == path.read_bytes()
     assert not [p for p in output.rglob("*") if is_temporary(p)]
     assert masters.find_masters(output) == [path]
+
+
+def test_paths_outside_ascii_reach_inputs_and_read_back_the_same(tmp_path: Path) -> None:
+    """A directory named in German and a file name that is not even UTF-8 (bytes a camera
+    PC may write): the master is written, and INPUTS gives back exactly the paths flatd
+    indexed, so that a restart recognises its inputs."""
+    directory = tmp_path / "Überwachung ä"
+    paths = make_inputs(directory, [30000, 25000, 20000, 16000, 13000])
+    odd = Path(os.fsdecode(os.fsencode(directory) + b"/flat_\xff.fits"))
+    paths[1].rename(odd)
+    result = combine_directory(directory, tmp_path / "out")
+    rows = masters.read_master_inputs(result.record.path)
+    expected = [paths[0], odd, *paths[2:]]
+    assert sorted(row["PATH"] for row in rows) == sorted(str(p) for p in expected)
+    assert {row["FILE"] for row in rows} == {p.name for p in expected}
+    assert all(row["USED"] for row in rows)

@@ -4,6 +4,7 @@ exists, header values cannot inject markup, and a real headless browser renders 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -152,6 +153,15 @@ def test_hostile_header_values_are_escaped(tmp_path: Path) -> None:
     assert [tag for tag, _ in _tags(text)].count("img") == 0  # no previews were drawn
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
     assert "&amp;amp;" in text  # an entity in a header stays text
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    odd = os.fsdecode(b"/data/incoming/flat_\xff.fits")
+    document["skipped"] = [{"path": odd, "reason": "truncated"}]
+    document["errors"] = [{"group": "", "path": odd, "message": f"{odd}: unreadable"}]
+    text = _write(tmp_path, document).read_text("utf-8")
+    assert "flat_\\udcff.fits" in text
 
 
 def test_malformed_documents_still_render(tmp_path: Path) -> None:
