@@ -106,6 +106,7 @@ class BandKernel:
         library = _library()
         assert library is not None
         n, rows, nx = stack.shape
+        assert n == self.n and stack.dtype == np.float32 and stack.strides[1:] == (nx * 4, 4)
         for array in (data, uncertainty, empty):
             assert array.flags.c_contiguous and array.shape == (rows, nx)
         self.clipped[:] = 0
