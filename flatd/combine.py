@@ -179,7 +179,7 @@ class _Tally:
         expected = self.inside_fraction * count
         inside = np.empty(min(count, int(4 * expected) + buffer.size), np.float32)
         totals = kernel.TallyResult()
-        bracket = None if self.low is None else (float(self.low), float(self.high))
+        bracket = self._bracket()
         chosen = kernel.tally_file(source[0], source[1], count, str(pixels.frame.path),
                                    bracket, self.saturation_level, totals, buffer, inside)
         if chosen is None:
@@ -188,6 +188,9 @@ class _Tally:
         if bracket is not None:
             self.inside.append(chosen)
         return True
+
+    def _bracket(self) -> tuple[float, float] | None:
+        return None if self.low is None else (float(self.low), float(self.high))
 
     def _add_totals(self, totals: kernel.TallyResult) -> None:
         self.total += totals.sum
@@ -199,7 +202,7 @@ class _Tally:
         if self._scratch is None or self._scratch.size < values.size:
             self._scratch = np.empty(values.size, np.float32)
         totals = kernel.TallyResult()
-        bracket = None if self.low is None else (float(self.low), float(self.high))
+        bracket = self._bracket()
         inside = kernel.tally(values, swapped, bracket, self.saturation_level, totals,
                               self._scratch)
         self._add_totals(totals)

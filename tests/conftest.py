@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from flatd.config import Config
+from flatd.frames import Frame, read_frame
+
 FLAT_HEADER = {"IMAGETYP": "Flat Field", "FILTER": "r", "INSTRUME": "SIMCAM",
                "XBINNING": 1, "YBINNING": 1, "DATE-OBS": "2026-11-23T17:30:00"}
 
@@ -21,6 +24,13 @@ def write_frame(path: Path, data: np.ndarray | None = None, **header: object) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.PrimaryHDU(data, hdr).writeto(path)
     return path
+
+
+def frames_of(paths: list[Path]) -> list[Frame]:
+    """The frames of `paths`, read with the default settings (all must be frames)."""
+    frames = [read_frame(p, Config().frames) for p in paths]
+    assert all(isinstance(f, Frame) for f in frames), frames
+    return frames  # type: ignore[return-value]
 
 
 @pytest.fixture

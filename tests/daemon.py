@@ -136,6 +136,13 @@ def write_slowly_in_place(path: Path, data: np.ndarray, header: fits.Header,
     fits.PrimaryHDU(data, header).writeto(temp)
     content = temp.read_bytes()
     temp.unlink()
+    write_in_chunks(path, content, chunks, pause)
+
+
+def write_in_chunks(path: Path, content: bytes, chunks: int, pause: float,
+                    between: Callable[[], None] = lambda: None) -> None:
+    """Write `content` to `path` in `chunks` flushed pieces, pausing (and calling
+    `between`) after each piece but the last."""
     step = -(-len(content) // chunks)
     with path.open("wb") as out:
         for start in range(0, len(content), step):
@@ -143,6 +150,7 @@ def write_slowly_in_place(path: Path, data: np.ndarray, header: fits.Header,
             out.flush()
             if start + step < len(content):
                 time.sleep(pause)
+                between()
 
 
 class NotifySocket:

@@ -14,20 +14,12 @@ from astropy.io import fits
 from astropy.stats import mad_std
 
 from flatd.combine import CombineResult, combine, sort_along_frames
-from flatd.config import CombineConfig, Config
-from flatd.frames import Frame, read_frame
+from flatd.config import CombineConfig
 from flatd.simulate import simulate_sequence, write_sequence
-from tests.conftest import write_frame
+from tests.conftest import frames_of, write_frame
 
 ccdproc = pytest.importorskip("ccdproc")
 
-FRAMES_CONFIG = Config().frames
-
-
-def frames_of(paths: list[Path]) -> list[Frame]:
-    frames = [read_frame(p, FRAMES_CONFIG) for p in paths]
-    assert all(isinstance(f, Frame) for f in frames), frames
-    return frames  # type: ignore[return-value]
 
 
 def run(paths: list[Path], **settings: object) -> CombineResult:

@@ -13,9 +13,9 @@ from astropy.io import fits
 
 from flatd import kernel
 from flatd.combine import CombineResult, combine, measure
-from flatd.config import CombineConfig, Config
-from flatd.frames import Frame, read_frame
+from flatd.config import CombineConfig
 from flatd.simulate import simulate_sequence, write_sequence
+from tests.conftest import frames_of
 
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="compiled kernel not built")
 
@@ -26,12 +26,6 @@ def test_kernel_is_built_where_a_compiler_is() -> None:
     assert kernel.built(), (
         "flatd's compiled kernel (flatd/_kernel.c) did not build: install a C compiler "
         "(e.g. apt install gcc) and reinstall (make clean test); flatd still works, slower")
-
-
-def frames_of(paths: list[Path]) -> list[Frame]:
-    frames = [read_frame(p, Config().frames) for p in paths]
-    assert all(isinstance(f, Frame) for f in frames), frames
-    return frames  # type: ignore[return-value]
 
 
 def both_engines(paths: list[Path], monkeypatch: pytest.MonkeyPatch,

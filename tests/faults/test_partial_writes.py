@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from tests.daemon import flat_sequence
+from tests.daemon import flat_sequence, write_in_chunks
 from tests.faults.conftest import flat_bytes, per_path
 
 pytestmark = pytest.mark.timeout(90)
@@ -30,33 +27,22 @@ def test_large_frames_written_in_chunks_renamed_or_rsynced_are_indexed_once_when
         early.extend(f"{e['event']} {name}" for e in list(flatd.events)
                      if str(e.get("path", "")).endswith(name))
 
-    def write_in_chunks(path: Path, content: bytes, pause: float,
-                        between: Callable[[], None] = lambda: None) -> None:
-        step = -(-len(content) // CHUNKS)
-        with path.open("wb") as out:
-            for start in range(0, len(content), step):
-                out.write(content[start:start + step])
-                out.flush()
-                if start + step < len(content):
-                    time.sleep(pause)
-                    between()
-
     def in_place(name: str, content: bytes) -> None:
         """A camera writing where the file lands, with pauses of more than a second."""
-        write_in_chunks(flatd.incoming / name, content, PAUSE,
+        write_in_chunks(flatd.incoming / name, content, CHUNKS, PAUSE,
                         between=lambda: watch_for_early(name))
 
     def renamed(name: str, content: bytes) -> None:
         """A writer that uses a temporary name and renames, also slowly."""
         temp = flatd.incoming / f"{name}.part"
-        write_in_chunks(temp, content, PAUSE / 2)
+        write_in_chunks(temp, content, CHUNKS, PAUSE / 2)
         watch_for_early(name)
         os.replace(temp, flatd.incoming / name)
 
     def rsynced(name: str, content: bytes) -> None:
         """rsync: `.name.XXXXXX` in the same directory, then a rename."""
         temp = flatd.incoming / f".{name}.Xa9b3c"
-        write_in_chunks(temp, content, PAUSE / 2)
+        write_in_chunks(temp, content, CHUNKS, PAUSE / 2)
         watch_for_early(name)
         os.replace(temp, flatd.incoming / name)
 
