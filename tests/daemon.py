@@ -66,6 +66,7 @@ class FlatdProcess:
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
+        self._on_event: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     @property
     def incoming(self) -> Path:
@@ -90,7 +91,15 @@ class FlatdProcess:
         for line in self.proc.stdout:
             self.raw.append(line)
             with contextlib.suppress(json.JSONDecodeError):
-                self.events.append(json.loads(line))
+                event = json.loads(line)
+                self.events.append(event)
+                if (action := self._on_event.pop(event.get("event"), None)) is not None:
+                    action(event)
+
+    def on_event(self, event: str, action: Callable[[dict[str, Any]], None]) -> None:
+        """Run `action` once, on the log reader's thread, as soon as `event` is logged:
+        without a polling interval between the daemon's line and the test's reaction."""
+        self._on_event[event] = action
 
     def named(self, event: str, **fields: Any) -> list[dict[str, Any]]:
         return [e for e in list(self.events) if e.get("event") == event
