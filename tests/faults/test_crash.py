@@ -19,7 +19,7 @@ from tests.faults.conftest import StatusReader, flat_bytes, masters_in
 
 pytestmark = pytest.mark.timeout(120)
 
-N_FRAMES, SHAPE = 5, (1024, 1024)
+N_FRAMES, SHAPE = 5, (2048, 2048)  # a master whose write stays visible for 80-120 ms
 
 
 def test_kill_9_while_a_master_is_written_leaves_no_partial_file(daemon, tmp_path):
