@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,12 @@ def write_atomically(path: Path, data: np.ndarray, header: fits.Header) -> None:
     temp = path.with_name(f".{path.name}.tmp123")
     fits.PrimaryHDU(data, header).writeto(temp)
     os.replace(temp, path)
+
+
+def write_frames(directory: Path, seq, indices: Iterable[int]) -> None:
+    """Frames `indices` of a simulated sequence, written atomically as r_000.fits, ..."""
+    for i in indices:
+        write_atomically(directory / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
 
 
 def write_slowly_in_place(path: Path, data: np.ndarray, header: fits.Header,

@@ -19,6 +19,7 @@ from tests.daemon import (
     flat_sequence,
     wait_for,
     write_atomically,
+    write_frames,
     write_slowly_in_place,
 )
 
@@ -80,8 +81,7 @@ def test_a_settled_sequence_becomes_a_master_with_status_and_log(daemon):
 def test_restart_redoes_nothing_and_late_frames_recombine_one_master(daemon):
     flatd = daemon(quiet=0.5).start()
     seq = flat_sequence(7, seed=3)
-    for i in range(5):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, range(5))
     flatd.wait_event("master_written")
     [master] = masters_in(flatd.masters)
     first_mtime = master.stat().st_mtime_ns
@@ -93,8 +93,7 @@ def test_restart_redoes_nothing_and_late_frames_recombine_one_master(daemon):
     assert again.named("master_written") == []
     assert master.stat().st_mtime_ns == first_mtime
 
-    for i in (5, 6):
-        write_atomically(again.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(again.incoming, seq, (5, 6))
     again.wait_event("master_written")
     assert masters_in(again.masters) == [master]
     assert len(read_master_inputs(master)) == 7
@@ -127,8 +126,7 @@ def test_bad_files_are_named_and_the_good_frames_still_combine(daemon):
     flatd = daemon(quiet=1.0).start()
     (flatd.incoming / "junk.fits").write_bytes(os.urandom(5000))
     seq = flat_sequence(4, seed=7)
-    for i in range(4):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, range(4))
     bias = seq.headers[0].copy()
     bias["IMAGETYP"] = "Bias Frame"
     write_atomically(flatd.incoming / "bias.fits", seq.frames[0], bias)
@@ -149,8 +147,7 @@ def test_files_that_landed_while_down_are_picked_up(daemon, tmp_path: Path):
     seq = flat_sequence(3, seed=11)
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    for i in range(3):
-        write_atomically(incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(incoming, seq, range(3))
     flatd = daemon(quiet=0.5).start()
     flatd.wait_event("master_written")
     assert len(masters_in(flatd.masters)) == 1
@@ -203,8 +200,7 @@ def cpu_seconds(pid: int) -> float:
 def test_idle_daemon_uses_no_measurable_cpu(daemon):
     flatd = daemon(quiet=0.5).start()
     seq = flat_sequence(3, seed=21)
-    for i in range(3):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, range(3))
     flatd.wait_event("master_written")
     wait_for(lambda: flatd.status()["groups"][0]["state"] == "done", what="group done")
     before, started = cpu_seconds(flatd.proc.pid), time.monotonic()

@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 
 from flatd.masters import read_master_inputs
-from tests.daemon import flat_sequence, wait_for, write_atomically
+from tests.daemon import flat_sequence, wait_for, write_atomically, write_frames
 from tests.faults.conftest import flat_bytes, masters_in, per_path
 
 pytestmark = pytest.mark.timeout(90)
@@ -20,8 +20,7 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
     incoming = flatd.incoming
     seq = flat_sequence(5, seed=31)
     header = seq.headers[0]
-    for i in range(4):
-        write_atomically(incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(incoming, seq, range(4))
     # a flat of the same group with a different shape
     odd = seq.headers[4].copy()
     write_atomically(incoming / "r_odd_shape.fits", np.full((80, 64), 20000, np.float32), odd)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.daemon import flat_sequence, wait_for, write_atomically
+from tests.daemon import flat_sequence, wait_for, write_atomically, write_frames
 from tests.faults.conftest import flat_bytes, per_path
 
 pytestmark = pytest.mark.timeout(90)
@@ -27,8 +27,7 @@ def test_missing_at_start_then_created_then_deleted_and_recreated(daemon):
     # it appears: watched within the health-check period, its frames indexed
     flatd.incoming.mkdir()
     seq = flat_sequence(6, seed=101)
-    for i in range(3):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, range(3))
     flatd.wait_event("watch_problem_resolved", timeout=15)
     flatd.wait_event("master_written", timeout=15)
     assert per_path(flatd, "frame_indexed") == {f"r_{i:03d}.fits": 1 for i in range(3)}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flatd.masters import read_master_inputs
-from tests.daemon import flat_sequence, wait_for, write_atomically
+from tests.daemon import flat_sequence, wait_for, write_frames
 from tests.faults.conftest import masters_in
 
 pytestmark = pytest.mark.timeout(90)
@@ -26,8 +26,7 @@ def digest(path: Path) -> str:
 
 
 def first_master_then_late_frames(flatd, seq) -> tuple[Path, str, str]:
-    for i in range(3):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, range(3))
     flatd.wait_event("master_written")
     [master] = masters_in(flatd.masters)
     latest = flatd.masters / "latest" / master.name.replace("_20261123T173000", "")
@@ -68,8 +67,7 @@ def test_a_file_size_limit_fails_the_write_and_the_daemon_retries(daemon):
     # "disk full" for the daemon alone: no file of it may grow beyond 200 kB (EFBIG)
     limit = 200_000
     resource.prlimit(flatd.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-    for i in (3, 4):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, (3, 4))
 
     def unlimited() -> None:
         resource.prlimit(flatd.proc.pid, resource.RLIMIT_FSIZE,
@@ -101,8 +99,7 @@ def test_a_full_output_filesystem_fails_the_write_and_the_daemon_retries(daemon,
             out.write(b"\0" * 65536)
             out.flush()
     filler.write_bytes(b"\0" * (filler.stat().st_size - 300_000))
-    for i in (3, 4):
-        write_atomically(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
+    write_frames(flatd.incoming, seq, (3, 4))
 
     assert_failed_then_recovered(flatd, master, before, latest_before,
                                  "Not enough space on disk", filler.unlink)
