@@ -40,8 +40,9 @@ master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.medi
                          mem_limit=350e6, unit="adu")
 master.write(output, overwrite=True)
 """
-FLATD_IMPORTS = ("import flatd.cli, flatd.report, flatd.pipeline, flatd.combine, "
-                 "flatd.masters, flatd.logs")
+FLATD_IMPORTS = (
+    "import flatd.cli, flatd.report, flatd.pipeline, flatd.combine, flatd.masters, flatd.logs"
+)
 CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
 CONFIG = f"""
 [sequence]
@@ -71,15 +72,15 @@ def run_child(argv: list[str]) -> tuple[float, float]:
     The child is started by a small launcher process, whose own RSS is what the child's
     peak starts from: Linux carries a parent's RSS at fork into the child's `ru_maxrss`,
     so children of this (large) runner would all report at least its size."""
-    out = subprocess.run([PYTHON, "-c", LAUNCHER, *argv], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [PYTHON, "-c", LAUNCHER, *argv], capture_output=True, text=True, check=False
+    )
     try:
         code, wall, peak = out.stdout.split()
     except ValueError:
         code, wall, peak = "1", "0", "0"
     if code != "0":
-        raise SystemExit(f"benchmark child failed: {' '.join(argv[:4])}...\n"
-                         f"{out.stderr[-2000:]}")
+        raise SystemExit(f"benchmark child failed: {' '.join(argv[:4])}...\n{out.stderr[-2000:]}")
     return float(wall), float(peak)
 
 
@@ -107,9 +108,14 @@ def make_frames(name: str, n: int, shape: tuple[int, int]) -> list[Path]:
     for start in range(0, n, 5):
         count = min(5, n - start)
         seq = simulate_sequence(
-            shape=shape, n_frames=count, seed=start, filter_name="r", true_flat=true_flat,
+            shape=shape,
+            n_frames=count,
+            seed=start,
+            filter_name="r",
+            true_flat=true_flat,
             levels=(levels[start], levels[start + count - 1]),
-            start=DEFAULT_START + timedelta(seconds=30 * start))
+            start=DEFAULT_START + timedelta(seconds=30 * start),
+        )
         true_flat = seq.true_flat
         for i, path in enumerate(write_sequence(seq, directory, prefix=f"b{start:03d}")):
             path.rename(directory / f"frame_{start + i:03d}.fits")
@@ -124,8 +130,17 @@ def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
     def flatd_cmd(run: int) -> list[str]:
         # a fresh output directory each run: a one-shot combine, like ccdproc's (with an
         # earlier master in latest/, flatd would also compare the new one with it)
-        return [PYTHON, "-m", "flatd", "combine", "--config", str(config),
-                "--output", str(work / f"flatd-out-{label[0]}-{run}"), *map(str, files)]
+        return [
+            PYTHON,
+            "-m",
+            "flatd",
+            "combine",
+            "--config",
+            str(config),
+            "--output",
+            str(work / f"flatd-out-{label[0]}-{run}"),
+            *map(str, files),
+        ]
 
     ccd_cmd = [PYTHON, "-c", CCDPROC_RECIPE, *map(str, files), str(work / "ccdproc.fits")]
     flatd_base, ccd_base = baseline(FLATD_IMPORTS), baseline(CCDPROC_IMPORTS)
@@ -138,10 +153,13 @@ def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
     c_time = statistics.median(t for t, _ in results["ccdproc"])
     f_mem = max(m for _, m in results["flatd"]) - flatd_base
     c_mem = max(m for _, m in results["ccdproc"]) - ccd_base
-    print(f"{label}: flatd {f_time:6.2f} s, {f_mem:5.0f} MB above imports | ccdproc "
-          f"{c_time:6.2f} s, {c_mem:5.0f} MB above imports | flatd is {c_time / f_time:4.1f}x "
-          f"faster; memory {f_mem:.0f} MB vs limit {MEM_LIMIT_MB} MB "
-          f"({'within' if f_mem <= MEM_LIMIT_MB else 'OVER'})", flush=True)
+    print(
+        f"{label}: flatd {f_time:6.2f} s, {f_mem:5.0f} MB above imports | ccdproc "
+        f"{c_time:6.2f} s, {c_mem:5.0f} MB above imports | flatd is {c_time / f_time:4.1f}x "
+        f"faster; memory {f_mem:.0f} MB vs limit {MEM_LIMIT_MB} MB "
+        f"({'within' if f_mem <= MEM_LIMIT_MB else 'OVER'})",
+        flush=True,
+    )
 
 
 def memory_only(label: str, files: list[Path], work: Path) -> None:
@@ -149,11 +167,25 @@ def memory_only(label: str, files: list[Path], work: Path) -> None:
     config.write_text(CONFIG)
     base = baseline(FLATD_IMPORTS)
     for run in ("warm-up", "measured"):  # the first run fills the page cache
-        wall, peak = run_child([PYTHON, "-m", "flatd", "combine", "--config", str(config),
-                                "--output", str(work / f"flatd-out-{run}"), *map(str, files)])
-    print(f"{label}: flatd {wall:6.2f} s, peak {peak:.0f} MB, {peak - base:.0f} MB above "
-          f"imports ({base:.0f} MB) vs limit {MEM_LIMIT_MB} MB "
-          f"({'within' if peak - base <= MEM_LIMIT_MB else 'OVER'})", flush=True)
+        wall, peak = run_child(
+            [
+                PYTHON,
+                "-m",
+                "flatd",
+                "combine",
+                "--config",
+                str(config),
+                "--output",
+                str(work / f"flatd-out-{run}"),
+                *map(str, files),
+            ]
+        )
+    print(
+        f"{label}: flatd {wall:6.2f} s, peak {peak:.0f} MB, {peak - base:.0f} MB above "
+        f"imports ({base:.0f} MB) vs limit {MEM_LIMIT_MB} MB "
+        f"({'within' if peak - base <= MEM_LIMIT_MB else 'OVER'})",
+        flush=True,
+    )
 
 
 def scan(n_files: int, sample: int) -> None:
@@ -167,31 +199,50 @@ def scan(n_files: int, sample: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         data = np.zeros((64, 64), np.float32)
         for i in range(n_files):
-            header = fits.Header({"IMAGETYP": "Flat Field" if i % 3 else "Light Frame",
-                                  "FILTER": "gri"[i % 3], "INSTRUME": "SIMCAM", "XBINNING": 1,
-                                  "YBINNING": 1, "DATE-OBS": f"2026-11-23T17:{i // 600 % 60:02d}:"
-                                  f"{i // 10 % 60:02d}", "EXPTIME": 5.0,
-                                  **{f"KEY{k:03d}": k for k in range(60)}})
+            header = fits.Header(
+                {
+                    "IMAGETYP": "Flat Field" if i % 3 else "Light Frame",
+                    "FILTER": "gri"[i % 3],
+                    "INSTRUME": "SIMCAM",
+                    "XBINNING": 1,
+                    "YBINNING": 1,
+                    "DATE-OBS": f"2026-11-23T17:{i // 600 % 60:02d}:{i // 10 % 60:02d}",
+                    "EXPTIME": 5.0,
+                    **{f"KEY{k:03d}": k for k in range(60)},
+                }
+            )
             fits.PrimaryHDU(data, header).writeto(directory / f"frame_{i:05d}.fits")
-    code_flatd = ("import sys, time; from pathlib import Path; from flatd.config import Config;"
-                  "from flatd.index import index_paths; t = time.perf_counter();"
-                  "index = index_paths([Path(sys.argv[1])], Config());"
-                  "print(time.perf_counter() - t, index.counts()['frames'])")
-    code_ifc = ("import sys, time; from ccdproc import ImageFileCollection;"
-                "from pathlib import Path; files = sorted(Path(sys.argv[1]).glob('*.fits'))"
-                f"[:{sample}]; t = time.perf_counter();"
-                "c = ImageFileCollection(filenames=[str(f) for f in files]);"
-                "print(time.perf_counter() - t, len(c.summary))")
-    runs = [subprocess.run([PYTHON, "-c", code_flatd, str(directory)], capture_output=True,
-                           text=True, check=True).stdout.split() for _ in range(3)]
+    code_flatd = (
+        "import sys, time; from pathlib import Path; from flatd.config import Config;"
+        "from flatd.index import index_paths; t = time.perf_counter();"
+        "index = index_paths([Path(sys.argv[1])], Config());"
+        "print(time.perf_counter() - t, index.counts()['frames'])"
+    )
+    code_ifc = (
+        "import sys, time; from ccdproc import ImageFileCollection;"
+        "from pathlib import Path; files = sorted(Path(sys.argv[1]).glob('*.fits'))"
+        f"[:{sample}]; t = time.perf_counter();"
+        "c = ImageFileCollection(filenames=[str(f) for f in files]);"
+        "print(time.perf_counter() - t, len(c.summary))"
+    )
+    runs = [
+        subprocess.run(
+            [PYTHON, "-c", code_flatd, str(directory)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(3)
+    ]
     flatd_s, indexed = min(float(r[0]) for r in runs[1:]), int(runs[-1][1])  # warm cache
-    out = subprocess.run([PYTHON, "-c", code_ifc, str(directory)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [PYTHON, "-c", code_ifc, str(directory)], capture_output=True, text=True, check=True
+    ).stdout.split()
     ifc_s = float(out[0]) * n_files / sample
-    print(f"D scan of {n_files} files: flatd indexed {indexed} in {flatd_s:.2f} s "
-          f"({flatd_s / n_files * 1e3:.3f} ms/file); ImageFileCollection {ifc_s:.1f} s "
-          f"(extrapolated from {sample} files, {ifc_s / n_files * 1e3:.2f} ms/file): "
-          f"{ifc_s / flatd_s:.0f}x", flush=True)
+    print(
+        f"D scan of {n_files} files: flatd indexed {indexed} in {flatd_s:.2f} s "
+        f"({flatd_s / n_files * 1e3:.3f} ms/file); ImageFileCollection {ifc_s:.1f} s "
+        f"(extrapolated from {sample} files, {ifc_s / n_files * 1e3:.2f} ms/file): "
+        f"{ifc_s / flatd_s:.0f}x",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -204,8 +255,11 @@ def main() -> int:
     compileall.compile_dir(ROOT / "flatd", quiet=1)
     from flatd import kernel
 
-    print(f"engine: {'compiled kernel' if kernel.available() else 'numpy only'}; "
-          f"page cache warm; medians of {args.repeat} alternating runs", flush=True)
+    print(
+        f"engine: {'compiled kernel' if kernel.available() else 'numpy only'}; "
+        f"page cache warm; medians of {args.repeat} alternating runs",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="flatd-bench-") as tmp:
         work = Path(tmp)
         if "A" in args.cases:

@@ -23,8 +23,9 @@ TEMP_SUFFIX = ".part"
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
     """Create or replace `path` with what `write(fileobj)` writes, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", suffix=TEMP_SUFFIX,
-                                    dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=TEMP_PREFIX + path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent
+    )
     tmp = Path(tmp_name)
     os.close(fd)
     try:

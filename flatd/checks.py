@@ -30,16 +30,23 @@ CLIPPED_FACTOR = 5.0  # ... and than 5x the sequence's typical fraction is unlik
 
 def odd_frames(frames: list[Frame]) -> dict[Path, str]:
     """Frames whose shape, binning or readout differs from the sequence's majority."""
+
     def shape(f: Frame) -> str:
         return f"{f.shape[1]}x{f.shape[0]}"
 
     def binning(f: Frame) -> str:
-        return f"{f.extras.get('XBINNING', '?'):g}x{f.extras.get('YBINNING', '?'):g}" \
-            if "XBINNING" in f.extras and "YBINNING" in f.extras else "?"
+        return (
+            f"{f.extras.get('XBINNING', '?'):g}x{f.extras.get('YBINNING', '?'):g}"
+            if "XBINNING" in f.extras and "YBINNING" in f.extras
+            else "?"
+        )
 
     def readout(f: Frame) -> str:
-        return (f"GAIN {f.extras.get('GAIN', '?')}, RDNOISE {f.extras.get('RDNOISE', '?')}"
-                if "GAIN" in f.extras or "RDNOISE" in f.extras else "?")
+        return (
+            f"GAIN {f.extras.get('GAIN', '?')}, RDNOISE {f.extras.get('RDNOISE', '?')}"
+            if "GAIN" in f.extras or "RDNOISE" in f.extras
+            else "?"
+        )
 
     reasons: dict[Path, str] = {}
     for what, key in (("shape", shape), ("binning", binning), ("readout", readout)):
@@ -48,8 +55,9 @@ def odd_frames(frames: list[Frame]) -> dict[Path, str]:
     return reasons
 
 
-def _minority(frames: list[Frame],
-              key: Callable[[Frame], Hashable]) -> list[tuple[Path, Hashable, Hashable]]:
+def _minority(
+    frames: list[Frame], key: Callable[[Frame], Hashable]
+) -> list[tuple[Path, Hashable, Hashable]]:
     if not frames:
         return []
     counts = Counter(key(f) for f in frames)
@@ -65,11 +73,12 @@ def level_rejections(levels: dict[Path, FrameLevels], config: Config) -> dict[Pa
         if level.median < qa.min_level:
             reasons[path] = f"too faint: median {level.median:.0f} < qa.min_level {qa.min_level:g}"
         elif level.median > qa.max_level:
-            reasons[path] = (f"too bright: median {level.median:.0f} > qa.max_level "
-                             f"{qa.max_level:g}")
+            reasons[path] = f"too bright: median {level.median:.0f} > qa.max_level {qa.max_level:g}"
         elif level.saturated_fraction > qa.max_saturated_fraction:
-            reasons[path] = (f"saturated: {level.saturated_fraction:.4f} of pixels > "
-                             f"qa.max_saturated_fraction {qa.max_saturated_fraction:g}")
+            reasons[path] = (
+                f"saturated: {level.saturated_fraction:.4f} of pixels > "
+                f"qa.max_saturated_fraction {qa.max_saturated_fraction:g}"
+            )
     return reasons
 
 
@@ -91,12 +100,14 @@ def structure_outliers(stats: list[FrameStats]) -> dict[Path, str]:
             reasons[s.path] = (
                 f"differs from the sequence's median image: {s.clipped_fraction:.3f} of its "
                 f"pixels clipped > {clip_limit:.3f} (max of {CLIPPED_FLOOR:g} and "
-                f"{CLIPPED_FACTOR:g}x the typical {typical_clip:.4f})")
+                f"{CLIPPED_FACTOR:g}x the typical {typical_clip:.4f})"
+            )
         elif s.structure > limit:
             reasons[s.path] = (
                 f"differs from the sequence's median image: a region departs by "
                 f"{s.structure:.3f} > {limit:.3f} (max of {STRUCTURE_FLOOR:g} and "
-                f"{STRUCTURE_FACTOR:g}x the typical {typical:.4f})")
+                f"{STRUCTURE_FACTOR:g}x the typical {typical:.4f})"
+            )
     return reasons
 
 

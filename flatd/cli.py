@@ -40,30 +40,39 @@ def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
     """The command line; `simulate`'s own options only `with_simulate` (importing the
     simulator costs astropy's 0.3 s import, which no other command should wait for)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
-                        help="config file (default: $FLATD_CONFIG, ./config.toml, "
-                             "/etc/flatd/config.toml, else built-in defaults)")
-    common.add_argument("--log-format", choices=("json", "console", "auto"),
-                        help="override [log] format")
-    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        help="override [log] level")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $FLATD_CONFIG, ./config.toml, "
+        "/etc/flatd/config.toml, else built-in defaults)",
+    )
+    common.add_argument(
+        "--log-format", choices=("json", "console", "auto"), help="override [log] format"
+    )
+    common.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="override [log] level"
+    )
     parser = argparse.ArgumentParser(
-        prog="flatd", description="Keep a fresh master flat for every filter.")
+        prog="flatd", description="Keep a fresh master flat for every filter."
+    )
     parser.add_argument("--version", action="version", version=f"flatd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", parents=[common], help="the daemon, in the foreground")
     run.set_defaults(handler=_run)
 
-    combine = commands.add_parser("combine", parents=[common],
-                                  help="combine the flats in PATHs once and write masters")
-    combine.add_argument("--output", metavar="DIR", type=Path,
-                         help="where masters go (default: [output] directory)")
+    combine = commands.add_parser(
+        "combine", parents=[common], help="combine the flats in PATHs once and write masters"
+    )
+    combine.add_argument(
+        "--output", metavar="DIR", type=Path, help="where masters go (default: [output] directory)"
+    )
     combine.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     combine.set_defaults(handler=_combine)
 
-    scan = commands.add_parser("scan", parents=[common],
-                               help="show what flatd sees in PATHs: groups, sequences, rejects")
+    scan = commands.add_parser(
+        "scan", parents=[common], help="show what flatd sees in PATHs: groups, sequences, rejects"
+    )
     scan.add_argument("--json", action="store_true", help="machine-readable output")
     scan.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     scan.set_defaults(handler=_scan)
@@ -72,11 +81,15 @@ def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status document")
     status.set_defaults(handler=_status)
 
-    commands.add_parser("check-config", parents=[common],
-                        help="validate the config and print the effective configuration")
+    commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the config and print the effective configuration",
+    )
 
-    simulate = commands.add_parser("simulate", parents=[common],
-                                   help="a fake camera writing flat sequences into OUTDIR")
+    simulate = commands.add_parser(
+        "simulate", parents=[common], help="a fake camera writing flat sequences into OUTDIR"
+    )
     if with_simulate:
         from flatd import simulate as simulator
 
@@ -87,8 +100,11 @@ def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
 def _configure_logging(args: argparse.Namespace, config: Config) -> None:
     from flatd.logs import configure_logging
 
-    configure_logging(args.log_format or config.log.format, args.log_level or config.log.level,
-                      stream=sys.stdout if args.command == "run" else sys.stderr)
+    configure_logging(
+        args.log_format or config.log.format,
+        args.log_level or config.log.level,
+        stream=sys.stdout if args.command == "run" else sys.stderr,
+    )
 
 
 def _check_config(config: Config) -> int:
@@ -130,8 +146,9 @@ def _combine(args: argparse.Namespace, config: Config) -> int:
 
     if _missing(args):
         return EXIT_USAGE
-    summary = combine_paths(args.paths, config, output_dir=args.output,
-                            show_progress=sys.stderr.isatty())
+    summary = combine_paths(
+        args.paths, config, output_dir=args.output, show_progress=sys.stderr.isatty()
+    )
     print(summary.render())
     return EXIT_FAILED if summary.failed else EXIT_OK
 
@@ -139,6 +156,8 @@ def _combine(args: argparse.Namespace, config: Config) -> int:
 def _missing(args: argparse.Namespace) -> bool:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
-        print(f"flatd {args.command}: no such file or directory: {', '.join(missing)}",
-              file=sys.stderr)
+        print(
+            f"flatd {args.command}: no such file or directory: {', '.join(missing)}",
+            file=sys.stderr,
+        )
     return bool(missing)

@@ -92,8 +92,7 @@ class CombineResult:
 Progress = Callable[[int, int], None]
 
 
-def measure(frame: Frame, saturation_level: float = 0.0,
-            dtype: str = "float32") -> FrameLevels:
+def measure(frame: Frame, saturation_level: float = 0.0, dtype: str = "float32") -> FrameLevels:
     """Median and mean level of one frame and its fraction of saturated pixels.
 
     The median is exact, found in one streaming pass (see `_Tally`): a sample of evenly
@@ -115,7 +114,7 @@ def measure(frame: Frame, saturation_level: float = 0.0,
         pixels.read_rows(0, ny, values.reshape(frame.shape))
     tally = _Tally(values[:: max(1, values.size // SMALL)], saturation_level)
     for start in range(0, values.size, CHUNK):
-        tally.add(values[start:start + CHUNK])
+        tally.add(values[start : start + CHUNK])
     if tally.count == 0:
         raise ValueError(f"{frame.path.name}: no finite pixel values")
     median = tally.median()
@@ -180,8 +179,17 @@ class _Tally:
         inside = np.empty(min(count, int(4 * expected) + buffer.size), np.float32)
         totals = kernel.TallyResult()
         bracket = self._bracket()
-        chosen = kernel.tally_file(source[0], source[1], count, str(pixels.frame.path),
-                                   bracket, self.saturation_level, totals, buffer, inside)
+        chosen = kernel.tally_file(
+            source[0],
+            source[1],
+            count,
+            str(pixels.frame.path),
+            bracket,
+            self.saturation_level,
+            totals,
+            buffer,
+            inside,
+        )
         if chosen is None:
             return False
         self._add_totals(totals)
@@ -203,8 +211,9 @@ class _Tally:
             self._scratch = np.empty(values.size, np.float32)
         totals = kernel.TallyResult()
         bracket = self._bracket()
-        inside = kernel.tally(values, swapped, bracket, self.saturation_level, totals,
-                              self._scratch)
+        inside = kernel.tally(
+            values, swapped, bracket, self.saturation_level, totals, self._scratch
+        )
         self._add_totals(totals)
         if bracket is not None:
             self.inside.append(inside.copy())
@@ -221,8 +230,9 @@ class _Tally:
         return float(np.mean([float(chosen[r]) for r in local]))
 
     def levels(self, median: float, pixels: int) -> FrameLevels:
-        return FrameLevels(median=median, mean=self.total / self.count,
-                           saturated_fraction=self.saturated / pixels)
+        return FrameLevels(
+            median=median, mean=self.total / self.count, saturated_fraction=self.saturated / pixels
+        )
 
 
 def _sample_rows(pixels: FramePixels, dtype: np.dtype) -> np.ndarray:
@@ -230,7 +240,7 @@ def _sample_rows(pixels: FramePixels, dtype: np.dtype) -> np.ndarray:
     rows = np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
     sample = np.empty((rows.size, nx), dtype)
     for k, y in enumerate(rows):
-        pixels.read_rows(int(y), int(y) + 1, sample[k:k + 1])
+        pixels.read_rows(int(y), int(y) + 1, sample[k : k + 1])
     return sample.reshape(-1)
 
 
@@ -242,14 +252,14 @@ def _row_bands(pixels: FramePixels, dtype: np.dtype) -> Iterator[tuple[np.ndarra
     band = np.empty((rows, nx), dtype)
     big_endian_ok = dtype == np.float32 and kernel.available()
     for first in range(0, ny, rows):
-        part = band[:min(rows, ny - first)]
-        swapped = pixels.read_rows(first, first + part.shape[0], part,
-                                   big_endian_ok=big_endian_ok)
+        part = band[: min(rows, ny - first)]
+        swapped = pixels.read_rows(first, first + part.shape[0], part, big_endian_ok=big_endian_ok)
         yield part.reshape(-1), swapped
 
 
-def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
-                   settings: CombineConfig) -> list[FrameLevels | str]:
+def measure_frames(
+    frames: Sequence[Frame], saturation_levels: Sequence[float], settings: CombineConfig
+) -> list[FrameLevels | str]:
     """`measure` for many frames, two at a time when the memory limit allows a whole
     frame per worker (the fallback's need). A frame whose pixels cannot be read gets the
     reason instead of its levels."""
@@ -258,8 +268,9 @@ def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
     release_freed_memory()
     largest = max(f.shape[0] * f.shape[1] for f in frames)
     one = largest * np.dtype(settings.dtype).itemsize * 1.2
-    threads = min(len(frames), MAX_THREADS if MAX_THREADS * one <= settings.mem_limit_mb * MB
-                  else 1)
+    threads = min(
+        len(frames), MAX_THREADS if MAX_THREADS * one <= settings.mem_limit_mb * MB else 1
+    )
 
     def measured(pair: tuple[Frame, float]) -> FrameLevels | str:
         try:
@@ -271,10 +282,14 @@ def measure_frames(frames: Sequence[Frame], saturation_levels: Sequence[float],
         return list(pool.map(measured, zip(frames, saturation_levels, strict=True)))
 
 
-def combine(frames: Sequence[Frame], settings: CombineConfig, *,
-            rejected: dict[Path, str] | None = None,
-            levels: dict[Path, FrameLevels] | None = None,
-            progress: Progress | None = None) -> CombineResult:
+def combine(
+    frames: Sequence[Frame],
+    settings: CombineConfig,
+    *,
+    rejected: dict[Path, str] | None = None,
+    levels: dict[Path, FrameLevels] | None = None,
+    progress: Progress | None = None,
+) -> CombineResult:
     """Combine `frames` (minus `rejected`, whose reasons go into the stats) into a master.
 
     `levels` are the frames' measured levels (measured here when missing). Raises
@@ -300,16 +315,26 @@ def combine(frames: Sequence[Frame], settings: CombineConfig, *,
         readers = [stack.enter_context(FramePixels(f)) for f in used]
         engine = _Engine(readers, np.array(scales), settings, noise, progress)
         engine.run()
-    stats = _stats(frames, rejected, levels, dict(zip((f.path for f in used), scales,
-                                                      strict=True)),
-                   dict(zip((f.path for f in used), engine.clipped, strict=True)),
-                   dict(zip((f.path for f in used), engine.structure(), strict=True)),
-                   np.prod(next(iter(shapes))))
-    return CombineResult(data=engine.data, uncertainty=engine.uncertainty, mask=engine.mask,
-                         stats=stats, normalisation=engine.normalisation,
-                         peak_bytes=engine.ledger.peak, threads=engine.threads,
-                         rows_per_band=engine.rows_per_band,
-                         engine="kernel" if engine.uses_kernel else "numpy")
+    stats = _stats(
+        frames,
+        rejected,
+        levels,
+        dict(zip((f.path for f in used), scales, strict=True)),
+        dict(zip((f.path for f in used), engine.clipped, strict=True)),
+        dict(zip((f.path for f in used), engine.structure(), strict=True)),
+        np.prod(next(iter(shapes))),
+    )
+    return CombineResult(
+        data=engine.data,
+        uncertainty=engine.uncertainty,
+        mask=engine.mask,
+        stats=stats,
+        normalisation=engine.normalisation,
+        peak_bytes=engine.ledger.peak,
+        threads=engine.threads,
+        rows_per_band=engine.rows_per_band,
+        engine="kernel" if engine.uses_kernel else "numpy",
+    )
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -332,8 +357,14 @@ class _Ledger:
 
 
 class _Engine:
-    def __init__(self, readers: list[FramePixels], scales: np.ndarray, settings: CombineConfig,
-                 noise: list[tuple[float, float]] | None, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        readers: list[FramePixels],
+        scales: np.ndarray,
+        settings: CombineConfig,
+        noise: list[tuple[float, float]] | None,
+        progress: Progress | None,
+    ) -> None:
         self.readers = readers
         self.scales = scales
         self.settings = settings
@@ -363,17 +394,24 @@ class _Engine:
     def _kernel_recipe(self) -> bool:
         """Whether the compiled kernel does these settings (else numpy does all)."""
         settings = self.settings
-        clip_ok = not settings.sigma_clip or (settings.center == "median"
-                                              and settings.deviation == "mad_std")
+        clip_ok = not settings.sigma_clip or (
+            settings.center == "median" and settings.deviation == "mad_std"
+        )
         return self.dtype == np.float32 and settings.method == "average" and clip_ok
 
     def _band_kernel(self) -> kernel.BandKernel | None:
         if not self.uses_kernel:
             return None
         return kernel.BandKernel(
-            [str(r.frame.path) for r in self.readers], self.scales, _network(self.n),
-            [*self.col_starts, self.nx], self.grid_rows, self.settings.sigma_clip,
-            self.settings.sigma_low, self.settings.sigma_high)
+            [str(r.frame.path) for r in self.readers],
+            self.scales,
+            _network(self.n),
+            [*self.col_starts, self.nx],
+            self.grid_rows,
+            self.settings.sigma_clip,
+            self.settings.sigma_low,
+            self.settings.sigma_high,
+        )
 
     def _allocate(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         array = np.empty(shape, dtype)
@@ -387,14 +425,18 @@ class _Engine:
         outputs = npix * (2 * self.dtype.itemsize + 1)
         normalising = npix * self.dtype.itemsize  # a copy of the master for its median
         raw_row = max(r.raw_bytes_per_row() for r in self.readers)
-        per_row = (self.n * self.nx * (2 * self.dtype.itemsize + 1) + raw_row
-                   + ROW_TEMPORARIES * 8 * self.nx)
+        per_row = (
+            self.n * self.nx * (2 * self.dtype.itemsize + 1)
+            + raw_row
+            + ROW_TEMPORARIES * 8 * self.nx
+        )
         available = limit - outputs
         if available < max(per_row, normalising):
             need = (outputs + max(per_row, normalising)) / MB
             raise MemoryError(
                 f"combine.mem_limit_mb = {self.settings.mem_limit_mb:g} is too small for "
-                f"{self.n} frames of {self.nx}x{self.ny}: at least {need:.0f} MB needed")
+                f"{self.n} frames of {self.nx}x{self.ny}: at least {need:.0f} MB needed"
+            )
         ordered = any(r.ordered_reads_only for r in self.readers)
         threads = 1 if ordered or self.ny < 2 else MAX_THREADS
         fit = available // (threads * per_row)
@@ -432,8 +474,9 @@ class _Engine:
                 if first >= self.ny:
                     break
                 stop = min(first + self.rows_per_band, self.ny)
-                self._band(first, stop, buffers, clipped, (offset_blocks, center_blocks),
-                           band_kernel)
+                self._band(
+                    first, stop, buffers, clipped, (offset_blocks, center_blocks), band_kernel
+                )
                 self._advance(stop - first)
             with self._lock:
                 self.clipped += clipped
@@ -452,9 +495,15 @@ class _Engine:
         if self.progress is not None:
             self.progress(done, self.ny)
 
-    def _band(self, first: int, stop: int, buffers: _Buffers, clipped: np.ndarray,
-              blocks: tuple[np.ndarray, np.ndarray],
-              band_kernel: kernel.BandKernel | None) -> None:
+    def _band(
+        self,
+        first: int,
+        stop: int,
+        buffers: _Buffers,
+        clipped: np.ndarray,
+        blocks: tuple[np.ndarray, np.ndarray],
+        band_kernel: kernel.BandKernel | None,
+    ) -> None:
         rows = stop - first
         stack = buffers.stack[:, :rows]
         sources: list[tuple[int, int] | None] = []
@@ -462,16 +511,23 @@ class _Engine:
         for i, reader in enumerate(self.readers):
             source = reader.raw_source(first) if band_kernel is not None else None
             if source is None:
-                swapped[i] = reader.read_rows(first, stop, stack[i],
-                                              big_endian_ok=band_kernel is not None)
+                swapped[i] = reader.read_rows(
+                    first, stop, stack[i], big_endian_ok=band_kernel is not None
+                )
             else:
                 swapped[i] = True  # the kernel reads the file's bytes itself
             sources.append(source)
         if band_kernel is not None:
             row_blocks = np.arange(first, stop) * self.grid_rows // self.ny
-            if band_kernel.combine_band(stack, sources, swapped, row_blocks,
-                                        self.data[first:stop], self.uncertainty[first:stop],
-                                        self.mask[first:stop]):
+            if band_kernel.combine_band(
+                stack,
+                sources,
+                swapped,
+                row_blocks,
+                self.data[first:stop],
+                self.uncertainty[first:stop],
+                self.mask[first:stop],
+            ):
                 clipped += band_kernel.clipped
                 if self.settings.sigma_clip:
                     blocks[0][...] += band_kernel.offset_blocks
@@ -532,9 +588,17 @@ class _Engine:
             count += keep
         self._finish_band(first, stop, stack, keep_all, center, offset_sum, offset_sq, count)
 
-    def _finish_band(self, first: int, stop: int, stack: np.ndarray, keep: np.ndarray,
-                     center: np.ndarray, offset_sum: np.ndarray, offset_sq: np.ndarray,
-                     count: np.ndarray) -> None:
+    def _finish_band(
+        self,
+        first: int,
+        stop: int,
+        stack: np.ndarray,
+        keep: np.ndarray,
+        center: np.ndarray,
+        offset_sum: np.ndarray,
+        offset_sq: np.ndarray,
+        count: np.ndarray,
+    ) -> None:
         import bottleneck as bn  # only off the kernel's path
 
         data, uncertainty = self.data[first:stop], self.uncertainty[first:stop]
@@ -553,8 +617,9 @@ class _Engine:
         else:
             stack[~keep] = np.nan
             data[...] = bn.nanmedian(stack, axis=0)
-            uncertainty[...] = (MAD_TO_STD * bn.nanmedian(np.abs(stack - data), axis=0)
-                                * np.sqrt(inverse))
+            uncertainty[...] = (
+                MAD_TO_STD * bn.nanmedian(np.abs(stack - data), axis=0) * np.sqrt(inverse)
+            )
         if empty.any():
             data[empty] = np.nan
             uncertainty[empty] = 0.0
@@ -565,9 +630,8 @@ class _Engine:
         block = first * self.grid_rows // self.ny
         while first < stop:
             block_end = min(stop, -(-(block + 1) * self.ny // self.grid_rows))
-            part = rows[first - (stop - rows.shape[0]):block_end - (stop - rows.shape[0])]
-            blocks[block] += np.add.reduceat(part.sum(axis=0), self.col_starts,
-                                             dtype=np.float64)
+            part = rows[first - (stop - rows.shape[0]) : block_end - (stop - rows.shape[0])]
+            blocks[block] += np.add.reduceat(part.sum(axis=0), self.col_starts, dtype=np.float64)
             first, block = block_end, block + 1
 
     def structure(self) -> np.ndarray:
@@ -589,8 +653,9 @@ class _Engine:
             return stack[0].copy()
         return np.nan_to_num(bn.nanmean(stack, axis=0), nan=0.0).astype(self.dtype)
 
-    def _center_and_deviation(self, stack: np.ndarray, buffers: _Buffers, rows: int,
-                              finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _center_and_deviation(
+        self, stack: np.ndarray, buffers: _Buffers, rows: int, finite: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-pixel center and deviation of the scaled values (None for 'noise', which
         has one deviation per frame)."""
         import bottleneck as bn  # only off the kernel's path
@@ -605,8 +670,11 @@ class _Engine:
             counts = np.isfinite(stack).sum(axis=0)
             work.sort(axis=0)
             median = _sorted_median(work, counts)
-        center = (median if self.settings.center == "median"
-                  else bn.nanmean(stack, axis=0).astype(self.dtype))
+        center = (
+            median
+            if self.settings.center == "median"
+            else bn.nanmean(stack, axis=0).astype(self.dtype)
+        )
         if self.settings.deviation == "mad_std":
             if finite:
                 mad = sorted_mad(ordered, median, buffers.spare2[:rows])
@@ -628,8 +696,9 @@ class _Engine:
         level = np.maximum(center / scale, 0.0)
         return scale * scale * (level / gain + (read_noise / gain) ** 2)
 
-    def _noise_keep(self, stack: np.ndarray, keep: np.ndarray, center: np.ndarray,
-                    variance: np.ndarray) -> None:
+    def _noise_keep(
+        self, stack: np.ndarray, keep: np.ndarray, center: np.ndarray, variance: np.ndarray
+    ) -> None:
         """deviation = 'noise': which values to keep, judged by each frame's expected
         noise (gain and read noise at the pixel's level) rather than by the spread of a
         few values.
@@ -766,8 +835,7 @@ def sort_rows(rows: list[np.ndarray], spare: np.ndarray) -> list[np.ndarray]:
     return rows
 
 
-def sorted_mad(ordered: list[np.ndarray], median: np.ndarray,
-               scratch: np.ndarray) -> np.ndarray:
+def sorted_mad(ordered: list[np.ndarray], median: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """Median absolute deviation from `median` of element-wise sorted rows (`sort_rows`'s
     result, overwritten with the deviations).
 
@@ -789,8 +857,9 @@ def sorted_mad(ordered: list[np.ndarray], median: np.ndarray,
     return result[0] if len(result) == 1 else (result[0] + result[1]) / 2
 
 
-def _merged_rank(first: list[np.ndarray], second: list[np.ndarray], rank: int,
-                 scratch: np.ndarray) -> np.ndarray:
+def _merged_rank(
+    first: list[np.ndarray], second: list[np.ndarray], rank: int, scratch: np.ndarray
+) -> np.ndarray:
     """Element-wise `rank`-th smallest (from 0) of the union of two sorted row lists."""
     best: np.ndarray | None = None
     for i in range(max(0, rank + 1 - len(second)), min(len(first), rank + 1) + 1):
@@ -847,7 +916,7 @@ def _tally_median(values: np.ndarray) -> float | None:
     """Exact median of a 1-D array of finite values, or None when the bracket misses."""
     tally = _Tally(values[:: max(1, values.size // SMALL)])
     for start in range(0, values.size, CHUNK):
-        tally.add(values[start:start + CHUNK])
+        tally.add(values[start : start + CHUNK])
     return tally.median()
 
 
@@ -885,30 +954,49 @@ def _noise_model(frames: list[Frame], settings: CombineConfig) -> list[tuple[flo
         gain = settings.gain or frame.extras.get("GAIN", 0.0)
         read_noise = settings.read_noise or frame.extras.get("RDNOISE", 0.0)
         if gain <= 0:
-            raise ValueError(f"deviation = 'noise' needs the gain: set combine.gain or a "
-                             f"GAIN header ({frame.path.name} has none)")
+            raise ValueError(
+                f"deviation = 'noise' needs the gain: set combine.gain or a "
+                f"GAIN header ({frame.path.name} has none)"
+            )
         model.append((gain, read_noise))
     return model
 
 
-def _stats(frames: Sequence[Frame], rejected: dict[Path, str],
-           levels: dict[Path, FrameLevels], scales: dict[Path, float],
-           clipped: dict[Path, int], structure: dict[Path, float],
-           npix: int) -> list[FrameStats]:
+def _stats(
+    frames: Sequence[Frame],
+    rejected: dict[Path, str],
+    levels: dict[Path, FrameLevels],
+    scales: dict[Path, float],
+    clipped: dict[Path, int],
+    structure: dict[Path, float],
+    npix: int,
+) -> list[FrameStats]:
     rows = []
     for frame in frames:
         level = levels.get(frame.path)
-        rows.append(FrameStats(
-            path=frame.path,
-            median=level.median if level else float("nan"),
-            mean=level.mean if level else float("nan"),
-            scale=scales.get(frame.path, 0.0),
-            used=frame.path not in rejected,
-            reason=rejected.get(frame.path, ""),
-            clipped_fraction=clipped.get(frame.path, 0) / npix,
-            structure=float(structure.get(frame.path, np.nan))))
+        rows.append(
+            FrameStats(
+                path=frame.path,
+                median=level.median if level else float("nan"),
+                mean=level.mean if level else float("nan"),
+                scale=scales.get(frame.path, 0.0),
+                used=frame.path not in rejected,
+                reason=rejected.get(frame.path, ""),
+                clipped_fraction=clipped.get(frame.path, 0) / npix,
+                structure=float(structure.get(frame.path, np.nan)),
+            )
+        )
     return rows
 
 
-__all__ = ["CombineResult", "FrameLevels", "FrameStats", "Progress", "combine", "measure",
-           "measure_frames", "raw_dtype", "sort_along_frames"]
+__all__ = [
+    "CombineResult",
+    "FrameLevels",
+    "FrameStats",
+    "Progress",
+    "combine",
+    "measure",
+    "measure_frames",
+    "raw_dtype",
+    "sort_along_frames",
+]

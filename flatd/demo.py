@@ -68,21 +68,41 @@ def _demo(root: Path) -> int:
     (root / "incoming").mkdir(parents=True)
     config = root / "config.toml"
     config.write_text(CONFIG)
-    print(f"flatd demo in {root}/: the daemon watches {root}/incoming/ (quiet period "
-          f"{QUIET_SECONDS} s)\nwhile a simulated camera writes {FRAMES} twilight flats in "
-          f"each of {', '.join(FILTERS)} and one broken file.\n")
+    print(
+        f"flatd demo in {root}/: the daemon watches {root}/incoming/ (quiet period "
+        f"{QUIET_SECONDS} s)\nwhile a simulated camera writes {FRAMES} twilight flats in "
+        f"each of {', '.join(FILTERS)} and one broken file.\n"
+    )
     print(f"the daemon's log (times UTC, paths shortened to {root}/):", flush=True)
     daemon = subprocess.Popen(
         flatd("run", "--config", str(config), "--log-format", "console"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     echo = threading.Thread(target=_echo, args=(daemon, root), daemon=True)
     echo.start()
     try:
         _wait(lambda: _daemon_state(root) == "running", daemon, TIMEOUT_SECONDS)
         camera = subprocess.run(
-            flatd("simulate", str(root / "incoming"), "--filters", ",".join(FILTERS),
-                  "--frames", str(FRAMES), "--shape", "512x512", "--pace", "0.2",
-                  "--broken", "1", "--quiet"), check=False)
+            flatd(
+                "simulate",
+                str(root / "incoming"),
+                "--filters",
+                ",".join(FILTERS),
+                "--frames",
+                str(FRAMES),
+                "--shape",
+                "512x512",
+                "--pace",
+                "0.2",
+                "--broken",
+                "1",
+                "--quiet",
+            ),
+            check=False,
+        )
         if camera.returncode != 0:
             print("demo failed: the simulated camera failed", file=sys.stderr)
             return 1
@@ -129,7 +149,7 @@ def _shorten(line: str, long_root: str, short_root: str) -> str:
     absolute demo paths made relative."""
     stamp = re.match(r"\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d\.\d{3})\d*Z? ", line)
     if stamp:
-        line = f"{stamp.group(1)} {line[stamp.end():]}"
+        line = f"{stamp.group(1)} {line[stamp.end() :]}"
     return line.replace(long_root, short_root)
 
 

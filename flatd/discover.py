@@ -26,8 +26,9 @@ def matches(path: Path | str, patterns: Iterable[str]) -> bool:
     return not is_temporary_name(name) and any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def walk(roots: Iterable[Path], patterns: Iterable[str], recursive: bool,
-         exclude: Iterable[Path] = ()) -> Iterator[Path]:
+def walk(
+    roots: Iterable[Path], patterns: Iterable[str], recursive: bool, exclude: Iterable[Path] = ()
+) -> Iterator[Path]:
     """Candidate files under `roots` (files given directly are taken as they are), in a
     stable order; directories in `exclude` (e.g. the output directory) are not entered."""
     patterns = tuple(patterns)
@@ -39,8 +40,9 @@ def walk(roots: Iterable[Path], patterns: Iterable[str], recursive: bool,
         yield from _walk_directory(root, patterns, recursive, excluded)
 
 
-def _walk_directory(root: Path, patterns: tuple[str, ...], recursive: bool,
-                    excluded: set[Path]) -> Iterator[Path]:
+def _walk_directory(
+    root: Path, patterns: tuple[str, ...], recursive: bool, excluded: set[Path]
+) -> Iterator[Path]:
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError, PermissionError):

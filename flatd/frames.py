@@ -118,23 +118,37 @@ def _read(path: Path, stat: os.stat_result, config: FramesConfig) -> Frame | Ski
         return skip
     shape, bitpix, data_bytes = _geometry(image_cards, compression)
     if not gzipped and stat.st_size < data_offset + data_bytes:
-        raise _Broken(f"truncated: {data_offset + data_bytes} bytes expected, "
-                      f"{stat.st_size} on disk", incomplete=True)
+        raise _Broken(
+            f"truncated: {data_offset + data_bytes} bytes expected, {stat.st_size} on disk",
+            incomplete=True,
+        )
     date, from_header = _date(image_cards, config.date_keyword, stat)
     return Frame(
-        path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+        path=path,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
         imagetyp=str(image_cards.get(config.imagetyp_keyword.upper(), "")).strip(),
-        group=_group(image_cards, config.group_by), date=date, date_from_header=from_header,
-        shape=shape, bitpix=bitpix, hdu=hdu, compression=compression,
+        group=_group(image_cards, config.group_by),
+        date=date,
+        date_from_header=from_header,
+        shape=shape,
+        bitpix=bitpix,
+        hdu=hdu,
+        compression=compression,
         data_offset=data_offset if compression != "tile" else None,
-        bscale=float(image_cards.get("BSCALE", 1.0)), bzero=float(image_cards.get("BZERO", 0.0)),
-        extras={k: float(v) for k in EXTRA_KEYWORDS
-                if isinstance(v := image_cards.get(k), int | float) and not isinstance(v, bool)},
+        bscale=float(image_cards.get("BSCALE", 1.0)),
+        bzero=float(image_cards.get("BZERO", 0.0)),
+        extras={
+            k: float(v)
+            for k in EXTRA_KEYWORDS
+            if isinstance(v := image_cards.get(k), int | float) and not isinstance(v, bool)
+        },
     )
 
 
-def _not_an_input(path: Path, cards: dict, config: FramesConfig,
-                  stat: os.stat_result) -> Skip | None:
+def _not_an_input(
+    path: Path, cards: dict, config: FramesConfig, stat: os.stat_result
+) -> Skip | None:
     def skip(reason: str) -> Skip:
         return Skip(path, "skipped", reason, stat.st_size, stat.st_mtime_ns)
 
@@ -150,12 +164,22 @@ def _not_an_input(path: Path, cards: dict, config: FramesConfig,
         return skip(f"{keyword} = '{value}' is not a flat")
     missing = [k for k in config.group_by if k.upper() not in cards]
     if missing:
-        return Skip(path, "rejected", f"flat without {', '.join(missing)} (frames.group_by)",
-                    stat.st_size, stat.st_mtime_ns)
+        return Skip(
+            path,
+            "rejected",
+            f"flat without {', '.join(missing)} (frames.group_by)",
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
     empty = [k for k in config.group_by if cards[k.upper()] is None]
     if empty:
-        return Skip(path, "rejected", f"flat with no readable value for {', '.join(empty)} "
-                    "(frames.group_by)", stat.st_size, stat.st_mtime_ns)
+        return Skip(
+            path,
+            "rejected",
+            f"flat with no readable value for {', '.join(empty)} (frames.group_by)",
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
     return None
 
 
@@ -177,22 +201,43 @@ def _geometry(cards: dict, compression: Compression) -> tuple[tuple[int, int], i
     return (axes[1], axes[0]), bitpix, data_bytes
 
 
-STRUCTURAL = frozenset({"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "BSCALE",
-                        "BZERO", "ZIMAGE", "ZBITPIX", "ZNAXIS", "FLATDVER", "COMBINED",
-                        *(f"{prefix}NAXIS{i}" for prefix in ("", "Z") for i in range(1, 10))})
+STRUCTURAL = frozenset(
+    {
+        "SIMPLE",
+        "EXTEND",
+        "XTENSION",
+        "BITPIX",
+        "NAXIS",
+        "PCOUNT",
+        "BSCALE",
+        "BZERO",
+        "ZIMAGE",
+        "ZBITPIX",
+        "ZNAXIS",
+        "FLATDVER",
+        "COMBINED",
+        *(f"{prefix}NAXIS{i}" for prefix in ("", "Z") for i in range(1, 10)),
+    }
+)
 
 
 @functools.lru_cache(maxsize=16)
 def _wanted_keywords(config: FramesConfig) -> frozenset[bytes]:
     """The keywords whose values `read_frame` uses; every other card is skipped unparsed
     (parsing a card costs ~20 us: a 100-card header would cost 2 ms, not 0.1)."""
-    names = {*STRUCTURAL, *EXTRA_KEYWORDS, config.imagetyp_keyword.upper(),
-             config.date_keyword.upper(), *(k.upper() for k in config.group_by)}
+    names = {
+        *STRUCTURAL,
+        *EXTRA_KEYWORDS,
+        config.imagetyp_keyword.upper(),
+        config.date_keyword.upper(),
+        *(k.upper() for k in config.group_by),
+    }
     return frozenset(name.encode("ascii", "replace") for name in names)
 
 
-def _read_header(stream: BinaryIO, first: bool,
-                 wanted: frozenset[bytes] | None = None) -> tuple[dict[str, object], int]:
+def _read_header(
+    stream: BinaryIO, first: bool, wanted: frozenset[bytes] | None = None
+) -> tuple[dict[str, object], int]:
     """Parse the header at the stream's position; return its cards (only the `wanted`
     ones, when given) and the data offset.
 
@@ -206,10 +251,11 @@ def _read_header(stream: BinaryIO, first: bool,
         if block_number == 0 and first and not b"SIMPLE  =".startswith(block[:9]):
             raise _Broken("not a FITS file (no SIMPLE card)")
         if len(block) < BLOCK:
-            raise _Broken("truncated header" if block else "truncated: extension missing",
-                          incomplete=True)
+            raise _Broken(
+                "truncated header" if block else "truncated: extension missing", incomplete=True
+            )
         for offset in range(0, BLOCK, CARD):
-            raw = block[offset:offset + CARD]
+            raw = block[offset : offset + CARD]
             keyword = raw[:8].rstrip()
             if pending and keyword == b"CONTINUE":
                 pending.append(raw)
@@ -219,8 +265,11 @@ def _read_header(stream: BinaryIO, first: bool,
                 pending = []
             if keyword == b"END":
                 return cards, start + (block_number + 1) * BLOCK
-            if (raw[8:10] == b"= " and (wanted is None or keyword in wanted)
-                    and keyword.decode("ascii", "replace") not in cards):
+            if (
+                raw[8:10] == b"= "
+                and (wanted is None or keyword in wanted)
+                and keyword.decode("ascii", "replace") not in cards
+            ):
                 pending = [raw]
     raise _Broken(f"header longer than {MAX_HEADER_BLOCKS} blocks")
 
@@ -271,11 +320,11 @@ def simple_value(card: str) -> object:
             end = body.find("'", index)
             if end < 0:
                 return NOT_SIMPLE
-            if body[end + 1:end + 2] != "'":
+            if body[end + 1 : end + 2] != "'":
                 break
             index = end + 2
         inner = body[1:end].replace("''", "'").rstrip()
-        rest = body[end + 1:].lstrip()
+        rest = body[end + 1 :].lstrip()
         return inner if not inner.endswith("&") and (not rest or rest[0] == "/") else NOT_SIMPLE
     token = body.split("/", 1)[0].strip()
     if token in ("T", "F"):
@@ -298,10 +347,10 @@ def _raw_string(images: list[bytes]) -> str | None:
             return None if number == 0 else "".join(parts)
         end, index = None, 1
         while index < len(body):
-            if body[index:index + 2] == b"''":
+            if body[index : index + 2] == b"''":
                 index += 2
                 continue
-            if body[index:index + 1] == b"'":
+            if body[index : index + 1] == b"'":
                 end = index
                 break
             index += 1
@@ -336,6 +385,7 @@ def _date(cards: dict, keyword: str, stat: os.stat_result) -> tuple[datetime, bo
         except ValueError:
             parsed = None
         if parsed is not None:
-            return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None
-                    else parsed.astimezone(UTC)), True
+            return (
+                parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            ), True
     return datetime.fromtimestamp(stat.st_mtime, UTC), False

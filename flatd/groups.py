@@ -76,11 +76,16 @@ class GroupState:
 class Groups:
     """Group states plus the scheduler job that combines a group's sequences."""
 
-    def __init__(self, index: Index, config: Config, *,
-                 on_master: Callable[[masters.MasterRecord], None],
-                 on_error: Callable[[str, str], None],
-                 on_change: Callable[[], None],
-                 on_skipped: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        index: Index,
+        config: Config,
+        *,
+        on_master: Callable[[masters.MasterRecord], None],
+        on_error: Callable[[str, str], None],
+        on_change: Callable[[], None],
+        on_skipped: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._index = index
         self._config = config
         self._on_master = on_master
@@ -134,8 +139,10 @@ class Groups:
     # -- the job -----------------------------------------------------------------------
     def run(self, group: GroupKey) -> None:
         """Combine every sequence of `group` whose inputs changed since its master."""
-        with self._group_lock(group), structlog.contextvars.bound_contextvars(
-                group=masters.group_slug(group)):
+        with (
+            self._group_lock(group),
+            structlog.contextvars.bound_contextvars(group=masters.group_slug(group)),
+        ):
             try:
                 self._run(group)
             except Cancelled:
@@ -149,8 +156,9 @@ class Groups:
 
     def _run(self, group: GroupKey) -> None:
         self._set(group, state="pending")
-        results = [self._combine(seq) for seq in self._index.sequences(group)
-                   if self._needs_master(seq)]
+        results = [
+            self._combine(seq) for seq in self._index.sequences(group) if self._needs_master(seq)
+        ]
         state = self._state(group)
         failed = [r for r in results if r.outcome == "failed"]
         if failed:
@@ -164,8 +172,10 @@ class Groups:
             state.reason = ""
             if newest is not None and len(newest.frames) < self._config.sequence.min_frames:
                 state.state = "too_few"
-                state.reason = (f"{len(newest.frames)} frame(s), sequence.min_frames = "
-                                f"{self._config.sequence.min_frames}")
+                state.reason = (
+                    f"{len(newest.frames)} frame(s), sequence.min_frames = "
+                    f"{self._config.sequence.min_frames}"
+                )
             for result in results:
                 state.rejected.update({str(p): r for p, r in result.rejected.items()})
                 if result.outcome == "too_few" and result.sequence == newest:
@@ -176,13 +186,13 @@ class Groups:
     def _needs_master(self, sequence: Sequence) -> bool:
         if len(sequence.frames) < self._config.sequence.min_frames:
             return False
-        path = masters.master_path(self._config.output.directory, sequence.group,
-                                   sequence.start)
+        path = masters.master_path(self._config.output.directory, sequence.group, sequence.start)
         if path not in self._made and path.exists():
             try:
                 owner, rows = masters.read_master(path, [key for key, _ in sequence.group])
                 self._made[path] = frozenset(
-                    (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"])) for row in rows)
+                    (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"])) for row in rows
+                )
                 if owner is not None:
                     self._owners.setdefault(path, owner)
             except (OSError, KeyError, ValueError) as exc:
@@ -193,8 +203,7 @@ class Groups:
         return not made
 
     def _combine(self, sequence: Sequence) -> Result:
-        path = masters.master_path(self._config.output.directory, sequence.group,
-                                   sequence.start)
+        path = masters.master_path(self._config.output.directory, sequence.group, sequence.start)
         with self._combine_lock:
             if self._stopping.is_set():
                 raise Cancelled
@@ -203,8 +212,9 @@ class Groups:
                 result = Result(sequence, "failed", reason=taken)
             else:
                 self._set(sequence.group, state="combining")
-                log.info("combine_started", frames=len(sequence.frames),
-                         start=sequence.start.isoformat())
+                log.info(
+                    "combine_started", frames=len(sequence.frames), start=sequence.start.isoformat()
+                )
                 result = make_master(sequence, self._config, progress=self._check_stop)
         if result.outcome != "failed":
             self._made[path] = sequence.identities
@@ -224,9 +234,11 @@ class Groups:
         the same safe name (`g'` and `gp` both give `gp`). Return why not, or ""."""
         owner = self._owners.get(path)  # read with its INPUTS by `_needs_master`
         if owner is not None and owner != group:
-            return (f"master name {path.name} already belongs to group {dict(owner)}, not "
-                    f"{dict(group)}: their header values make the same file name; rename "
-                    "one of them (e.g. FILTER) or move the other master away")
+            return (
+                f"master name {path.name} already belongs to group {dict(owner)}, not "
+                f"{dict(group)}: their header values make the same file name; rename "
+                "one of them (e.g. FILTER) or move the other master away"
+            )
         self._owners[path] = group
         return ""
 
@@ -238,21 +250,26 @@ class Groups:
         with self._lock:
             state = self._state(group)
             state.failures += 1
-            delay = min(retry_first_seconds() * 2 ** (state.failures - 1),
-                        RETRY_MAX_SECONDS)
+            delay = min(retry_first_seconds() * 2 ** (state.failures - 1), RETRY_MAX_SECONDS)
             state.state, state.reason = "waiting", f"retrying after failure: {reason}"
             state.stable_at = utcnow() + timedelta(seconds=delay)
         if not self._stopping.is_set():
-            log.warning("combine_retry_scheduled", retry_seconds=delay,
-                        failures=state.failures, reason=reason)
+            log.warning(
+                "combine_retry_scheduled",
+                retry_seconds=delay,
+                failures=state.failures,
+                reason=reason,
+            )
             self._debouncer.arm(group, state.stable_at)
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
         counts = {group: len(frames) for group, frames in self._index.groups().items()}
         with self._lock:
-            return [s.to_dict(counts.get(g, 0)) for g, s in
-                    sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))]
+            return [
+                s.to_dict(counts.get(g, 0))
+                for g, s in sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))
+            ]
 
     def note_skip(self, skip: Skip) -> None:
         """Rejected files are errors of the status file; skipped ones go to its bounded

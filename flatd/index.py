@@ -103,8 +103,10 @@ class Index:
 
     def skips(self) -> list[Skip]:
         with self._lock:
-            return sorted((e for e in self._entries.values() if isinstance(e, Skip)),
-                          key=lambda s: str(s.path))
+            return sorted(
+                (e for e in self._entries.values() if isinstance(e, Skip)),
+                key=lambda s: str(s.path),
+            )
 
     def groups(self) -> dict[GroupKey, list[Frame]]:
         grouped: dict[GroupKey, list[Frame]] = {}
@@ -116,8 +118,11 @@ class Index:
         """Sequences of one group, or of every group, oldest first."""
         grouped = self.groups()
         selected = {group: grouped.get(group, [])} if group is not None else grouped
-        return [seq for key, frames in sorted(selected.items(), key=lambda kv: str(kv[0]))
-                for seq in split_sequences(key, frames, self._gap)]
+        return [
+            seq
+            for key, frames in sorted(selected.items(), key=lambda kv: str(kv[0]))
+            for seq in split_sequences(key, frames, self._gap)
+        ]
 
     def counts(self) -> dict[str, int]:
         """The status file's `index` block."""
@@ -139,7 +144,8 @@ def index_paths(paths: Iterable[Path], config: Config, index: Index | None = Non
     """Read every candidate file under `paths` into `index` (a new one by default); the
     output directory is never entered, so masters are not read back as inputs."""
     index = index or Index(config.sequence.gap_minutes)
-    for path in walk(paths, config.watch.patterns, config.watch.recursive,
-                     exclude=[config.output.directory]):
+    for path in walk(
+        paths, config.watch.patterns, config.watch.recursive, exclude=[config.output.directory]
+    ):
         index.add(read_frame(path, config.frames))
     return index

@@ -43,11 +43,17 @@ class _Pending:
 class Ingest:
     """A worker thread between the watcher and the index."""
 
-    def __init__(self, index: Index, frames_config: FramesConfig, *,
-                 on_group_changed: Callable[[GroupKey], None],
-                 on_skip: Callable[[Skip], None],
-                 settle_seconds: float = 1.0, incomplete_seconds: float = 15.0,
-                 recheck_seconds: float = 0.25) -> None:
+    def __init__(
+        self,
+        index: Index,
+        frames_config: FramesConfig,
+        *,
+        on_group_changed: Callable[[GroupKey], None],
+        on_skip: Callable[[Skip], None],
+        settle_seconds: float = 1.0,
+        incomplete_seconds: float = 15.0,
+        recheck_seconds: float = 0.25,
+    ) -> None:
         self._index = index
         self._frames_config = frames_config
         self._on_group_changed = on_group_changed
@@ -154,13 +160,19 @@ class Ingest:
                 entry.hint = "changed"
                 entry.due = now + self._recheck
                 return False
-            item = Skip(item.path, item.kind, f"{item.reason} (unchanged for "
-                        f"{self._incomplete:g} s)", item.size, item.mtime_ns)
+            item = Skip(
+                item.path,
+                item.kind,
+                f"{item.reason} (unchanged for {self._incomplete:g} s)",
+                item.size,
+                item.mtime_ns,
+            )
         self._record(item)
         return True
 
-    def _stood_still(self, entry: _Pending, current: tuple[int, int], now: float,
-                     needed: float | None = None) -> bool:
+    def _stood_still(
+        self, entry: _Pending, current: tuple[int, int], now: float, needed: float | None = None
+    ) -> bool:
         if entry.last_stat != current:
             entry.last_stat, entry.still_since = current, now
         assert entry.still_since is not None
@@ -171,8 +183,12 @@ class Ingest:
         if not change.changed:
             return
         if isinstance(item, Frame):
-            log.info("frame_indexed", path=str(item.path), group=dict(item.group),
-                     date=item.date.isoformat())
+            log.info(
+                "frame_indexed",
+                path=str(item.path),
+                group=dict(item.group),
+                date=item.date.isoformat(),
+            )
         else:
             self._on_skip(item)
         for group in change.groups:

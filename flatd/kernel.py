@@ -35,17 +35,67 @@ def _library() -> ctypes.CDLL | None:
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.flatd_combine_band.restype = ctypes.c_int
     library.flatd_combine_band.argtypes = [
-        _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, ctypes.c_int,
-        ctypes.c_float, ctypes.c_float, _PTR, _I64, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR,
-        _PTR, _PTR, _PTR, _PTR]
+        _PTR,
+        _I64,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _I64,
+        _I64,
+        _I64,
+        ctypes.c_int,
+        ctypes.c_float,
+        ctypes.c_float,
+        _PTR,
+        _I64,
+        _PTR,
+        _I64,
+        _I64,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+    ]
     library.flatd_tally.restype = _I64
     library.flatd_tally.argtypes = [
-        _PTR, _I64, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
-        ctypes.c_float, _PTR, _PTR, _PTR, _PTR, _PTR]
+        _PTR,
+        _I64,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_float,
+        ctypes.c_float,
+        ctypes.c_float,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+    ]
     library.flatd_tally_file.restype = _I64
     library.flatd_tally_file.argtypes = [
-        ctypes.c_int, _I64, _I64, _PTR, ctypes.c_int, ctypes.c_float, ctypes.c_float,
-        ctypes.c_float, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64]
+        ctypes.c_int,
+        _I64,
+        _I64,
+        _PTR,
+        ctypes.c_int,
+        ctypes.c_float,
+        ctypes.c_float,
+        ctypes.c_float,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _PTR,
+        _I64,
+        _PTR,
+        _I64,
+    ]
     return library
 
 
@@ -76,9 +126,17 @@ class BandKernel:
     """What one engine worker needs to combine bands with the kernel: the fixed inputs
     (scales, sorting network, structure grid) and its own scratch memory."""
 
-    def __init__(self, paths: Sequence[str], scales: Sequence[float],
-                 pairs: Sequence[tuple[int, int]], col_edges: Sequence[int], grid_rows: int,
-                 clip: bool, sigma_low: float, sigma_high: float) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        scales: Sequence[float],
+        pairs: Sequence[tuple[int, int]],
+        col_edges: Sequence[int],
+        grid_rows: int,
+        clip: bool,
+        sigma_low: float,
+        sigma_high: float,
+    ) -> None:
         self.paths = list(paths)
         self.n = len(scales)
         self.scales = np.asarray(scales, np.float32)
@@ -93,9 +151,16 @@ class BandKernel:
         self.offset_blocks = np.zeros((self.n, grid_rows, self.grid_cols))
         self.center_blocks = np.zeros((grid_rows, self.grid_cols))
 
-    def combine_band(self, stack: np.ndarray, sources: Sequence[tuple[int, int] | None],
-                     swapped: np.ndarray, row_block: np.ndarray, data: np.ndarray,
-                     uncertainty: np.ndarray, empty: np.ndarray) -> bool:
+    def combine_band(
+        self,
+        stack: np.ndarray,
+        sources: Sequence[tuple[int, int] | None],
+        swapped: np.ndarray,
+        row_block: np.ndarray,
+        data: np.ndarray,
+        uncertainty: np.ndarray,
+        empty: np.ndarray,
+    ) -> bool:
         """Combine `stack` (n, rows, nx; float32, C order; plane k big-endian where
         `swapped[k]`) into data/uncertainty/empty (rows, nx; C-contiguous). A plane whose
         source is (file descriptor, offset) is first read from there, as big-endian
@@ -118,14 +183,33 @@ class BandKernel:
         offsets = np.array([0 if s is None else s[1] for s in sources], np.int64)
         read_error = np.zeros(2, np.intc)
         code = library.flatd_combine_band(
-            _address(stack), stack.strides[0] // 4, _address(fds), _address(offsets),
-            _address(read_error), _address(swapped), _address(self.scales),
-            n, rows, nx, int(self.clip), self.sigma_low, self.sigma_high,
-            _address(self.pairs), self.pairs.size // 2, _address(self.col_edges),
-            self.grid_rows, self.grid_cols, _address(row_block), _address(self.scratch),
-            _address(data), _address(uncertainty), _address(empty.view(np.uint8)),
-            _address(self.clipped), _address(self.offset_blocks),
-            _address(self.center_blocks))
+            _address(stack),
+            stack.strides[0] // 4,
+            _address(fds),
+            _address(offsets),
+            _address(read_error),
+            _address(swapped),
+            _address(self.scales),
+            n,
+            rows,
+            nx,
+            int(self.clip),
+            self.sigma_low,
+            self.sigma_high,
+            _address(self.pairs),
+            self.pairs.size // 2,
+            _address(self.col_edges),
+            self.grid_rows,
+            self.grid_cols,
+            _address(row_block),
+            _address(self.scratch),
+            _address(data),
+            _address(uncertainty),
+            _address(empty.view(np.uint8)),
+            _address(self.clipped),
+            _address(self.offset_blocks),
+            _address(self.center_blocks),
+        )
         if code == 2:
             raise _read_failure(int(read_error[0]), self.paths[int(read_error[1])])
         return code == 0
@@ -134,19 +218,32 @@ class BandKernel:
 class TallyResult(ctypes.Structure):
     """Running totals of `tally`."""
 
-    _fields_ = [("sum", ctypes.c_double), ("finite", ctypes.c_int64),
-                ("below", ctypes.c_int64), ("saturated", ctypes.c_int64)]
+    _fields_ = [
+        ("sum", ctypes.c_double),
+        ("finite", ctypes.c_int64),
+        ("below", ctypes.c_int64),
+        ("saturated", ctypes.c_int64),
+    ]
 
 
 def _totals_addresses(totals: TallyResult) -> list[int]:
     base = ctypes.addressof(totals)
-    return [base + getattr(TallyResult, name).offset
-            for name in ("sum", "finite", "below", "saturated")]
+    return [
+        base + getattr(TallyResult, name).offset for name in ("sum", "finite", "below", "saturated")
+    ]
 
 
-def tally_file(fd: int, offset: int, count: int, path: str,
-               bracket: tuple[float, float] | None, saturation: float, totals: TallyResult,
-               buffer: np.ndarray, inside: np.ndarray) -> np.ndarray | None:
+def tally_file(
+    fd: int,
+    offset: int,
+    count: int,
+    path: str,
+    bracket: tuple[float, float] | None,
+    saturation: float,
+    totals: TallyResult,
+    buffer: np.ndarray,
+    inside: np.ndarray,
+) -> np.ndarray | None:
     """`tally` over `count` big-endian float32 values read from `fd` at `offset`, in
     pieces of buffer.size, in one call. Returns the values within `bracket` (a view of
     `inside`), or None when more than inside.size - buffer.size of them would be."""
@@ -155,16 +252,33 @@ def tally_file(fd: int, offset: int, count: int, path: str,
     low, high = bracket if bracket is not None else (0.0, 0.0)
     read_error = ctypes.c_int(0)
     got = library.flatd_tally_file(
-        fd, offset, count, ctypes.addressof(read_error), int(bracket is not None), low, high,
-        saturation, *_totals_addresses(totals), _address(buffer), buffer.size,
-        _address(inside), inside.size)
+        fd,
+        offset,
+        count,
+        ctypes.addressof(read_error),
+        int(bracket is not None),
+        low,
+        high,
+        saturation,
+        *_totals_addresses(totals),
+        _address(buffer),
+        buffer.size,
+        _address(inside),
+        inside.size,
+    )
     if got == -2:
         raise _read_failure(read_error.value, path)
     return None if got == -1 else inside[:got]
 
 
-def tally(values: np.ndarray, swapped: bool, bracket: tuple[float, float] | None,
-          saturation: float, totals: TallyResult, inside: np.ndarray) -> np.ndarray:
+def tally(
+    values: np.ndarray,
+    swapped: bool,
+    bracket: tuple[float, float] | None,
+    saturation: float,
+    totals: TallyResult,
+    inside: np.ndarray,
+) -> np.ndarray:
     """Add the chunk `values` (1-D float32, big-endian bytes when `swapped`) to `totals`
     and return its values within `bracket` (a view of `inside`, which holds at least
     values.size floats)."""
@@ -173,6 +287,14 @@ def tally(values: np.ndarray, swapped: bool, bracket: tuple[float, float] | None
     assert values.dtype.itemsize == 4 and values.flags.c_contiguous
     low, high = bracket if bracket is not None else (0.0, 0.0)
     count = library.flatd_tally(
-        _address(values), values.size, int(swapped), int(bracket is not None), low, high,
-        saturation, *_totals_addresses(totals), _address(inside))
+        _address(values),
+        values.size,
+        int(swapped),
+        int(bracket is not None),
+        low,
+        high,
+        saturation,
+        *_totals_addresses(totals),
+        _address(inside),
+    )
     return inside[:count]

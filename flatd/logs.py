@@ -31,8 +31,12 @@ from structlog.typing import Processor
 
 __all__ = ["FORMATS", "LEVELS", "configure_logging", "reset_warning_counts"]
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 FORMATS = ("json", "console", "auto")
 QUIET_LIBRARIES = ("apscheduler", "watchdog", "matplotlib", "PIL")  # WARNING and up
 MAX_DISTINCT_WARNINGS = 10_000
@@ -152,8 +156,9 @@ class _AfterAstropyImport(importlib.abc.MetaPathFinder):
     `_configure_astropy` right after the package has run (astropy installs its handler
     and warnings hook while it is imported); then leaves `sys.meta_path`."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "astropy":
             return None
         _remove_finder(self)
@@ -208,8 +213,14 @@ def _is_astropy(category: type[Warning]) -> bool:
     return category.__module__.split(".")[0] == "astropy"
 
 
-def _flatd_showwarning(message: Warning | str, category: type[Warning], filename: str,
-                       lineno: int, file: Any = None, line: str | None = None) -> None:
+def _flatd_showwarning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """The global `warnings.showwarning`: log the first of each kind, count the rest."""
     if getattr(_reentry, "active", False):
         return
@@ -226,11 +237,16 @@ def _flatd_showwarning(message: Warning | str, category: type[Warning], filename
         quiet = issubclass(category, DeprecationWarning | PendingDeprecationWarning)
         if count == 1:
             emit = _warn_log.debug if quiet else _warn_log.warning
-            emit(event, category=key[0], message=text, location=f"{filename}:{lineno}",
-                 count=count, note="repeats of this warning are counted, not logged")
+            emit(
+                event,
+                category=key[0],
+                message=text,
+                location=f"{filename}:{lineno}",
+                count=count,
+                note="repeats of this warning are counted, not logged",
+            )
         elif _is_power_of_ten(count):
-            _warn_log.debug(event, category=key[0], message=text, count=count,
-                            pattern=key[1])
+            _warn_log.debug(event, category=key[0], message=text, count=count, pattern=key[1])
     except Exception:  # a warning must never break the code that emitted it
         pass
     finally:

@@ -35,11 +35,45 @@ SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
 MAX_VALUE_LENGTH = 32
 LATEST = "latest"
 STRUCTURAL_KEYWORDS = {
-    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "BSCALE", "BZERO",
-    "BLANK", "BUNIT", "CHECKSUM", "DATASUM", "EXTNAME", "EXTVER", "TFIELDS", "THEAP",
-    "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZTILE", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0", "ZSIMPLE",
-    "ZEXTEND", "ZBLANK", "ZSCALE", "ZZERO", "ZPCOUNT", "ZGCOUNT", "ZHECKSUM", "ZDATASUM",
-    "ZTENSION", "ZNAME", "ZVAL", "COMBINED", "NCOMBINE", "FLATDVER",
+    "SIMPLE",
+    "XTENSION",
+    "BITPIX",
+    "NAXIS",
+    "EXTEND",
+    "PCOUNT",
+    "GCOUNT",
+    "BSCALE",
+    "BZERO",
+    "BLANK",
+    "BUNIT",
+    "CHECKSUM",
+    "DATASUM",
+    "EXTNAME",
+    "EXTVER",
+    "TFIELDS",
+    "THEAP",
+    "ZIMAGE",
+    "ZBITPIX",
+    "ZNAXIS",
+    "ZTILE",
+    "ZCMPTYPE",
+    "ZQUANTIZ",
+    "ZDITHER0",
+    "ZSIMPLE",
+    "ZEXTEND",
+    "ZBLANK",
+    "ZSCALE",
+    "ZZERO",
+    "ZPCOUNT",
+    "ZGCOUNT",
+    "ZHECKSUM",
+    "ZDATASUM",
+    "ZTENSION",
+    "ZNAME",
+    "ZVAL",
+    "COMBINED",
+    "NCOMBINE",
+    "FLATDVER",
 }
 STRUCTURAL_PREFIXES = ("NAXIS", "ZNAXIS", "ZTILE", "ZNAME", "ZVAL", "TTYPE", "TFORM", "TUNIT")
 
@@ -116,9 +150,16 @@ def _check_inside(path: Path, directory: Path) -> None:
 
 
 # -- writing -------------------------------------------------------------------------------
-def write_master(combined: CombineResult, frames: list[Frame], group: Any, start: datetime,
-                 config: Config, *, output_dir: Path,
-                 qa_cards: list[tuple[str, Any, str]] | None = None) -> MasterRecord:
+def write_master(
+    combined: CombineResult,
+    frames: list[Frame],
+    group: Any,
+    start: datetime,
+    config: Config,
+    *,
+    output_dir: Path,
+    qa_cards: list[tuple[str, Any, str]] | None = None,
+) -> MasterRecord:
     """Write the master of one sequence atomically and return its record. The images
     are written as they are: big-endian arrays ('>f4') go out without a byte-swap."""
     from astropy.io import fits
@@ -129,25 +170,39 @@ def write_master(combined: CombineResult, frames: list[Frame], group: Any, start
     first = next(f for f in frames if any(s.path == f.path for s in used))
     header = _header(first, frames, combined, group, start, created, config, qa_cards or [])
     mask = combined.mask.view(np.uint8)
-    uncertainty_header = fits.Header([("UTYPE", "StdDevUncertainty",
-                                       "standard deviation of the mean")])
-    hdul = fits.HDUList([
-        fits.PrimaryHDU(combined.data, header),
-        fits.ImageHDU(mask, name="MASK"),
-        fits.ImageHDU(combined.uncertainty, uncertainty_header, name="UNCERT"),
-        _inputs_table(frames, combined),
-    ])
+    uncertainty_header = fits.Header(
+        [("UTYPE", "StdDevUncertainty", "standard deviation of the mean")]
+    )
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(combined.data, header),
+            fits.ImageHDU(mask, name="MASK"),
+            fits.ImageHDU(combined.uncertainty, uncertainty_header, name="UNCERT"),
+            _inputs_table(frames, combined),
+        ]
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda fh: hdul.writeto(fh))
     return MasterRecord(
-        group=dict(group), path=path, created_at=created, n_frames=len(used),
+        group=dict(group),
+        path=path,
+        created_at=created,
+        n_frames=len(used),
         n_rejected=len(combined.stats) - len(used),
-        median_levels=[round(s.median, 1) for s in used])
+        median_levels=[round(s.median, 1) for s in used],
+    )
 
 
-def _header(first: Frame, frames: list[Frame], combined: CombineResult, group: Any,
-            start: datetime, created: datetime, config: Config,
-            qa_cards: list[tuple[str, Any, str]]) -> fits.Header:
+def _header(
+    first: Frame,
+    frames: list[Frame],
+    combined: CombineResult,
+    group: Any,
+    start: datetime,
+    created: datetime,
+    config: Config,
+    qa_cards: list[tuple[str, Any, str]],
+) -> fits.Header:
     from astropy.io import fits
 
     source = _input_header(first)
@@ -166,31 +221,41 @@ def _header(first: Frame, frames: list[Frame], combined: CombineResult, group: A
     header["BUNIT"] = ("adu", "ratio, normalised to median 1")
     for key, value in dict(group).items():
         header[key] = value
-    header.update([
-        ("COMBINED", True, "combined by flatd from the INPUTS frames"),
-        ("NCOMBINE", len(used), "number of frames combined"),
-        ("NREJECT", len(combined.stats) - len(used), "frames rejected before combining"),
-        ("FLATDVER", __version__, "flatd version"),
-        ("DATE", created.strftime("%Y-%m-%dT%H:%M:%S"), "UTC date this file was written"),
-        ("SEQSTART", start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-         "UTC date of the sequence's first frame"),
-        ("SEQEND", max(ends).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-         "UTC date of the sequence's last frame"),
-        ("CMBMETH", settings.method, "combination method"),
-        ("CMBSCALE", settings.scale, "each frame multiplied by 1/this statistic"),
-        ("CMBCLIP", settings.sigma_clip, "sigma clipping of the scaled frames"),
-        ("CMBSLOW", settings.sigma_low, "lower clipping threshold (sigma)"),
-        ("CMBSHIGH", settings.sigma_high, "upper clipping threshold (sigma)"),
-        ("CMBCENT", settings.center, "clipping center"),
-        ("CMBDEV", settings.deviation, "clipping deviation"),
-        ("CMBMEML", settings.mem_limit_mb, "memory limit (MB)"),
-        ("CMBNORM", combined.normalisation, "median of the combined scaled frames"),
-    ])
+    header.update(
+        [
+            ("COMBINED", True, "combined by flatd from the INPUTS frames"),
+            ("NCOMBINE", len(used), "number of frames combined"),
+            ("NREJECT", len(combined.stats) - len(used), "frames rejected before combining"),
+            ("FLATDVER", __version__, "flatd version"),
+            ("DATE", created.strftime("%Y-%m-%dT%H:%M:%S"), "UTC date this file was written"),
+            (
+                "SEQSTART",
+                start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                "UTC date of the sequence's first frame",
+            ),
+            (
+                "SEQEND",
+                max(ends).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                "UTC date of the sequence's last frame",
+            ),
+            ("CMBMETH", settings.method, "combination method"),
+            ("CMBSCALE", settings.scale, "each frame multiplied by 1/this statistic"),
+            ("CMBCLIP", settings.sigma_clip, "sigma clipping of the scaled frames"),
+            ("CMBSLOW", settings.sigma_low, "lower clipping threshold (sigma)"),
+            ("CMBSHIGH", settings.sigma_high, "upper clipping threshold (sigma)"),
+            ("CMBCENT", settings.center, "clipping center"),
+            ("CMBDEV", settings.deviation, "clipping deviation"),
+            ("CMBMEML", settings.mem_limit_mb, "memory limit (MB)"),
+            ("CMBNORM", combined.normalisation, "median of the combined scaled frames"),
+        ]
+    )
     for keyword, value, comment in qa_cards:
         header[keyword] = (value, comment)
-    header.add_history(f"flatd {__version__}: {settings.method} of {len(used)} flats scaled "
-                       f"by 1/{settings.scale}, clipped {settings.sigma_low:g}/"
-                       f"{settings.sigma_high:g} around {settings.center} ({settings.deviation})")
+    header.add_history(
+        f"flatd {__version__}: {settings.method} of {len(used)} flats scaled "
+        f"by 1/{settings.scale}, clipped {settings.sigma_low:g}/"
+        f"{settings.sigma_high:g} around {settings.center} ({settings.deviation})"
+    )
     return header
 
 
@@ -281,8 +346,11 @@ def read_master(path: Path, keys: Iterable[str]) -> tuple[Any, list[dict[str, An
     with fits.open(path) as hdul:
         header = hdul[0].header
         values = [(key, header[key]) for key in keys if key in header]
-        group = (tuple((k, v.strip() if isinstance(v, str) else v) for k, v in values)
-                 if len(values) == len(keys) else None)
+        group = (
+            tuple((k, v.strip() if isinstance(v, str) else v) for k, v in values)
+            if len(values) == len(keys)
+            else None
+        )
         table = hdul["INPUTS"].data
         names = table.columns.names
         return group, [{name: _plain(row[name]) for name in names} for row in table]

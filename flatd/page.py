@@ -52,9 +52,19 @@ ul.rejects{margin:6px 0 0;padding-left:20px;font-size:13px;color:#8e1b1b}
 footer{padding:8px 24px 24px;color:#5b6375;font-size:13px}
 """
 
-_STATE_CLASS = {"running": "ok", "done": "ok", "waiting": "busy", "pending": "busy",
-                "combining": "busy", "starting": "busy", "stopping": "busy",
-                "too_few": "bad", "stopped": "bad", "failed": "bad", "error": "bad"}
+_STATE_CLASS = {
+    "running": "ok",
+    "done": "ok",
+    "waiting": "busy",
+    "pending": "busy",
+    "combining": "busy",
+    "starting": "busy",
+    "stopping": "busy",
+    "too_few": "bad",
+    "stopped": "bad",
+    "failed": "bad",
+    "error": "bad",
+}
 
 
 def page_path(status_path: Path) -> Path:
@@ -68,15 +78,22 @@ def write_page(status_document: dict, status_path: Path, output_dir: Path) -> Pa
     `output_dir` is where the masters are written; relative master paths in the document
     are taken relative to it. Returns the page's path."""
     path = page_path(status_path)
-    text = render_page(status_document, path.parent, Path(output_dir),
-                       status_name=Path(status_path).name)
+    text = render_page(
+        status_document, path.parent, Path(output_dir), status_name=Path(status_path).name
+    )
     # a file name that is not UTF-8 shows as its escaped bytes rather than stop the page
     atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 
-def render_page(document: dict[str, Any], page_dir: Path, output_dir: Path, *,
-                status_name: str = "status.json", now: datetime | None = None) -> str:
+def render_page(
+    document: dict[str, Any],
+    page_dir: Path,
+    output_dir: Path,
+    *,
+    status_name: str = "status.json",
+    now: datetime | None = None,
+) -> str:
     """The page's HTML for a status document, with links relative to `page_dir`."""
     now = now or datetime.now(UTC)
     daemon = _dict(document.get("daemon"))
@@ -103,16 +120,23 @@ def render_page(document: dict[str, Any], page_dir: Path, output_dir: Path, *,
     parts.append("</div>")
     parts.append(_errors_table(errors, now))
     parts.append("</main>")
-    parts.append(f"<footer>Page written {_e(_stamp(now))}; reloads every {REFRESH_SECONDS} s. "
-                 f'Machine-readable: <a href="{_e(status_name)}">{_e(status_name)}</a>.'
-                 "</footer>")
+    parts.append(
+        f"<footer>Page written {_e(_stamp(now))}; reloads every {REFRESH_SECONDS} s. "
+        f'Machine-readable: <a href="{_e(status_name)}">{_e(status_name)}</a>.'
+        "</footer>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
 # -- pieces -----------------------------------------------------------------------------------
-def _group_card(group: dict[str, Any], master: dict[str, Any] | None, page_dir: Path,
-                output_dir: Path, now: datetime) -> str:
+def _group_card(
+    group: dict[str, Any],
+    master: dict[str, Any] | None,
+    page_dir: Path,
+    output_dir: Path,
+    now: datetime,
+) -> str:
     name = _group_name(group)
     gstate = str(group.get("state", "?"))
     title = f"<h2>{_e(name)} {_badge(gstate)}"
@@ -143,8 +167,10 @@ def _group_card(group: dict[str, Any], master: dict[str, Any] | None, page_dir: 
     elif group.get("latest_master"):
         facts.append(("latest master", Path(str(group["latest_master"])).name))
     body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
-    return (f'<article class="card">{title}<dl class="facts">{body}</dl>'
-            f"{_rejects(group)}{image}</article>")
+    return (
+        f'<article class="card">{title}<dl class="facts">{body}</dl>'
+        f"{_rejects(group)}{image}</article>"
+    )
 
 
 def _preview(master: dict[str, Any], page_dir: Path, output_dir: Path, name: str) -> str:
@@ -157,8 +183,10 @@ def _preview(master: dict[str, Any], page_dir: Path, output_dir: Path, name: str
     if not png.is_file():
         return '<p class="none">No preview (output.preview = false, or not drawn yet).</p>'
     link = Path(os.path.relpath(png, page_dir)).as_posix()
-    return (f'<a href="{_e(link)}"><img src="{_e(link)}" '
-            f'alt="{_e("master flat and input levels of " + name)}"></a>')
+    return (
+        f'<a href="{_e(link)}"><img src="{_e(link)}" '
+        f'alt="{_e("master flat and input levels of " + name)}"></a>'
+    )
 
 
 def _qa_summary(qa: dict[str, Any]) -> str:
@@ -167,8 +195,11 @@ def _qa_summary(qa: dict[str, Any]) -> str:
     verdict = "FLAGGED" if qa.get("flagged") else "ok"
     if qa.get("reason"):
         verdict += f": {qa['reason']}"
-    numbers = [f"{key.replace('_', ' ')} {_number(value)}" for key, value in qa.items()
-               if key not in ("flagged", "reason") and value not in (None, "")]
+    numbers = [
+        f"{key.replace('_', ' ')} {_number(value)}"
+        for key, value in qa.items()
+        if key not in ("flagged", "reason") and value not in (None, "")
+    ]
     return verdict + (f" ({', '.join(numbers)})" if numbers else "")
 
 
@@ -182,8 +213,10 @@ def _rejects(group: dict[str, Any]) -> str:
     rejected = [r for r in _list(group.get("rejected")) if isinstance(r, dict)]
     if not rejected:
         return ""
-    items = "".join(f"<li>{_e(Path(str(r.get('path', '?'))).name)}: {_e(r.get('reason', '?'))}"
-                    "</li>" for r in rejected[:MAX_REJECTS_SHOWN])
+    items = "".join(
+        f"<li>{_e(Path(str(r.get('path', '?'))).name)}: {_e(r.get('reason', '?'))}</li>"
+        for r in rejected[:MAX_REJECTS_SHOWN]
+    )
     more = len(rejected) - MAX_REJECTS_SHOWN
     if more > 0:
         items += f"<li>… and {more} more</li>"
@@ -198,12 +231,16 @@ def _errors_table(errors: list[dict[str, Any]], now: datetime) -> str:
         at = parse_iso(error.get("at"))
         count = error.get("count", 1)
         times = f" (×{count})" if isinstance(count, int) and count > 1 else ""
-        rows.append(f"<tr><td>{_e(_ago(now, at))}</td><td>{_e(error.get('path') or '—')}</td>"
-                    f"<td>{_e(str(error.get('reason', '?')) + times)}</td></tr>")
+        rows.append(
+            f"<tr><td>{_e(_ago(now, at))}</td><td>{_e(error.get('path') or '—')}</td>"
+            f"<td>{_e(str(error.get('reason', '?')) + times)}</td></tr>"
+        )
     more = len(errors) - MAX_ERRORS_SHOWN
     tail = f'<p class="none">… and {more} older</p>' if more > 0 else ""
-    return (f"<h2>Recent errors ({len(errors)})</h2><table><tr><th>when</th><th>file</th>"
-            f"<th>reason</th></tr>{''.join(rows)}</table>{tail}")
+    return (
+        f"<h2>Recent errors ({len(errors)})</h2><table><tr><th>when</th><th>file</th>"
+        f"<th>reason</th></tr>{''.join(rows)}</table>{tail}"
+    )
 
 
 def _master_of(group: dict[str, Any], masters: list[dict[str, Any]]) -> dict[str, Any] | None:

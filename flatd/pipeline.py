@@ -46,9 +46,14 @@ class Result:
         return len(self.sequence.frames) - len(self.rejected)
 
 
-def make_master(sequence: Sequence, config: Config, *, output_dir: Path | None = None,
-                progress: engine.Progress | None = None,
-                promote: Callable[[masters.MasterRecord], bool] | None = None) -> Result:
+def make_master(
+    sequence: Sequence,
+    config: Config,
+    *,
+    output_dir: Path | None = None,
+    progress: engine.Progress | None = None,
+    promote: Callable[[masters.MasterRecord], bool] | None = None,
+) -> Result:
     """Check, combine and write one sequence. Never raises for bad data: a failure is an
     outcome with its reason (the caller logs it and carries on). `promote` may veto
     moving `latest/` to the new master (QA's veto comes first)."""
@@ -64,9 +69,13 @@ def make_master(sequence: Sequence, config: Config, *, output_dir: Path | None =
     return result
 
 
-def _fill(result: Result, config: Config, output_dir: Path,
-          progress: engine.Progress | None,
-          promote: Callable[[masters.MasterRecord], bool] | None) -> None:
+def _fill(
+    result: Result,
+    config: Config,
+    output_dir: Path,
+    progress: engine.Progress | None,
+    promote: Callable[[masters.MasterRecord], bool] | None,
+) -> None:
     frames = list(result.sequence.frames)
     result.rejected = checks.odd_frames(frames)
     if _too_few(result, config):
@@ -74,31 +83,49 @@ def _fill(result: Result, config: Config, output_dir: Path,
     levels = _measure(frames, result, config)
     if _too_few(result, config):
         return
-    combined = engine.combine(frames, config.combine, rejected=result.rejected,
-                              levels=levels, progress=progress)
+    combined = engine.combine(
+        frames, config.combine, rejected=result.rejected, levels=levels, progress=progress
+    )
     outliers = checks.structure_outliers(combined.stats)
     if outliers:
         result.rejected.update(outliers)
         if _too_few(result, config):
             result.stats = combined.stats
             return
-        combined = engine.combine(frames, config.combine, rejected=result.rejected,
-                                  levels=levels, progress=progress)
+        combined = engine.combine(
+            frames, config.combine, rejected=result.rejected, levels=levels, progress=progress
+        )
     result.stats = combined.stats
     group = result.sequence.group
     previous = _previous_master(output_dir, group)
-    assessment = qa.assess(combined.data, combined.uncertainty, combined.mask,
-                           _used_levels_in_electrons(frames, combined.stats, config),
-                           previous, config.qa.max_change)
-    record = masters.write_master(combined, frames, group, result.sequence.start, config,
-                                  output_dir=output_dir, qa_cards=assessment.header_cards())
+    assessment = qa.assess(
+        combined.data,
+        combined.uncertainty,
+        combined.mask,
+        _used_levels_in_electrons(frames, combined.stats, config),
+        previous,
+        config.qa.max_change,
+    )
+    record = masters.write_master(
+        combined,
+        frames,
+        group,
+        result.sequence.start,
+        config,
+        output_dir=output_dir,
+        qa_cards=assessment.header_cards(),
+    )
     record.qa = assessment.to_dict()
     if config.output.preview:
         _preview(record, combined, frames)
     if assessment.flagged:
-        log.warning("master_suspect", path=str(record.path), reason=assessment.reason,
-                    previous=assessment.previous,
-                    promoted=config.output.latest and config.qa.promote_changed)
+        log.warning(
+            "master_suspect",
+            path=str(record.path),
+            reason=assessment.reason,
+            previous=assessment.previous,
+            promoted=config.output.latest and config.qa.promote_changed,
+        )
     wanted = config.output.latest and (not assessment.flagged or config.qa.promote_changed)
     if wanted and (promote is None or promote(record)):
         masters.promote_latest(record.path, group, output_dir)
@@ -106,12 +133,11 @@ def _fill(result: Result, config: Config, output_dir: Path,
     result.record, result.outcome = record, "done"
 
 
-def _measure(frames: list[Frame], result: Result,
-             config: Config) -> dict[Path, engine.FrameLevels]:
+def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, engine.FrameLevels]:
     to_measure = [f for f in frames if f.path not in result.rejected]
-    measured = engine.measure_frames(to_measure,
-                                     [saturation_level(f, config) for f in to_measure],
-                                     config.combine)
+    measured = engine.measure_frames(
+        to_measure, [saturation_level(f, config) for f in to_measure], config.combine
+    )
     levels = {}
     for frame, level in zip(to_measure, measured, strict=True):
         if isinstance(level, str):
@@ -136,33 +162,44 @@ def _previous_master(output_dir: Path, group: object) -> Path | None:
     return latest
 
 
-def _used_levels_in_electrons(frames: list[Frame], stats: list[engine.FrameStats],
-                              config: Config) -> list[float]:
+def _used_levels_in_electrons(
+    frames: list[Frame], stats: list[engine.FrameStats], config: Config
+) -> list[float]:
     gains = {f.path: config.combine.gain or f.extras.get("GAIN", 0.0) or 1.0 for f in frames}
     return [s.median * gains[s.path] for s in stats if s.used]
 
 
-def _preview(record: masters.MasterRecord, combined: engine.CombineResult,
-             frames: list[Frame]) -> None:
+def _preview(
+    record: masters.MasterRecord, combined: engine.CombineResult, frames: list[Frame]
+) -> None:
     from flatd.preview import write_preview
 
     stats = {s.path: s for s in combined.stats}
-    levels = [(f.path.name, stats[f.path].median, stats[f.path].mean, stats[f.path].used,
-               stats[f.path].reason) for f in frames if f.path in stats]
+    levels = [
+        (
+            f.path.name,
+            stats[f.path].median,
+            stats[f.path].mean,
+            stats[f.path].used,
+            stats[f.path].reason,
+        )
+        for f in frames
+        if f.path in stats
+    ]
     title = f"{record.path.name}: {record.n_frames} frames, {record.n_rejected} rejected"
     try:
         write_preview(record.path, combined.data, combined.mask, title, levels)
     except Exception as exc:  # a quicklook must never cost the master
-        log.warning("preview_failed", path=str(record.path), reason=f"{type(exc).__name__}: "
-                    f"{exc}")
+        log.warning("preview_failed", path=str(record.path), reason=f"{type(exc).__name__}: {exc}")
 
 
 def _too_few(result: Result, config: Config) -> bool:
     if result.n_used >= config.sequence.min_frames:
         return False
     result.outcome = "too_few"
-    result.reason = (f"{result.n_used} usable frame(s), sequence.min_frames = "
-                     f"{config.sequence.min_frames}")
+    result.reason = (
+        f"{result.n_used} usable frame(s), sequence.min_frames = {config.sequence.min_frames}"
+    )
     if result.rejected:
         reasons = Counter(r.split(":")[0] for r in result.rejected.values())
         result.reason += "; rejected: " + ", ".join(f"{n}x {r}" for r, n in reasons.items())

@@ -64,13 +64,13 @@ class FramePixels:
         """(file descriptor, byte offset of row `first`) when the rows are stored as
         plain big-endian float32, which the kernel reads itself; else None."""
         frame = self.frame
-        if (self._fd is None or frame.bitpix != -32 or frame.bscale != 1.0
-                or frame.bzero != 0.0):
+        if self._fd is None or frame.bitpix != -32 or frame.bscale != 1.0 or frame.bzero != 0.0:
             return None
         return self._fd, frame.data_offset + first * frame.shape[1] * 4
 
-    def read_rows(self, first: int, stop: int, out: np.ndarray, *,
-                  big_endian_ok: bool = False) -> bool:
+    def read_rows(
+        self, first: int, stop: int, out: np.ndarray, *, big_endian_ok: bool = False
+    ) -> bool:
         """Fill `out` (shape (stop-first, nx), float) with the physical values of rows
         first..stop-1 (BSCALE and BZERO applied). With `big_endian_ok`, values stored
         as big-endian floats of out's size may be left in their file byte order (for
@@ -127,6 +127,10 @@ class FramePixels:
     def __enter__(self) -> FramePixels:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.close()

@@ -23,8 +23,13 @@ def preview_path(master: Path) -> Path:
     return master.with_suffix(".png")
 
 
-def write_preview(master: Path, data: np.ndarray, mask: np.ndarray | None, title: str,
-                  levels: Sequence[tuple[str, float, float, bool, str]]) -> Path:
+def write_preview(
+    master: Path,
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    title: str,
+    levels: Sequence[tuple[str, float, float, bool, str]],
+) -> Path:
     """Draw the master and its inputs' levels into `<master>.png`, atomically.
 
     `levels` holds, per input in sequence order: (name, median, mean, used, reason).
@@ -48,8 +53,9 @@ def _draw_image(figure, axes, data: np.ndarray, mask: np.ndarray | None) -> None
     small = _binned(np.where(mask, np.nan, data) if mask is not None and mask.any() else data)
     finite = small[np.isfinite(small)]
     low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-    shown = axes.imshow(small, origin="lower", cmap="gray", vmin=low, vmax=high,
-                        interpolation="nearest")
+    shown = axes.imshow(
+        small, origin="lower", cmap="gray", vmin=low, vmax=high, interpolation="nearest"
+    )
     axes.set_title(f"master flat (stretch {low:.3f} .. {high:.3f})", fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
@@ -67,19 +73,34 @@ def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) ->
     axes.set_ylabel("level [ADU]")
     axes.grid(alpha=0.3)
     if not levels:
-        axes.text(0.5, 0.5, "no inputs recorded", ha="center", va="center",
-                  transform=axes.transAxes)
+        axes.text(
+            0.5, 0.5, "no inputs recorded", ha="center", va="center", transform=axes.transAxes
+        )
         return
     axes.plot(order, medians, "-o", color="tab:blue", label="median", zorder=2)
     axes.plot(order, means, "--x", color="tab:orange", label="mean", zorder=3)
     if n_rejected:
-        axes.scatter(order[~used], medians[~used], s=160, facecolors="none",
-                     edgecolors="tab:red", linewidths=2, label="rejected", zorder=4)
+        axes.scatter(
+            order[~used],
+            medians[~used],
+            s=160,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=2,
+            label="rejected",
+            zorder=4,
+        )
         for x, (_, median, _, used_frame, reason) in zip(order, levels, strict=True):
             if not used_frame and reason and np.isfinite(float(median)):
-                axes.annotate(str(reason)[:28], (x, float(median)), xytext=(8, 8),
-                              textcoords="offset points", fontsize=8, color="tab:red")
-    axes.set_xticks(order if len(order) <= 30 else order[::max(1, len(order) // 15)])
+                axes.annotate(
+                    str(reason)[:28],
+                    (x, float(median)),
+                    xytext=(8, 8),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color="tab:red",
+                )
+    axes.set_xticks(order if len(order) <= 30 else order[:: max(1, len(order) // 15)])
     axes.legend(fontsize=9)
 
 

@@ -34,49 +34,75 @@ class MasterQA:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v)
-                for k, v in self.__dict__.items()}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
     def header_cards(self) -> list[tuple[str, Any, str]]:
-        cards = [("QAMASK", self.masked_fraction, "fraction of pixels masked"),
-                 ("QAFLAG", self.flagged, "master differs from the previous one")]
-        optional = [("QANOISE", self.noise, "median uncertainty of the master"),
-                    ("QAEXPNS", self.expected_noise, "Poisson limit of the inputs"),
-                    ("QACHGRMS", self.change_rms, "robust rms of new/previous - 1"),
-                    ("QACHGFR", self.changed_fraction, "fraction of 8x8 blocks changed")]
+        cards = [
+            ("QAMASK", self.masked_fraction, "fraction of pixels masked"),
+            ("QAFLAG", self.flagged, "master differs from the previous one"),
+        ]
+        optional = [
+            ("QANOISE", self.noise, "median uncertainty of the master"),
+            ("QAEXPNS", self.expected_noise, "Poisson limit of the inputs"),
+            ("QACHGRMS", self.change_rms, "robust rms of new/previous - 1"),
+            ("QACHGFR", self.changed_fraction, "fraction of 8x8 blocks changed"),
+        ]
         cards += [(k, float(v), c) for k, v, c in optional if v is not None]
         if self.previous:
             cards.append(("QAPREV", Path(self.previous).name[:68], "compared with"))
         return cards
 
 
-def assess(data: np.ndarray, uncertainty: np.ndarray, mask: np.ndarray,
-           used_levels: Sequence[float], previous: Path | None, max_change: float) -> MasterQA:
+def assess(
+    data: np.ndarray,
+    uncertainty: np.ndarray,
+    mask: np.ndarray,
+    used_levels: Sequence[float],
+    previous: Path | None,
+    max_change: float,
+) -> MasterQA:
     """Measure a normalised master (and compare it with `previous` when there is one);
     `used_levels` are the used inputs' levels in electrons (ADU times gain)."""
     masked_fraction = float(mask.mean()) if mask.size else 0.0
     sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
     noise = float(np.median(sampled)) if sampled.size else None
-    expected = (float(np.sqrt(np.sum(1.0 / np.asarray(used_levels, float)))) / len(used_levels)
-                if len(used_levels) else None)
+    expected = (
+        float(np.sqrt(np.sum(1.0 / np.asarray(used_levels, float)))) / len(used_levels)
+        if len(used_levels)
+        else None
+    )
     if previous is None or not previous.exists():
         return MasterQA(masked_fraction, noise, expected)
     try:
         change_rms, changed = compare(data, mask, previous, max_change)
     except (OSError, ValueError) as exc:
-        return MasterQA(masked_fraction, noise, expected, str(previous),
-                        reason=f"previous master unreadable: {exc}")
+        return MasterQA(
+            masked_fraction,
+            noise,
+            expected,
+            str(previous),
+            reason=f"previous master unreadable: {exc}",
+        )
     reasons = []
     if change_rms > max_change:
         reasons.append(f"rms change {change_rms:.4f} > qa.max_change {max_change:g}")
     if changed > MAX_CHANGED_BLOCK_FRACTION:
         reasons.append(f"{changed:.4f} of the image changed by more than {max_change:g}")
-    return MasterQA(masked_fraction, noise, expected, str(previous), change_rms, changed,
-                    bool(reasons), "; ".join(reasons))
+    return MasterQA(
+        masked_fraction,
+        noise,
+        expected,
+        str(previous),
+        change_rms,
+        changed,
+        bool(reasons),
+        "; ".join(reasons),
+    )
 
 
-def compare(data: np.ndarray, mask: np.ndarray, previous: Path,
-            max_change: float) -> tuple[float, float]:
+def compare(
+    data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float
+) -> tuple[float, float]:
     """Robust rms of new/previous - 1, and the fraction of blocks changed by more than
     `max_change`; the previous master is read in steps of rows."""
     from astropy.io import fits
@@ -88,8 +114,8 @@ def compare(data: np.ndarray, mask: np.ndarray, previous: Path,
         deviations, changed_blocks, blocks = [], 0, 0
         step = ROWS_PER_STEP // BLOCK * BLOCK
         for y0 in range(0, data.shape[0], step):
-            ratio = data[y0:y0 + step] / old.section[y0:y0 + step, :] - 1.0
-            ratio[mask[y0:y0 + step] | ~np.isfinite(ratio)] = np.nan
+            ratio = data[y0 : y0 + step] / old.section[y0 : y0 + step, :] - 1.0
+            ratio[mask[y0 : y0 + step] | ~np.isfinite(ratio)] = np.nan
             deviations.append(ratio[::4, ::4].ravel())  # a sample is enough for a robust rms
             binned = _block_mean(ratio)
             changed_blocks += int(np.sum(np.abs(binned) > max_change))

@@ -38,33 +38,47 @@ class ScanReport:
         return {
             "group": dict(key),
             "name": group_slug(key),
-            "sequences": [{
-                "start": seq.start.isoformat(),
-                "end": seq.end.isoformat(),
-                "frames": [{
-                    "path": str(f.path),
-                    "date": f.date.isoformat(),
-                    "date_from_header": f.date_from_header,
-                    "shape": list(f.shape),
-                    "median": _rounded(self.levels.get(f.path)),
-                } for f in seq.frames],
-            } for seq in sequences],
+            "sequences": [
+                {
+                    "start": seq.start.isoformat(),
+                    "end": seq.end.isoformat(),
+                    "frames": [
+                        {
+                            "path": str(f.path),
+                            "date": f.date.isoformat(),
+                            "date_from_header": f.date_from_header,
+                            "shape": list(f.shape),
+                            "median": _rounded(self.levels.get(f.path)),
+                        }
+                        for f in seq.frames
+                    ],
+                }
+                for seq in sequences
+            ],
         }
 
     def render(self) -> str:
         counts = self.index.counts()
-        lines = [f"{counts['frames']} files: {counts['flats']} flats, "
-                 f"{counts['skipped']} skipped, {counts['rejected']} rejected"]
+        lines = [
+            f"{counts['frames']} files: {counts['flats']} flats, "
+            f"{counts['skipped']} skipped, {counts['rejected']} rejected"
+        ]
         for key, sequences in _by_group(self.index):
             n = sum(len(s.frames) for s in sequences)
-            lines.append(f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {n} frames "
-                         f"in {len(sequences)} sequence(s)")
+            lines.append(
+                f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {n} frames "
+                f"in {len(sequences)} sequence(s)"
+            )
             for seq in sequences:
-                lines.append(f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
-                             f"  {len(seq.frames)} frames")
-                lines.extend(f"    {f.path.name:<40} {f.date:%H:%M:%S}  "
-                             f"median {_level_text(self.levels.get(f.path))}"
-                             for f in seq.frames)
+                lines.append(
+                    f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
+                    f"  {len(seq.frames)} frames"
+                )
+                lines.extend(
+                    f"    {f.path.name:<40} {f.date:%H:%M:%S}  "
+                    f"median {_level_text(self.levels.get(f.path))}"
+                    for f in seq.frames
+                )
         for kind in ("rejected", "skipped"):
             skips = [s for s in self.index.skips() if s.kind == kind]
             if skips:
@@ -78,8 +92,9 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
     index = index_paths(paths, config)
     frames = index.frames()
     levels = {}
-    measured = engine.measure_frames(frames, [saturation_level(f, config) for f in frames],
-                                     config.combine)
+    measured = engine.measure_frames(
+        frames, [saturation_level(f, config) for f in frames], config.combine
+    )
     for frame, level in zip(frames, measured, strict=True):
         if isinstance(level, str):
             index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
@@ -101,23 +116,35 @@ class CombineSummary:
         header = ("group", "sequence start", "used", "rejected", "median levels", "master", "s")
         rows = [_summary_row(r) for r in self.results]
         lines = [_table(header, rows)] if rows else ["no flat sequences found"]
-        notes = [f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: "
-                 f"{r.reason}" for r in self.results if r.outcome != "done"]
+        notes = [
+            f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: {r.reason}"
+            for r in self.results
+            if r.outcome != "done"
+        ]
         rejected = [f"  {p.name}: {why}" for r in self.results for p, why in r.rejected.items()]
-        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips()
-                 if s.kind == "rejected"]
-        for title, block in (("not combined", notes), ("frames rejected", rejected),
-                             ("files rejected", skips)):
+        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips() if s.kind == "rejected"]
+        for title, block in (
+            ("not combined", notes),
+            ("frames rejected", rejected),
+            ("files rejected", skips),
+        ):
             if block:
                 lines += ["", f"{title}:", *block]
         counts = self.index.counts()
-        lines.append(f"\n{counts['frames']} files: {counts['flats']} flats, "
-                     f"{counts['skipped']} skipped (not flats), {counts['rejected']} rejected")
+        lines.append(
+            f"\n{counts['frames']} files: {counts['flats']} flats, "
+            f"{counts['skipped']} skipped (not flats), {counts['rejected']} rejected"
+        )
         return "\n".join(lines)
 
 
-def combine_paths(paths: Iterable[Path], config: Config, *, output_dir: Path | None = None,
-                  show_progress: bool = False) -> CombineSummary:
+def combine_paths(
+    paths: Iterable[Path],
+    config: Config,
+    *,
+    output_dir: Path | None = None,
+    show_progress: bool = False,
+) -> CombineSummary:
     """Index `paths` and make a master of every sequence; nothing is raised for bad data."""
     index = index_paths(paths, config)
     for skip in index.skips():
@@ -132,8 +159,7 @@ def combine_paths(paths: Iterable[Path], config: Config, *, output_dir: Path | N
                 line.show(f"{name}: {len(sequence.frames)} frames, measuring")
                 progress = line.for_group(name)
             try:
-                result = make_master(sequence, config, output_dir=output_dir,
-                                     progress=progress)
+                result = make_master(sequence, config, output_dir=output_dir, progress=progress)
             finally:
                 if line is not None:
                     line.clear()
@@ -188,24 +214,36 @@ def _log_result(result: Result) -> None:
     elif result.outcome == "too_few":
         log.warning("too_few_frames", reason=result.reason, frames=len(result.sequence.frames))
     else:
-        log.error("combine_failed", reason=result.reason,
-                  frames=[str(f.path) for f in result.sequence.frames])
+        log.error(
+            "combine_failed",
+            reason=result.reason,
+            frames=[str(f.path) for f in result.sequence.frames],
+        )
 
 
 def _summary_row(result: Result) -> tuple[str, ...]:
     used = [s for s in result.stats if s.used]
-    levels = (f"{max(s.median for s in used):.0f}..{min(s.median for s in used):.0f}"
-              if used else "-")
+    levels = (
+        f"{max(s.median for s in used):.0f}..{min(s.median for s in used):.0f}" if used else "-"
+    )
     master = str(result.record.path) if result.record else result.outcome.replace("_", " ")
-    return (group_slug(result.sequence.group), f"{result.sequence.start:%Y-%m-%d %H:%M:%S}",
-            str(result.n_used), str(len(result.rejected)), levels, master,
-            f"{result.seconds:.1f}")
+    return (
+        group_slug(result.sequence.group),
+        f"{result.sequence.start:%Y-%m-%d %H:%M:%S}",
+        str(result.n_used),
+        str(len(result.rejected)),
+        levels,
+        master,
+        f"{result.seconds:.1f}",
+    )
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     .rstrip() for row in [header, *rows])
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
 
 
 def _by_group(index: Index) -> list[tuple[Any, list[Sequence]]]:

@@ -34,8 +34,9 @@ class Debouncer:
 
     def arm(self, key: Hashable, at: datetime) -> None:
         """(Re)set `key`'s one job to run at `at`."""
-        self._scheduler.add_job(self._job, "date", run_date=at, args=[key], id=_job_id(key),
-                                replace_existing=True)
+        self._scheduler.add_job(
+            self._job, "date", run_date=at, args=[key], id=_job_id(key), replace_existing=True
+        )
 
     def shutdown(self) -> None:
         """Wait for running jobs; pending ones are dropped (start-up rescans find them)."""

@@ -45,19 +45,34 @@ class Daemon:
         self.config = config
         self.index = Index(config.sequence.gap_minutes)
         self.board = StatusBoard(
-            config.status.file, directories=[str(d) for d in config.watch.directories],
+            config.status.file,
+            directories=[str(d) for d in config.watch.directories],
             observer="polling" if config.watch.polling else "inotify",
             snapshot=lambda: (self.index.counts(), self.groups.snapshot()),
-            on_write=self._announce)
-        self.groups = Groups(self.index, config, on_master=self._master_written,
-                             on_error=self.board.add_error, on_change=self.board.mark_changed,
-                             on_skipped=self.board.add_skip)
-        self.ingest = Ingest(self.index, config.frames, on_group_changed=self.groups.frame_arrived,
-                             on_skip=self.groups.note_skip,
-                             settle_seconds=_settle_seconds(config))
-        self.watcher = Watcher(config.watch, self.ingest.submit, on_directory=self._rescan_later,
-                               on_overflow=self._rescan_later_all,
-                               exclude=(config.output.directory,))
+            on_write=self._announce,
+        )
+        self.groups = Groups(
+            self.index,
+            config,
+            on_master=self._master_written,
+            on_error=self.board.add_error,
+            on_change=self.board.mark_changed,
+            on_skipped=self.board.add_skip,
+        )
+        self.ingest = Ingest(
+            self.index,
+            config.frames,
+            on_group_changed=self.groups.frame_arrived,
+            on_skip=self.groups.note_skip,
+            settle_seconds=_settle_seconds(config),
+        )
+        self.watcher = Watcher(
+            config.watch,
+            self.ingest.submit,
+            on_directory=self._rescan_later,
+            on_overflow=self._rescan_later_all,
+            exclude=(config.output.directory,),
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rescan: set[Path] = set()
@@ -72,9 +87,14 @@ class Daemon:
             log.warning("stale_temporary_removed", path=str(stale))
         for stale in remove_stale_temporaries_of(self.config.status.file):
             log.warning("stale_temporary_removed", path=str(stale))
-        log.info("starting", version=__version__, pid=os.getpid(),
-                 directories=[str(d) for d in self.config.watch.directories],
-                 observer=self.watcher.observer_name, output=str(output))
+        log.info(
+            "starting",
+            version=__version__,
+            pid=os.getpid(),
+            directories=[str(d) for d in self.config.watch.directories],
+            observer=self.watcher.observer_name,
+            output=str(output),
+        )
         self.board.set_state("running")
         self.board.start()
         self._report_problems(self.watcher.start())
@@ -83,8 +103,7 @@ class Daemon:
         self.ingest.start()
         self.groups.start()
         counts = self.index.counts()
-        log.info("ready", scanned=scanned, seconds=round(time.monotonic() - started, 3),
-                 **counts)
+        log.info("ready", scanned=scanned, seconds=round(time.monotonic() - started, 3), **counts)
         notify.notify("READY=1\nSTATUS=" + self._summary())
 
     def serve(self) -> None:
@@ -122,8 +141,14 @@ class Daemon:
 
     # -- scanning ----------------------------------------------------------------------
     def _files(self, roots: list[Path] | tuple[Path, ...]) -> list[Path]:
-        return list(walk([r for r in roots if r.is_dir()], self.config.watch.patterns,
-                         self.config.watch.recursive, exclude=[self.config.output.directory]))
+        return list(
+            walk(
+                [r for r in roots if r.is_dir()],
+                self.config.watch.patterns,
+                self.config.watch.recursive,
+                exclude=[self.config.output.directory],
+            )
+        )
 
     def _scan(self, roots: tuple[Path, ...]) -> int:
         paths = self._files(roots)
@@ -181,8 +206,10 @@ class Daemon:
 
     def _summary(self) -> str:
         counts = self.index.counts()
-        return (f"{counts['flats']} flats in {len(self.index.groups())} groups, "
-                f"{counts['rejected']} rejected")
+        return (
+            f"{counts['flats']} flats in {len(self.index.groups())} groups, "
+            f"{counts['rejected']} rejected"
+        )
 
     def _announce(self, document: dict) -> None:
         states = [g["state"] for g in document.get("groups", [])]
@@ -234,8 +261,11 @@ def _install_signal_handlers(daemon: Daemon) -> None:
         daemon.request_stop()
 
     def ignore_hup(signum: int, frame: FrameType | None) -> None:
-        log.info("signal_ignored", signal="SIGHUP",
-                 reason="configuration is read at start; restart flatd to apply changes")
+        log.info(
+            "signal_ignored",
+            signal="SIGHUP",
+            reason="configuration is read at start; restart flatd to apply changes",
+        )
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

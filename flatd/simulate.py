@@ -126,8 +126,9 @@ def _n_stars(rng: np.random.Generator, area: int) -> int:
     return int(np.clip(round(base + rng.integers(-1, 3)), 5, 20))
 
 
-def _add_stars(expected: np.ndarray, flat: np.ndarray, level: float, gain: float,
-               rng: np.random.Generator) -> None:
+def _add_stars(
+    expected: np.ndarray, flat: np.ndarray, level: float, gain: float, rng: np.random.Generator
+) -> None:
     """Add gaussian stars (in electrons, seen through the flat) to `expected`."""
     ny, nx = expected.shape
     cap = 0.85 * SATURATE - 1.1 * level  # keep the peaks below saturation
@@ -161,10 +162,24 @@ def _add_cosmic_rays(image: np.ndarray, rng: np.random.Generator) -> None:
 class _Camera:
     """Makes the frames of one sequence, one at a time, each from its own sub-seed."""
 
-    def __init__(self, shape: tuple[int, int], n_frames: int, filter_name: str,
-                 start: datetime | None, seed: int, stars: bool, cosmic_rays: bool,
-                 levels: Sequence[float], gain: float, read_noise: float, instrument: str,
-                 binning: int, dust: bool, exposure: float, cadence_seconds: float) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        n_frames: int,
+        filter_name: str,
+        start: datetime | None,
+        seed: int,
+        stars: bool,
+        cosmic_rays: bool,
+        levels: Sequence[float],
+        gain: float,
+        read_noise: float,
+        instrument: str,
+        binning: int,
+        dust: bool,
+        exposure: float,
+        cadence_seconds: float,
+    ) -> None:
         ny, nx = (int(v) for v in shape)
         if ny < 1 or nx < 1:
             raise ValueError(f"shape must be positive, got {tuple(shape)}")
@@ -231,14 +246,24 @@ class _Camera:
         return image
 
 
-def simulate_sequence(shape: tuple[int, int] = (256, 256), n_frames: int = 10,
-                      filter_name: str = "r", start: datetime | None = None, seed: int = 0,
-                      stars: bool = True, cosmic_rays: bool = True,
-                      levels: Sequence[float] = (40000.0, 5000.0), gain: float = 1.0,
-                      read_noise: float = 5.0, instrument: str = "SIMCAM", binning: int = 1,
-                      dust: bool = True, exposure: float = 5.0,
-                      cadence_seconds: float = 30.0,
-                      true_flat: np.ndarray | None = None) -> SimulatedSequence:
+def simulate_sequence(
+    shape: tuple[int, int] = (256, 256),
+    n_frames: int = 10,
+    filter_name: str = "r",
+    start: datetime | None = None,
+    seed: int = 0,
+    stars: bool = True,
+    cosmic_rays: bool = True,
+    levels: Sequence[float] = (40000.0, 5000.0),
+    gain: float = 1.0,
+    read_noise: float = 5.0,
+    instrument: str = "SIMCAM",
+    binning: int = 1,
+    dust: bool = True,
+    exposure: float = 5.0,
+    cadence_seconds: float = 30.0,
+    true_flat: np.ndarray | None = None,
+) -> SimulatedSequence:
     """A calibrated twilight flat sequence of `n_frames` frames of `shape` (ny, nx).
 
     `true_flat` replaces the simulated pixel response (it is normalised to median 1), so
@@ -247,8 +272,23 @@ def simulate_sequence(shape: tuple[int, int] = (256, 256), n_frames: int = 10,
     frame i is taken `i * cadence_seconds` later. The illumination falls geometrically from
     `levels[0]` to `levels[1]`.
     """
-    camera = _Camera(shape, n_frames, filter_name, start, seed, stars, cosmic_rays, levels,
-                     gain, read_noise, instrument, binning, dust, exposure, cadence_seconds)
+    camera = _Camera(
+        shape,
+        n_frames,
+        filter_name,
+        start,
+        seed,
+        stars,
+        cosmic_rays,
+        levels,
+        gain,
+        read_noise,
+        instrument,
+        binning,
+        dust,
+        exposure,
+        cadence_seconds,
+    )
     if true_flat is not None:
         if true_flat.shape != camera.shape:
             raise ValueError(f"true_flat has shape {true_flat.shape}, not {camera.shape}")
@@ -256,8 +296,11 @@ def simulate_sequence(shape: tuple[int, int] = (256, 256), n_frames: int = 10,
     return SimulatedSequence(
         frames=[camera.frame(i) for i in range(camera.n_frames)],
         headers=[camera.header(i) for i in range(camera.n_frames)],
-        true_flat=camera.true_flat, levels=list(camera.levels), gain=camera.gain,
-        read_noise=camera.read_noise)
+        true_flat=camera.true_flat,
+        levels=list(camera.levels),
+        gain=camera.gain,
+        read_noise=camera.read_noise,
+    )
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -326,7 +369,7 @@ def write_slowly(path: Path, content: bytes, pace: float, chunks: int = 4) -> No
         for offset in range(0, len(content), step):
             if offset:
                 time.sleep(pace / chunks)
-            fh.write(content[offset:offset + step])
+            fh.write(content[offset : offset + step])
             fh.flush()
 
 
@@ -340,8 +383,9 @@ def _writer(mode: str, pace: float) -> Callable[[Path, bytes], None]:
     raise ValueError(f"write mode must be one of {', '.join(WRITE_MODES)}, got {mode!r}")
 
 
-def write_sequence(sequence: SimulatedSequence, outdir: Path, prefix: str = "flat",
-                   compress: str = "none") -> list[Path]:
+def write_sequence(
+    sequence: SimulatedSequence, outdir: Path, prefix: str = "flat", compress: str = "none"
+) -> list[Path]:
     """Write every frame of `sequence` atomically into `outdir`; return the paths.
 
     Names are `{prefix}_{filter}_{i:03d}.fits` (`.fits.gz` for gzip, `.fits.fz` for tile
@@ -374,7 +418,7 @@ def broken_bytes(header: fits.Header, shape: tuple[int, int] = (32, 32)) -> byte
     content = fits_bytes(np.full(shape, 20000.0, np.float32), header)
     data_start = content.find(b"END" + b" " * 77) + 80
     data_start = -(-data_start // 2880) * 2880
-    return content[:data_start + (len(content) - data_start) // 2 + 123]
+    return content[: data_start + (len(content) - data_start) // 2 + 123]
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -398,6 +442,7 @@ def _filters(text: str) -> list[str]:
 def _number(kind: type, minimum: float, what: str) -> Callable[[str], float]:
     """An argparse type: `kind(text)`, finite and at least `minimum`, else an error
     naming `what` was expected."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -420,7 +465,8 @@ def _start(text: str) -> datetime:
         return _utc_naive(datetime.fromisoformat(text.strip()))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time, e.g. 2026-11-23T17:30:00, got {text!r}") from None
+            f"expected an ISO 8601 time, e.g. 2026-11-23T17:30:00, got {text!r}"
+        ) from None
 
 
 def _level_pair(text: str) -> tuple[float, float]:
@@ -435,36 +481,82 @@ def _level_pair(text: str) -> tuple[float, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `flatd simulate` arguments to `parser`."""
-    parser.description = ("A fake camera: write calibrated twilight flat sequences (one per "
-                          "filter, consecutive in time) into OUTDIR, frame by frame.")
+    parser.description = (
+        "A fake camera: write calibrated twilight flat sequences (one per "
+        "filter, consecutive in time) into OUTDIR, frame by frame."
+    )
     parser.add_argument("outdir", type=Path, metavar="OUTDIR", help="where the frames go")
-    parser.add_argument("--filters", type=_filters, default=["g", "r", "i"], metavar="LIST",
-                        help="comma-separated filters, one sequence each (default: g,r,i)")
-    parser.add_argument("--frames", type=_positive_int, default=7, metavar="N",
-                        help="frames per filter (default: 7)")
-    parser.add_argument("--shape", type=_shape, default=(512, 512), metavar="WIDTHxHEIGHT",
-                        help="frame size as WIDTHxHEIGHT in pixels, like a camera spec: "
-                             "'32x48' is 32 columns by 48 rows, numpy shape (48, 32) "
-                             "(default: 512x512)")
-    parser.add_argument("--pace", type=_seconds, default=0.0, metavar="SECONDS",
-                        help="pause between files, to play a camera in real time (default: 0)")
-    parser.add_argument("--write-mode", choices=WRITE_MODES, default="rename",
-                        help="rename: write a dot-file and rename it into place (atomic); "
-                             "inplace: write the final name in one go; slow: write the final "
-                             "name in 4 chunks with PACE/4 pauses (default: rename)")
-    parser.add_argument("--broken", type=_count, default=0, metavar="N",
-                        help="also write N truncated FITS files broken_000.fits... (default: 0)")
-    parser.add_argument("--truth", action="store_true",
-                        help="also write OUTDIR/truth/true_flat_<filter>.fits (IMAGETYP TRUTH)")
+    parser.add_argument(
+        "--filters",
+        type=_filters,
+        default=["g", "r", "i"],
+        metavar="LIST",
+        help="comma-separated filters, one sequence each (default: g,r,i)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=_positive_int,
+        default=7,
+        metavar="N",
+        help="frames per filter (default: 7)",
+    )
+    parser.add_argument(
+        "--shape",
+        type=_shape,
+        default=(512, 512),
+        metavar="WIDTHxHEIGHT",
+        help="frame size as WIDTHxHEIGHT in pixels, like a camera spec: "
+        "'32x48' is 32 columns by 48 rows, numpy shape (48, 32) "
+        "(default: 512x512)",
+    )
+    parser.add_argument(
+        "--pace",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause between files, to play a camera in real time (default: 0)",
+    )
+    parser.add_argument(
+        "--write-mode",
+        choices=WRITE_MODES,
+        default="rename",
+        help="rename: write a dot-file and rename it into place (atomic); "
+        "inplace: write the final name in one go; slow: write the final "
+        "name in 4 chunks with PACE/4 pauses (default: rename)",
+    )
+    parser.add_argument(
+        "--broken",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="also write N truncated FITS files broken_000.fits... (default: 0)",
+    )
+    parser.add_argument(
+        "--truth",
+        action="store_true",
+        help="also write OUTDIR/truth/true_flat_<filter>.fits (IMAGETYP TRUTH)",
+    )
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default: 0)")
-    parser.add_argument("--compress", choices=COMPRESSIONS, default="none",
-                        help="none: .fits; gzip: .fits.gz; tile: tile-compressed .fits.fz "
-                             "(default: none)")
-    parser.add_argument("--levels", type=_level_pair, default=(40000.0, 5000.0),
-                        metavar="FIRST,LAST",
-                        help="sky level (ADU) of the first and last frame (default: 40000,5000)")
-    parser.add_argument("--start", type=_start, default=None, metavar="ISO8601",
-                        help="UTC time of the first frame (default: 2026-11-23T17:30:00)")
+    parser.add_argument(
+        "--compress",
+        choices=COMPRESSIONS,
+        default="none",
+        help="none: .fits; gzip: .fits.gz; tile: tile-compressed .fits.fz (default: none)",
+    )
+    parser.add_argument(
+        "--levels",
+        type=_level_pair,
+        default=(40000.0, 5000.0),
+        metavar="FIRST,LAST",
+        help="sky level (ADU) of the first and last frame (default: 40000,5000)",
+    )
+    parser.add_argument(
+        "--start",
+        type=_start,
+        default=None,
+        metavar="ISO8601",
+        help="UTC time of the first frame (default: 2026-11-23T17:30:00)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing per file")
 
 
@@ -497,10 +589,23 @@ def run(args: argparse.Namespace) -> int:
     cameras = []
     try:
         for k, filter_name in enumerate(args.filters):
-            camera = _Camera((ny, nx), args.frames, filter_name,
-                             start + timedelta(seconds=k * args.frames * cadence),
-                             args.seed + 1000 * k, True, True, args.levels, 1.0, 5.0, "SIMCAM",
-                             1, True, 5.0, cadence)
+            camera = _Camera(
+                (ny, nx),
+                args.frames,
+                filter_name,
+                start + timedelta(seconds=k * args.frames * cadence),
+                args.seed + 1000 * k,
+                True,
+                True,
+                args.levels,
+                1.0,
+                5.0,
+                "SIMCAM",
+                1,
+                True,
+                5.0,
+                cadence,
+            )
             cameras.append(camera)
             for i in range(camera.n_frames):
                 pause()
@@ -517,8 +622,9 @@ def run(args: argparse.Namespace) -> int:
             (outdir / "truth").mkdir(exist_ok=True)
             for camera in cameras:
                 path = outdir / "truth" / f"true_flat_{sanitise(camera.filter_name)}.fits"
-                content = fits_bytes(camera.true_flat.astype(np.float32),
-                                     truth_header(camera.filter_name))
+                content = fits_bytes(
+                    camera.true_flat.astype(np.float32), truth_header(camera.filter_name)
+                )
                 write_atomic(path, content)
                 say(f"wrote {path}  true flat")
     except OSError as exc:

@@ -78,10 +78,18 @@ class StatusBoard:
     locks (and report back into the board) without deadlock.
     """
 
-    def __init__(self, path: Path, *, directories: list[str], observer: str,
-                 snapshot: Snapshot, on_write: Callable[[dict[str, Any]], None] | None = None,
-                 history: int = 50, heartbeat_seconds: float = 10.0,
-                 min_interval: float = MIN_WRITE_INTERVAL) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        directories: list[str],
+        observer: str,
+        snapshot: Snapshot,
+        on_write: Callable[[dict[str, Any]], None] | None = None,
+        history: int = 50,
+        heartbeat_seconds: float = 10.0,
+        min_interval: float = MIN_WRITE_INTERVAL,
+    ) -> None:
         self.path = Path(path)
         self._snapshot = snapshot
         self._on_write = on_write
@@ -97,8 +105,11 @@ class StatusBoard:
         self._last_write = 0.0  # monotonic time of the last successful write
         self._failing: str | None = None  # the last write error, logged once
         self._daemon: dict[str, Any] = {
-            "pid": os.getpid(), "version": __version__, "state": "starting",
-            "started_at": utc_iso(), "updated_at": None,
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": "starting",
+            "started_at": utc_iso(),
+            "updated_at": None,
         }
         self._watch = {"directories": list(directories), "observer": observer}
         self._index: dict[str, Any] = {}
@@ -125,7 +136,7 @@ class StatusBoard:
         entry.setdefault("created_at", utc_iso())
         with self._lock:
             self._masters.insert(0, entry)
-            del self._masters[self._history:]
+            del self._masters[self._history :]
         self.mark_changed()
 
     def add_error(self, path: str, reason: str) -> None:
@@ -139,7 +150,7 @@ class StatusBoard:
                 newest["count"] = newest.get("count", 1) + 1
             else:
                 self._errors.insert(0, {"path": path, "reason": reason, "at": now, "count": 1})
-                del self._errors[self._history:]
+                del self._errors[self._history :]
         self.mark_changed()
 
     def add_skip(self, path: str, reason: str) -> None:
@@ -147,7 +158,7 @@ class StatusBoard:
         reason: counted in `index`, the newest kept in `skipped` (bounded)."""
         with self._lock:
             self._skipped.insert(0, {"path": path, "reason": reason, "at": utc_iso()})
-            del self._skipped[self._history:]
+            del self._skipped[self._history :]
         self.mark_changed()
 
     # -- the document ------------------------------------------------------------------------
@@ -166,8 +177,10 @@ class StatusBoard:
             return {
                 "schema": SCHEMA,
                 "daemon": dict(self._daemon),
-                "watch": {"directories": list(self._watch["directories"]),
-                          "observer": self._watch["observer"]},
+                "watch": {
+                    "directories": list(self._watch["directories"]),
+                    "observer": self._watch["observer"],
+                },
                 "index": dict(self._index),
                 "groups": [dict(g) for g in self._groups],
                 "masters": [dict(m) for m in self._masters],
@@ -185,8 +198,12 @@ class StatusBoard:
             except OSError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 if reason != self._failing:
-                    log.error("status_write_failed", path=str(self.path), reason=reason,
-                              retry_seconds=RETRY_SECONDS)
+                    log.error(
+                        "status_write_failed",
+                        path=str(self.path),
+                        reason=reason,
+                        retry_seconds=RETRY_SECONDS,
+                    )
                     self._failing = reason
                 return False
             if self._failing is not None:
@@ -290,18 +307,32 @@ def _pid_alive(pid: int) -> bool:
 
 
 # -- rendering --------------------------------------------------------------------------------
-_COLORS = {"green": "\033[32m", "yellow": "\033[33m", "red": "\033[31m", "bold": "\033[1m",
-           "dim": "\033[2m"}
+_COLORS = {
+    "green": "\033[32m",
+    "yellow": "\033[33m",
+    "red": "\033[31m",
+    "bold": "\033[1m",
+    "dim": "\033[2m",
+}
 _RESET = "\033[0m"
-_STATE_COLORS = {"running": "green", "done": "green", "waiting": "yellow", "pending": "yellow",
-                 "combining": "yellow", "stopping": "yellow", "starting": "yellow",
-                 "too_few": "red", "stopped": "red", "failed": "red", "error": "red"}
+_STATE_COLORS = {
+    "running": "green",
+    "done": "green",
+    "waiting": "yellow",
+    "pending": "yellow",
+    "combining": "yellow",
+    "stopping": "yellow",
+    "starting": "yellow",
+    "too_few": "red",
+    "stopped": "red",
+    "failed": "red",
+    "error": "red",
+}
 MAX_ERRORS_SHOWN = 10
 MAX_MASTERS_SHOWN = 10
 
 
-def render_status(document: dict[str, Any], color: bool, *,
-                  now: datetime | None = None) -> str:
+def render_status(document: dict[str, Any], color: bool, *, now: datetime | None = None) -> str:
     """A human summary of a status document (ANSI colours only when `color`)."""
     now = now or datetime.now(UTC)
 
@@ -335,8 +366,10 @@ def render_status(document: dict[str, Any], color: bool, *,
     watch = _dict(document.get("watch"))
     directories = watch.get("directories") or []
     if directories or watch.get("observer"):
-        lines.append(f"watching {', '.join(map(str, directories)) or '(nothing)'}"
-                     f" ({watch.get('observer', '?')})")
+        lines.append(
+            f"watching {', '.join(map(str, directories)) or '(nothing)'}"
+            f" ({watch.get('observer', '?')})"
+        )
     index = _dict(document.get("index"))
     if index:
         lines.append("index: " + ", ".join(f"{v} {k}" for k, v in index.items()))
@@ -358,8 +391,10 @@ def render_status(document: dict[str, Any], color: bool, *,
         wframes = max(len(r[2]) for r in rows)
         for name, gstate, frames, detail in rows:
             pad = " " * (wstate - len(gstate))
-            lines.append(f"  {name:<{wname}}  {state(gstate)}{pad}  {frames:>{wframes}}"
-                         + (f"  {detail}" if detail else ""))
+            lines.append(
+                f"  {name:<{wname}}  {state(gstate)}{pad}  {frames:>{wframes}}"
+                + (f"  {detail}" if detail else "")
+            )
 
     masters = [m for m in document.get("masters") or [] if isinstance(m, dict)]
     if masters:

@@ -36,8 +36,14 @@ from flatd.ingest import Hint
 
 log = structlog.get_logger("flatd.watch")
 
-INOTIFY_EVENTS = [FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent,
-                  DirCreatedEvent, DirMovedEvent]
+INOTIFY_EVENTS = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 
 
@@ -67,9 +73,15 @@ class _OverflowHandler(logging.Handler):
 class Watcher:
     """Watches the configured directories and hands path hints to `submit`."""
 
-    def __init__(self, config: WatchConfig, submit: Callable[[Path, Hint], None], *,
-                 on_directory: Callable[[Path], None], on_overflow: Callable[[], None],
-                 exclude: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: WatchConfig,
+        submit: Callable[[Path, Hint], None],
+        *,
+        on_directory: Callable[[Path], None],
+        on_overflow: Callable[[], None],
+        exclude: tuple[Path, ...] = (),
+    ) -> None:
         self._config = config
         self._submit = submit
         self._on_directory = on_directory
@@ -124,14 +136,21 @@ class Watcher:
     def _schedule(self, directory: Path) -> ObservedWatch | None:
         event_filter = None if self._config.polling else INOTIFY_EVENTS
         try:
-            watch = self._observer.schedule(_Handler(self), str(directory),
-                                            recursive=self._config.recursive,
-                                            event_filter=event_filter)
+            watch = self._observer.schedule(
+                _Handler(self),
+                str(directory),
+                recursive=self._config.recursive,
+                event_filter=event_filter,
+            )
         except OSError as exc:
             log.error("watch_failed", directory=str(directory), reason=str(exc))
             return None
-        log.info("watching", directory=str(directory), observer=self.observer_name,
-                 recursive=self._config.recursive)
+        log.info(
+            "watching",
+            directory=str(directory),
+            observer=self.observer_name,
+            recursive=self._config.recursive,
+        )
         return watch
 
     def on_event(self, event: FileSystemEvent) -> None:

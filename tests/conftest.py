@@ -11,8 +11,14 @@ from astropy.io import fits
 from flatd.config import Config
 from flatd.frames import Frame, read_frame
 
-FLAT_HEADER = {"IMAGETYP": "Flat Field", "FILTER": "r", "INSTRUME": "SIMCAM",
-               "XBINNING": 1, "YBINNING": 1, "DATE-OBS": "2026-11-23T17:30:00"}
+FLAT_HEADER = {
+    "IMAGETYP": "Flat Field",
+    "FILTER": "r",
+    "INSTRUME": "SIMCAM",
+    "XBINNING": 1,
+    "YBINNING": 1,
+    "DATE-OBS": "2026-11-23T17:30:00",
+}
 
 
 def write_frame(path: Path, data: np.ndarray | None = None, **header: object) -> Path:

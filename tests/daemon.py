@@ -40,8 +40,12 @@ level = "debug"
 """
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-             what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,13 +59,22 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: floa
 class FlatdProcess:
     """`flatd run` with a config in `root`; `events` are its parsed log lines."""
 
-    def __init__(self, root: Path, *, quiet: float = 1.0, min_frames: int = 3,
-                 watch: str = "", extra: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        quiet: float = 1.0,
+        min_frames: int = 3,
+        watch: str = "",
+        extra: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         (root / "incoming").mkdir(parents=True, exist_ok=True)
         self.config = root / "config.toml"
-        self.config.write_text(DEFAULT_CONFIG.format(quiet=quiet, min_frames=min_frames,
-                                                     watch=watch, extra=extra))
+        self.config.write_text(
+            DEFAULT_CONFIG.format(quiet=quiet, min_frames=min_frames, watch=watch, extra=extra)
+        )
         self.env = {**os.environ, **(env or {})}
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -79,8 +92,12 @@ class FlatdProcess:
     def start(self, wait_ready: bool = True) -> FlatdProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flatd", "run", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-            cwd=self.root)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+        )
         threading.Thread(target=self._read, daemon=True).start()
         if wait_ready:
             self.wait_event("ready", timeout=60)
@@ -102,14 +119,20 @@ class FlatdProcess:
         self._on_event[event] = action
 
     def named(self, event: str, **fields: Any) -> list[dict[str, Any]]:
-        return [e for e in list(self.events) if e.get("event") == event
-                and all(e.get(k) == v for k, v in fields.items())]
+        return [
+            e
+            for e in list(self.events)
+            if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+        ]
 
-    def wait_event(self, event: str, count: int = 1, timeout: float = 30.0,
-                   **fields: Any) -> list[dict[str, Any]]:
-        return wait_for(lambda: (found := self.named(event, **fields)) and len(found) >= count
-                        and found, timeout, what=f"{count} x {event} {fields or ''}\n"
-                        + "".join(self.raw[-30:]))
+    def wait_event(
+        self, event: str, count: int = 1, timeout: float = 30.0, **fields: Any
+    ) -> list[dict[str, Any]]:
+        return wait_for(
+            lambda: (found := self.named(event, **fields)) and len(found) >= count and found,
+            timeout,
+            what=f"{count} x {event} {fields or ''}\n" + "".join(self.raw[-30:]),
+        )
 
     def status(self) -> dict[str, Any]:
         return json.loads((self.root / "status.json").read_text())
@@ -127,8 +150,7 @@ class FlatdProcess:
 
 
 def flat_sequence(n: int, filter_name: str = "r", seed: int = 0, shape=(64, 64), **kwargs):
-    return simulate_sequence(shape=shape, n_frames=n, filter_name=filter_name, seed=seed,
-                             **kwargs)
+    return simulate_sequence(shape=shape, n_frames=n, filter_name=filter_name, seed=seed, **kwargs)
 
 
 def write_atomically(path: Path, data: np.ndarray, header: fits.Header) -> None:
@@ -144,8 +166,9 @@ def write_frames(directory: Path, seq, indices: Iterable[int]) -> None:
         write_atomically(directory / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i])
 
 
-def write_slowly_in_place(path: Path, data: np.ndarray, header: fits.Header,
-                          chunks: int = 4, pause: float = 0.6) -> None:
+def write_slowly_in_place(
+    path: Path, data: np.ndarray, header: fits.Header, chunks: int = 4, pause: float = 0.6
+) -> None:
     """A camera that writes the file where it lands, in chunks with pauses between them."""
     temp = path.with_name(f".staging-{path.name}")
     fits.PrimaryHDU(data, header).writeto(temp)
@@ -154,14 +177,19 @@ def write_slowly_in_place(path: Path, data: np.ndarray, header: fits.Header,
     write_in_chunks(path, content, chunks, pause)
 
 
-def write_in_chunks(path: Path, content: bytes, chunks: int, pause: float,
-                    between: Callable[[], None] = lambda: None) -> None:
+def write_in_chunks(
+    path: Path,
+    content: bytes,
+    chunks: int,
+    pause: float,
+    between: Callable[[], None] = lambda: None,
+) -> None:
     """Write `content` to `path` in `chunks` flushed pieces, pausing (and calling
     `between`) after each piece but the last."""
     step = -(-len(content) // chunks)
     with path.open("wb") as out:
         for start in range(0, len(content), step):
-            out.write(content[start:start + step])
+            out.write(content[start : start + step])
             out.flush()
             if start + step < len(content):
                 time.sleep(pause)

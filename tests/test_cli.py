@@ -50,18 +50,30 @@ def night(tmp_path: Path) -> Path:
 
 def combine_args(tmp_path: Path, *paths: Path, config: Path | None = None) -> list[str]:
     config = config or write_config(tmp_path / "flatd.toml")
-    return ["combine", "--config", str(config), "--log-format", "json",
-            "--output", str(tmp_path / "out"), *map(str, paths)]
+    return [
+        "combine",
+        "--config",
+        str(config),
+        "--log-format",
+        "json",
+        "--output",
+        str(tmp_path / "out"),
+        *map(str, paths),
+    ]
 
 
 def test_combine_writes_masters_and_prints_a_summary(tmp_path: Path, night: Path, capsys) -> None:
     assert main(combine_args(tmp_path, night)) == 0
     out, err = capsys.readouterr()
     masters = sorted(p.name for p in (tmp_path / "out").glob("flat_*.fits"))
-    assert masters == ["flat_gp_SIMCAM_1_1_20261123T173000.fits",
-                       "flat_r_SIMCAM_1_1_20261123T173000.fits"]
+    assert masters == [
+        "flat_gp_SIMCAM_1_1_20261123T173000.fits",
+        "flat_r_SIMCAM_1_1_20261123T173000.fits",
+    ]
     assert sorted(p.name for p in (tmp_path / "out" / "latest").iterdir()) == [
-        "flat_gp_SIMCAM_1_1.fits", "flat_r_SIMCAM_1_1.fits"]
+        "flat_gp_SIMCAM_1_1.fits",
+        "flat_r_SIMCAM_1_1.fits",
+    ]
     lines = out.splitlines()
     header = lines[0].split()
     assert header[:2] == ["group", "sequence"] and "used" in header and "master" in header
@@ -83,8 +95,9 @@ def test_combine_writes_masters_and_prints_a_summary(tmp_path: Path, night: Path
     assert any(e["event"] == "frame_skipped" and "bias_001" in e["path"] for e in events)
 
 
-def test_combine_shows_progress_on_a_terminal(tmp_path: Path, night: Path, capsys,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_combine_shows_progress_on_a_terminal(
+    tmp_path: Path, night: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(combine_args(tmp_path, night)) == 0
     err = capsys.readouterr().err
@@ -110,8 +123,9 @@ def test_progress_line_updates_in_place() -> None:
     progress = line.for_group("r_SIMCAM_1_1")
     for done in (1520, 1521, 4096):
         progress(done, 4096)
-    assert terminal.text == ("\rr_SIMCAM_1_1: 37% (1520/4096 rows)"
-                             "\rr_SIMCAM_1_1: 100% (4096/4096 rows)")
+    assert terminal.text == (
+        "\rr_SIMCAM_1_1: 37% (1520/4096 rows)\rr_SIMCAM_1_1: 100% (4096/4096 rows)"
+    )
     line.clear()
     assert terminal.text.endswith("\r" + " " * len("r_SIMCAM_1_1: 100% (4096/4096 rows)") + "\r")
     line.clear()  # twice: nothing more
@@ -132,18 +146,22 @@ def test_combine_fails_with_status_1_when_a_group_fails(tmp_path: Path, capsys) 
     # 1400x1400 outputs alone need 17.6 MB: more than combine.mem_limit_mb = 16
     rng = np.random.default_rng(0)
     for i in range(2):
-        write_frame(tmp_path / "big" / f"big_{i}.fits",
-                    rng.normal(20000, 100, (1400, 1400)).astype(np.float32),
-                    **{"DATE-OBS": f"2026-11-23T17:3{i}:00"})
+        write_frame(
+            tmp_path / "big" / f"big_{i}.fits",
+            rng.normal(20000, 100, (1400, 1400)).astype(np.float32),
+            **{"DATE-OBS": f"2026-11-23T17:3{i}:00"},
+        )
     write_sequence(simulate_sequence((32, 32), 2, filter_name="g", seed=1), tmp_path / "small")
-    config = write_config(tmp_path / "flatd.toml",
-                          "[combine]\nmem_limit_mb = 16\n[sequence]\nmin_frames = 2\n")
+    config = write_config(
+        tmp_path / "flatd.toml", "[combine]\nmem_limit_mb = 16\n[sequence]\nmin_frames = 2\n"
+    )
     status = main(combine_args(tmp_path, tmp_path / "big", tmp_path / "small", config=config))
     out = capsys.readouterr().out
     assert status == 1
     assert "failed" in out and "MemoryError" in out and "combine.mem_limit_mb" in out
     assert [p.name for p in (tmp_path / "out").glob("flat_*.fits")] == [
-        "flat_g_SIMCAM_1_1_20261123T173000.fits"]  # the other group is still written
+        "flat_g_SIMCAM_1_1_20261123T173000.fits"
+    ]  # the other group is still written
 
 
 def test_combine_usage_errors(tmp_path: Path, capsys) -> None:
@@ -162,14 +180,19 @@ def test_combine_of_nothing(tmp_path: Path, capsys) -> None:
 
 def test_scan_json(tmp_path: Path, night: Path, capsys) -> None:
     config = write_config(tmp_path / "flatd.toml")
-    assert main(["scan", "--json", "--config", str(config), "--log-format", "json",
-                 str(night)]) == 0
+    assert (
+        main(["scan", "--json", "--config", str(config), "--log-format", "json", str(night)]) == 0
+    )
     document = json.loads(capsys.readouterr().out)
     assert document["index"] == {"frames": 16, "flats": 14, "skipped": 1, "rejected": 1}
     groups = {g["name"]: g for g in document["groups"]}
     assert set(groups) == {"gp_SIMCAM_1_1", "r_SIMCAM_1_1", "i_SIMCAM_1_1"}
-    assert groups["gp_SIMCAM_1_1"]["group"] == {"FILTER": "g'", "INSTRUME": "SIMCAM",
-                                                "XBINNING": 1, "YBINNING": 1}
+    assert groups["gp_SIMCAM_1_1"]["group"] == {
+        "FILTER": "g'",
+        "INSTRUME": "SIMCAM",
+        "XBINNING": 1,
+        "YBINNING": 1,
+    }
     (sequence,) = groups["r_SIMCAM_1_1"]["sequences"]
     assert len(sequence["frames"]) == 6
     first = sequence["frames"][0]
@@ -211,7 +234,12 @@ def test_python_m_flatd_combine(tmp_path: Path, night: Path) -> None:
     env.pop("FLATD_CONFIG", None)
     done = subprocess.run(
         [sys.executable, "-m", "flatd", "combine", "--config", str(config), str(night)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "r_SIMCAM_1_1" in done.stdout and "\r" not in done.stderr
     master = tmp_path / "masters" / "flat_r_SIMCAM_1_1_20261123T173000.fits"

@@ -21,7 +21,6 @@ from tests.conftest import frames_of, write_frame
 ccdproc = pytest.importorskip("ccdproc")
 
 
-
 def run(paths: list[Path], **settings: object) -> CombineResult:
     return combine(frames_of(paths), CombineConfig(**settings))
 
@@ -29,15 +28,25 @@ def run(paths: list[Path], **settings: object) -> CombineResult:
 def ccdproc_combine(paths: list[Path], **kwargs: object):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ccdproc.combine([str(p) for p in paths], method="average",
-                               scale=lambda a: 1 / np.ma.median(a), unit="adu", **kwargs)
+        return ccdproc.combine(
+            [str(p) for p in paths],
+            method="average",
+            scale=lambda a: 1 / np.ma.median(a),
+            unit="adu",
+            **kwargs,
+        )
 
 
 def guide_recipe(paths: list[Path]):
     """The CCD reduction guide's flat combination, with `sigma_clip_dev_func` spelled right."""
-    return ccdproc_combine(paths, sigma_clip=True, sigma_clip_low_thresh=5,
-                           sigma_clip_high_thresh=5, sigma_clip_func=np.ma.median,
-                           sigma_clip_dev_func=mad_std)
+    return ccdproc_combine(
+        paths,
+        sigma_clip=True,
+        sigma_clip_low_thresh=5,
+        sigma_clip_high_thresh=5,
+        sigma_clip_func=np.ma.median,
+        sigma_clip_dev_func=mad_std,
+    )
 
 
 def error_vs_truth(master: np.ndarray, true_flat: np.ndarray) -> np.ndarray:
@@ -97,7 +106,8 @@ def test_clipping_at_equal_levels_equals_ccdproc(tmp_path: Path) -> None:
 
 
 def test_clipping_at_nominally_equal_levels_differs_from_ccdproc_on_few_pixels(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Levels equal only up to noise: the scaled and unscaled clips differ at a few pixels,
     and flatd is exactly the scaled-clip reference computed in numpy."""
     seq = simulate_sequence((96, 128), 8, seed=2, levels=(20000.0, 20000.0))
@@ -156,8 +166,11 @@ def test_gzip_and_tile_compressed_inputs_give_the_same_master(tmp_path: Path) ->
     diff = tiled.data / plain.data - 1
     assert 0 < np.std(diff) < 0.3 * noise
     # without the clip only the quantisation remains: measured max 0.11 x noise
-    diff = run(tile_paths, sigma_clip=False).data / run(
-        write_sequence(seq, tmp_path / "plain"), sigma_clip=False).data - 1
+    diff = (
+        run(tile_paths, sigma_clip=False).data
+        / run(write_sequence(seq, tmp_path / "plain"), sigma_clip=False).data
+        - 1
+    )
     assert 0 < np.abs(diff).max() < 0.2 * noise
     assert np.std(diff) < 0.03 * noise
 
@@ -202,8 +215,13 @@ def test_sort_along_frames_equals_np_sort(n: int) -> None:
 def _nan_sequence(tmp_path: Path, n: int = 7) -> tuple[list[Path], np.ndarray]:
     rng = np.random.default_rng(6)
     truth = 1 + 0.05 * rng.standard_normal((40, 50))
-    stack = np.array([rng.normal(level * truth, np.sqrt(level * truth))
-                      for level in np.geomspace(30000, 8000, n)], np.float32)
+    stack = np.array(
+        [
+            rng.normal(level * truth, np.sqrt(level * truth))
+            for level in np.geomspace(30000, 8000, n)
+        ],
+        np.float32,
+    )
     stack[0, 3, 4] = np.nan  # one frame
     stack[1:4, 10, 11] = np.nan  # three frames
     stack[:, 20, 21] = np.nan  # every frame
@@ -298,8 +316,10 @@ def test_noise_deviation_removes_stars_from_three_frames(tmp_path: Path) -> None
     limit = poisson_limit(seq.levels, gain)
     sigma = limit / np.sqrt(seq.true_flat)  # the master's expected noise, per pixel
     # pixels where two of the three frames hold a star cannot be recovered by any clip
-    deviations = [np.abs(f / (level * seq.true_flat) - 1) * np.sqrt(gain * level)
-                  for f, level in zip(seq.frames, seq.levels, strict=True)]
+    deviations = [
+        np.abs(f / (level * seq.true_flat) - 1) * np.sqrt(gain * level)
+        for f, level in zip(seq.frames, seq.levels, strict=True)
+    ]
     majority = np.sum(np.array(deviations) > 8, axis=0) >= 2
     noise = np.abs(error_vs_truth(run(paths, deviation="noise").data, seq.true_flat)) / sigma
     mad = np.abs(error_vs_truth(run(paths).data, seq.true_flat)) / sigma
@@ -308,7 +328,8 @@ def test_noise_deviation_removes_stars_from_three_frames(tmp_path: Path) -> None
     # gain and read noise from the settings instead of the headers: the same
     settings = run(paths, deviation="noise", gain=gain, read_noise=5.0)
     np.testing.assert_array_equal(
-        np.abs(error_vs_truth(settings.data, seq.true_flat)) / sigma, noise)
+        np.abs(error_vs_truth(settings.data, seq.true_flat)) / sigma, noise
+    )
 
 
 def test_noise_deviation_clips_no_good_value(tmp_path: Path) -> None:
@@ -335,8 +356,11 @@ def test_noise_deviation_needs_a_gain(tmp_path: Path) -> None:
 def test_progress_reaches_total(twilight) -> None:
     _, paths = twilight
     calls: list[tuple[int, int]] = []
-    result = combine(frames_of(paths), CombineConfig(mem_limit_mb=20),
-                     progress=lambda done, total: calls.append((done, total)))
+    result = combine(
+        frames_of(paths),
+        CombineConfig(mem_limit_mb=20),
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert len(calls) >= 2 and calls[-1] == (256, 256)
     assert all(total == 256 for _, total in calls)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)

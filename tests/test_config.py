@@ -24,8 +24,10 @@ def test_repo_config_is_the_documented_default():
     from_file = load_config(REPO / "config.toml")
     defaults = load_config(None)
     # both resolve relative paths, against different bases: compare what was written
-    assert dataclasses.replace(from_file, source=None).to_dict()["combine"] == \
-        defaults.to_dict()["combine"]
+    assert (
+        dataclasses.replace(from_file, source=None).to_dict()["combine"]
+        == defaults.to_dict()["combine"]
+    )
     assert from_file.watch.directories == (REPO / "incoming",)
     assert from_file.output.directory == REPO / "masters"
     assert parse_config({}) == Config()
@@ -38,23 +40,28 @@ def test_misspelled_key_is_named_with_the_nearest_valid_one():
 
 def test_the_guides_typo_is_refused():
     problems = problems_of({"combine": {"signma_clip_dev_func": "mad_std"}})
-    assert problems == ["unknown key combine.signma_clip_dev_func; did you mean "
-                        "combine.deviation? ('sigma_clip_dev_func' is ccdproc's name for it)"]
+    assert problems == [
+        "unknown key combine.signma_clip_dev_func; did you mean "
+        "combine.deviation? ('sigma_clip_dev_func' is ccdproc's name for it)"
+    ]
 
 
 def test_ccdproc_names_point_to_flatds_keys():
     problems = problems_of({"combine": {"sigma_clip_low_thresh": 5, "mem_limit": 350e6}})
     assert [p.split("; ")[1] for p in problems] == [
         "did you mean combine.sigma_low? ('sigma_clip_low_thresh' is ccdproc's name for it)",
-        "did you mean combine.mem_limit_mb? ('mem_limit' is ccdproc's name for it)"]
+        "did you mean combine.mem_limit_mb? ('mem_limit' is ccdproc's name for it)",
+    ]
 
 
 def test_all_problems_are_reported_in_one_go():
-    problems = problems_of({
-        "sequnce": {"min_frames": 3},
-        "combine": {"method": "avg", "mem_limit_mb": "lots", "sigma_low": -1},
-        "watch": {"directories": "incoming", "recursive": "yes"},
-    })
+    problems = problems_of(
+        {
+            "sequnce": {"min_frames": 3},
+            "combine": {"method": "avg", "mem_limit_mb": "lots", "sigma_low": -1},
+            "watch": {"directories": "incoming", "recursive": "yes"},
+        }
+    )
     assert len(problems) == 6
     text = "\n".join(problems)
     assert "unknown table [sequnce]; did you mean sequence?" in text
@@ -104,8 +111,9 @@ def test_unparseable_toml_names_the_problem(tmp_path: Path):
 
 
 def run_flatd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flatd", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flatd", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_check_config_prints_effective_configuration(tmp_path: Path):

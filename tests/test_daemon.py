@@ -64,8 +64,10 @@ def test_a_settled_sequence_becomes_a_master_with_status_and_log(daemon):
     assert len(read_master_inputs(master)) == 5
     assert (flatd.masters / "latest" / "flat_r_SIMCAM_1_1.fits").exists()
 
-    status = wait_for(lambda: (s := flatd.status())["groups"] and
-                      s["groups"][0]["state"] == "done" and s, what="group done")
+    status = wait_for(
+        lambda: (s := flatd.status())["groups"] and s["groups"][0]["state"] == "done" and s,
+        what="group done",
+    )
     assert status["schema"] == 1
     assert status["daemon"]["state"] == "running"
     assert status["daemon"]["pid"] == flatd.proc.pid
@@ -88,8 +90,10 @@ def test_restart_redoes_nothing_and_late_frames_recombine_one_master(daemon):
     assert flatd.stop() == 0
 
     again = daemon(quiet=0.5).start()
-    wait_for(lambda: again.status()["groups"] and
-             again.status()["groups"][0]["state"] == "done", what="done after restart")
+    wait_for(
+        lambda: again.status()["groups"] and again.status()["groups"][0]["state"] == "done",
+        what="done after restart",
+    )
     assert again.named("master_written") == []
     assert master.stat().st_mtime_ns == first_mtime
 
@@ -106,10 +110,12 @@ def test_restart_redoes_nothing_and_late_frames_recombine_one_master(daemon):
 def test_frames_written_slowly_in_place_or_renamed_are_indexed_once(daemon):
     flatd = daemon(quiet=1.0).start()
     seq = flat_sequence(4, seed=5, shape=(256, 256))
-    write_slowly_in_place(flatd.incoming / "r_000.fits", seq.frames[0], seq.headers[0],
-                          chunks=3, pause=1.2)
-    write_slowly_in_place(flatd.incoming / "r_001.fits", seq.frames[1], seq.headers[1],
-                          chunks=5, pause=0.3)
+    write_slowly_in_place(
+        flatd.incoming / "r_000.fits", seq.frames[0], seq.headers[0], chunks=3, pause=1.2
+    )
+    write_slowly_in_place(
+        flatd.incoming / "r_001.fits", seq.frames[1], seq.headers[1], chunks=5, pause=0.3
+    )
     write_atomically(flatd.incoming / "r_002.fits", seq.frames[2], seq.headers[2])
     rsync_temp = flatd.incoming / ".r_003.fits.a1B2c3"
     fits.PrimaryHDU(seq.frames[3], seq.headers[3]).writeto(rsync_temp)
@@ -131,8 +137,9 @@ def test_bad_files_are_named_and_the_good_frames_still_combine(daemon):
     bias["IMAGETYP"] = "Bias Frame"
     write_atomically(flatd.incoming / "bias.fits", seq.frames[0], bias)
     flatd.wait_event("master_written")
-    status = wait_for(lambda: (s := flatd.status())["index"]["frames"] == 6 and s,
-                      what="six files indexed")
+    status = wait_for(
+        lambda: (s := flatd.status())["index"]["frames"] == 6 and s, what="six files indexed"
+    )
     assert status["index"] == {"frames": 6, "flats": 4, "skipped": 1, "rejected": 1}
     [error] = status["errors"]
     assert error["path"].endswith("junk.fits") and "not a FITS file" in error["reason"]
@@ -159,12 +166,14 @@ def test_polling_observer_for_network_mounts(daemon):
     assert flatd.named("watching")[0]["observer"] == "polling"
     seq = flat_sequence(3, seed=13)
     for i in range(3):
-        write_slowly_in_place(flatd.incoming / f"r_{i:03d}.fits", seq.frames[i],
-                              seq.headers[i], chunks=2, pause=0.3)
+        write_slowly_in_place(
+            flatd.incoming / f"r_{i:03d}.fits", seq.frames[i], seq.headers[i], chunks=2, pause=0.3
+        )
     flatd.wait_event("master_written")
     assert flatd.status()["watch"]["observer"] == "polling"
     assert Counter(Path(e["path"]).name for e in flatd.named("frame_indexed")) == {
-        f"r_{i:03d}.fits": 1 for i in range(3)}
+        f"r_{i:03d}.fits": 1 for i in range(3)
+    }
     assert flatd.stop() == 0
 
 

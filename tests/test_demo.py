@@ -41,8 +41,12 @@ def test_readme_has_exactly_the_two_setup_commands() -> None:
 
 
 def _fresh_copy(destination: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     for name in filter(None, listed.split("\0")):
         source = ROOT / name
         if source.is_file():
@@ -80,20 +84,41 @@ def test_readme_commands_work_in_a_fresh_checkout(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(clone), RECURSION_GUARD: "1", "NO_COLOR": "1"}
     env.pop("FLATD_CONFIG", None)
 
-    which = subprocess.run([".venv/bin/python", "-c", "import flatd; print(flatd.__file__)"],
-                           cwd=clone, env=env, capture_output=True, text=True, check=True)
+    which = subprocess.run(
+        [".venv/bin/python", "-c", "import flatd; print(flatd.__file__)"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(which.stdout.strip()).resolve().is_relative_to(clone.resolve())
 
     for line in readme_setup_commands(clone / "README.md"):
         if shlex.split(line)[:2] == ["make", "test"]:
-            dry = subprocess.run(["make", "-n", *shlex.split(line)[1:]], cwd=clone, env=env,
-                                 capture_output=True, text=True, timeout=60, check=False)
+            dry = subprocess.run(
+                ["make", "-n", *shlex.split(line)[1:]],
+                cwd=clone,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert dry.returncode == 0, dry.stderr
             assert "pytest" in dry.stdout and "ruff check" in dry.stdout
             assert "pip install" not in dry.stdout, "the shared venv would be reinstalled"
             continue
-        run = subprocess.run(line, shell=True, cwd=clone, env=env, capture_output=True,
-                             text=True, timeout=150, check=False)
+        run = subprocess.run(
+            line,
+            shell=True,
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
         output = run.stdout + run.stderr
         assert run.returncode == 0, f"{line!r} exited {run.returncode}:\n{output[-6000:]}"
         assert "pip install" not in output, "the shared venv was reinstalled"

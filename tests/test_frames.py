@@ -20,8 +20,12 @@ def test_a_flat_becomes_a_frame_with_group_date_and_geometry(frame_writer):
     path = frame_writer("f.fits", np.zeros((30, 40), np.uint16), FILTER="g'", GAIN=1.4)
     frame = read_frame(path, CONFIG)
     assert isinstance(frame, Frame)
-    assert frame.group == (("FILTER", "g'"), ("INSTRUME", "SIMCAM"), ("XBINNING", 1),
-                           ("YBINNING", 1))
+    assert frame.group == (
+        ("FILTER", "g'"),
+        ("INSTRUME", "SIMCAM"),
+        ("XBINNING", 1),
+        ("YBINNING", 1),
+    )
     assert frame.shape == (30, 40)
     assert (frame.bitpix, frame.bzero, frame.compression) == (16, 32768.0, "none")
     assert frame.date.isoformat() == "2026-11-23T17:30:00+00:00"
@@ -35,12 +39,15 @@ def test_flat_types_match_case_insensitively(frame_writer, imagetyp):
     assert isinstance(read_frame(frame_writer("f.fits", IMAGETYP=imagetyp), CONFIG), Frame)
 
 
-@pytest.mark.parametrize(("header", "reason"), [
-    ({"IMAGETYP": "Bias Frame"}, "IMAGETYP = 'Bias Frame' is not a flat"),
-    ({"IMAGETYP": None}, "no IMAGETYP keyword"),
-    ({"COMBINED": True}, "already combined"),
-    ({"FLATDVER": "0.1.0"}, "a flatd master"),
-])
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"IMAGETYP": "Bias Frame"}, "IMAGETYP = 'Bias Frame' is not a flat"),
+        ({"IMAGETYP": None}, "no IMAGETYP keyword"),
+        ({"COMBINED": True}, "already combined"),
+        ({"FLATDVER": "0.1.0"}, "a flatd master"),
+    ],
+)
 def test_non_inputs_are_skipped_with_a_reason(frame_writer, header, reason):
     skip = read_frame(frame_writer("f.fits", **header), CONFIG)
     assert isinstance(skip, Skip)
@@ -65,14 +72,20 @@ def test_broken_files_are_rejected_with_reasons(tmp_path: Path, frame_writer):
     for name, (content, _) in cases.items():
         (tmp_path / name).write_bytes(content)
     frame_writer("cube.fits", np.zeros((3, 5, 5), np.float32))
-    fits.PrimaryHDU(None, fits.Header({"IMAGETYP": "FLAT", "FILTER": "r", "INSTRUME": "X",
-                                       "XBINNING": 1, "YBINNING": 1})).writeto(
-        tmp_path / "nodata.fits")
-    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
-        [fits.Column("a", "E", array=[1.0])])]).writeto(tmp_path / "table.fits")
-    cases |= {"cube.fits": (None, "not a 2-D image: NAXIS = 3"),
-              "nodata.fits": (None, "no image data"),
-              "table.fits": (None, "no image: first extension is a BINTABLE")}
+    fits.PrimaryHDU(
+        None,
+        fits.Header(
+            {"IMAGETYP": "FLAT", "FILTER": "r", "INSTRUME": "X", "XBINNING": 1, "YBINNING": 1}
+        ),
+    ).writeto(tmp_path / "nodata.fits")
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])])]
+    ).writeto(tmp_path / "table.fits")
+    cases |= {
+        "cube.fits": (None, "not a 2-D image: NAXIS = 3"),
+        "nodata.fits": (None, "no image data"),
+        "table.fits": (None, "no image: first extension is a BINTABLE"),
+    }
     for name, (_, reason) in cases.items():
         skip = read_frame(tmp_path / name, CONFIG)
         assert isinstance(skip, Skip), name
@@ -87,7 +100,8 @@ def test_gzip_and_tile_compressed_frames(tmp_path: Path, frame_writer):
         out.write(plain.read_bytes())
     header = fits.getheader(plain)
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header)]).writeto(
-        tmp_path / "c.fits.fz")
+        tmp_path / "c.fits.fz"
+    )
     gz, fz = read_frame(tmp_path / "b.fits.gz", CONFIG), read_frame(tmp_path / "c.fits.fz", CONFIG)
     assert isinstance(gz, Frame) and isinstance(fz, Frame)
     assert (gz.compression, gz.hdu, gz.shape) == ("gzip", 0, (24, 32))
@@ -104,8 +118,9 @@ def test_date_falls_back_to_file_time_and_says_so(frame_writer):
 
 def test_reading_a_header_is_cheap(tmp_path: Path, frame_writer):
     header = {f"KEY{i}": i for i in range(150)}
-    paths = [frame_writer(f"f{i}.fits", np.zeros((64, 64), np.float32), **header)
-             for i in range(200)]
+    paths = [
+        frame_writer(f"f{i}.fits", np.zeros((64, 64), np.float32), **header) for i in range(200)
+    ]
     started = time.perf_counter()
     for path in paths:
         read_frame(path, CONFIG)
@@ -115,14 +130,24 @@ def test_reading_a_header_is_cheap(tmp_path: Path, frame_writer):
 
 
 PLAIN_CARDS = [
-    "FILTER  = 'r       '           / filter", "IMAGETYP= 'Flat Field'",
-    "XBINNING=                    1 / bin", "GAIN    =                  1.4",
-    "EXPTIME =               5.0E+0", "X       =                1.5D3",
-    "SIMPLE  =                    T", "EXTEND  =                    F / ext",
-    "NAME    = 'it''s   '", "DATE-OBS= '2026-11-23T17:30:00.000' / UTC", "EMPTY   =",
-    "NEG     =                  -42", "NEGF    =                 -.25",
-    "BZERO   =                32768", "STR2    = '  lead'", "CPLX    = (1.0, 2.0)",
-    "LONG    = 'abc&'", "QUOTE   = 'a''''b'   / two quotes",
+    "FILTER  = 'r       '           / filter",
+    "IMAGETYP= 'Flat Field'",
+    "XBINNING=                    1 / bin",
+    "GAIN    =                  1.4",
+    "EXPTIME =               5.0E+0",
+    "X       =                1.5D3",
+    "SIMPLE  =                    T",
+    "EXTEND  =                    F / ext",
+    "NAME    = 'it''s   '",
+    "DATE-OBS= '2026-11-23T17:30:00.000' / UTC",
+    "EMPTY   =",
+    "NEG     =                  -42",
+    "NEGF    =                 -.25",
+    "BZERO   =                32768",
+    "STR2    = '  lead'",
+    "CPLX    = (1.0, 2.0)",
+    "LONG    = 'abc&'",
+    "QUOTE   = 'a''''b'   / two quotes",
 ]
 
 

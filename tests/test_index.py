@@ -14,16 +14,20 @@ from tests.conftest import write_frame
 
 
 def frame_at(tmp_path: Path, name: str, when: str, **header) -> Frame:
-    frame = read_frame(write_frame(tmp_path / name, **{"DATE-OBS": when, **header}),
-                       FramesConfig())
+    frame = read_frame(write_frame(tmp_path / name, **{"DATE-OBS": when, **header}), FramesConfig())
     assert isinstance(frame, Frame)
     return frame
 
 
 def test_sequences_split_where_the_gap_is_longer_than_gap_minutes(tmp_path: Path):
     index = Index(gap_minutes=120)
-    times = ["2026-11-23T17:30:00", "2026-11-23T17:31:00", "2026-11-23T19:30:00",
-             "2026-11-24T06:00:00", "2026-11-24T06:01:00"]
+    times = [
+        "2026-11-23T17:30:00",
+        "2026-11-23T17:31:00",
+        "2026-11-23T19:30:00",
+        "2026-11-24T06:00:00",
+        "2026-11-24T06:01:00",
+    ]
     for i, when in enumerate(times):
         index.add(frame_at(tmp_path, f"f{i}.fits", when))
     sequences = index.sequences()

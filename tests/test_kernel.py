@@ -25,11 +25,13 @@ def test_kernel_is_built_where_a_compiler_is() -> None:
         pytest.skip("no C compiler here: flatd runs on numpy alone, as designed")
     assert kernel.built(), (
         "flatd's compiled kernel (flatd/_kernel.c) did not build: install a C compiler "
-        "(e.g. apt install gcc) and reinstall (make clean test); flatd still works, slower")
+        "(e.g. apt install gcc) and reinstall (make clean test); flatd still works, slower"
+    )
 
 
-def both_engines(paths: list[Path], monkeypatch: pytest.MonkeyPatch,
-                 **settings: object) -> tuple[CombineResult, CombineResult]:
+def both_engines(
+    paths: list[Path], monkeypatch: pytest.MonkeyPatch, **settings: object
+) -> tuple[CombineResult, CombineResult]:
     frames = frames_of(paths)
     fast = combine(frames, CombineConfig(**settings))
     monkeypatch.setenv("FLATD_ENGINE", "numpy")
@@ -52,8 +54,9 @@ def assert_same_master(fast: CombineResult, slow: CombineResult) -> None:
 @needs_kernel
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 10, 16, 33])
 @pytest.mark.parametrize("clip", [True, False])
-def test_kernel_equals_numpy_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    n: int, clip: bool) -> None:
+def test_kernel_equals_numpy_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int, clip: bool
+) -> None:
     # 150 columns: tiles of 64 end part-way, and structure blocks are not tile-aligned
     seq = simulate_sequence((70, 150), n, seed=n)
     fast, slow = both_engines(write_sequence(seq, tmp_path), monkeypatch, sigma_clip=clip)
@@ -64,8 +67,9 @@ def test_kernel_equals_numpy_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @needs_kernel
-def test_kernel_reads_native_and_big_endian_frames_alike(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_reads_native_and_big_endian_frames_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """float64 and scaled-integer frames reach the kernel converted, float32 frames as
     their file's bytes; one stack can hold both."""
     seq = simulate_sequence((40, 90), 6, seed=3)
@@ -84,8 +88,9 @@ def test_kernel_reads_native_and_big_endian_frames_alike(tmp_path: Path,
 
 
 @needs_kernel
-def test_bands_with_non_finite_values_fall_back_to_numpy(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bands_with_non_finite_values_fall_back_to_numpy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seq = simulate_sequence((64, 80), 7, seed=5)
     paths = write_sequence(seq, tmp_path)
     with fits.open(paths[1], mode="update") as hdul:

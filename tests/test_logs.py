@@ -71,8 +71,10 @@ def test_stdlib_records_become_json_lines() -> None:
     logging.getLogger("watchdog.observers.inotify_c").warning("queue overflow %d", 1)
     logging.getLogger("apscheduler.scheduler").info("quiet below warning")
     events = _lines(out)
-    assert [(e["event"], e["level"]) for e in events] == [("x", "warning"),
-                                                          ("queue overflow 1", "warning")]
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("x", "warning"),
+        ("queue overflow 1", "warning"),
+    ]
     assert events[1]["logger"] == "watchdog.observers.inotify_c"
 
 
@@ -102,8 +104,11 @@ def test_repeated_astropy_warning_logged_once() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         for i in range(100):
-            warnings.warn(f"Card 'DATE-OBS' of /data/night/f{i:03d}.fits fixed to 2026-11-{i}",
-                          VerifyWarning, stacklevel=1)
+            warnings.warn(
+                f"Card 'DATE-OBS' of /data/night/f{i:03d}.fits fixed to 2026-11-{i}",
+                VerifyWarning,
+                stacklevel=1,
+            )
     events = [e for e in _lines(out) if e["event"] == "astropy_warning"]
     assert len(events) == 1
     assert events[0]["count"] == 1 and events[0]["level"] == "warning"
@@ -118,10 +123,12 @@ def test_distinct_warnings_each_logged() -> None:
     configure_logging("json", "info", stream=out)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.warn("'datfix' made the change 'Set MJD-OBS to 1.0'", VerifyWarning,
-                      stacklevel=1)
-        warnings.warn("'datfix' made the change 'Set MJD-OBS to 1.0'",
-                      astropy.wcs.FITSFixedWarning, stacklevel=1)
+        warnings.warn("'datfix' made the change 'Set MJD-OBS to 1.0'", VerifyWarning, stacklevel=1)
+        warnings.warn(
+            "'datfix' made the change 'Set MJD-OBS to 1.0'",
+            astropy.wcs.FITSFixedWarning,
+            stacklevel=1,
+        )
         warnings.warn("something else entirely", UserWarning, stacklevel=1)
     events = [e["event"] for e in _lines(out)]
     assert events == ["astropy_warning", "astropy_warning", "python_warning"]

@@ -22,13 +22,25 @@ from tests.conftest import write_frame
 
 ccdproc = pytest.importorskip("ccdproc")
 
-INPUT_COLUMNS = ["FILE", "PATH", "SIZE", "MTIME_NS", "DATEOBS", "MEDIAN", "MEAN", "SCALE", "USED",
-                 "REASON", "CLIPFRAC"]
+INPUT_COLUMNS = [
+    "FILE",
+    "PATH",
+    "SIZE",
+    "MTIME_NS",
+    "DATEOBS",
+    "MEDIAN",
+    "MEAN",
+    "SCALE",
+    "USED",
+    "REASON",
+    "CLIPFRAC",
+]
 START = datetime(2026, 11, 23, 17, 30, tzinfo=UTC)
 
 
-def make_inputs(directory: Path, levels: list[float], *, filter_name: str = "g'",
-                seed: int = 0) -> list[Path]:
+def make_inputs(
+    directory: Path, levels: list[float], *, filter_name: str = "g'", seed: int = 0
+) -> list[Path]:
     """uint16 camera frames (so BZERO = 32768 in the files) with a vignetted flat."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:40, :60]
@@ -36,9 +48,17 @@ def make_inputs(directory: Path, levels: list[float], *, filter_name: str = "g'"
     paths = []
     for i, level in enumerate(levels):
         data = np.clip(rng.poisson(level * flat), 0, 65535).astype(np.uint16)
-        paths.append(write_frame(directory / f"flat_{i:02d}.fits", data, FILTER=filter_name,
-                                 INSTRUME="LFC", GAIN=1.0, OBSERVER="someone",
-                                 **{"DATE-OBS": f"2026-11-23T17:{30 + i:02d}:00"}))
+        paths.append(
+            write_frame(
+                directory / f"flat_{i:02d}.fits",
+                data,
+                FILTER=filter_name,
+                INSTRUME="LFC",
+                GAIN=1.0,
+                OBSERVER="someone",
+                **{"DATE-OBS": f"2026-11-23T17:{30 + i:02d}:00"},
+            )
+        )
     return paths
 
 
@@ -91,8 +111,9 @@ def test_inputs_table_lists_every_frame_with_its_part(master) -> None:
     assert rows[0]["DATEOBS"].startswith("2026-11-23T17:30:00")
     used, faint = rows[:5], rows[5]
     assert all(r["USED"] and r["REASON"] == "" for r in used)
-    assert [r["MEDIAN"] for r in used] == pytest.approx([30000, 25000, 20000, 16000, 13000],
-                                                       rel=0.1)
+    assert [r["MEDIAN"] for r in used] == pytest.approx(
+        [30000, 25000, 20000, 16000, 13000], rel=0.1
+    )
     for row in used:
         assert row["SCALE"] == pytest.approx(1 / row["MEDIAN"])
         assert row["MEAN"] == pytest.approx(row["MEDIAN"], rel=0.1)
@@ -118,8 +139,12 @@ def test_header_keeps_the_input_and_adds_the_combination(master) -> None:
     assert header["BITPIX"] == -32
     for key in ("BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM"):
         assert key not in header
-    assert (header["FILTER"], header["INSTRUME"], header["XBINNING"], header["YBINNING"]) == \
-        ("g'", "LFC", 1, 1)
+    assert (header["FILTER"], header["INSTRUME"], header["XBINNING"], header["YBINNING"]) == (
+        "g'",
+        "LFC",
+        1,
+        1,
+    )
     settings = Config().combine
     assert header["CMBMETH"] == settings.method
     assert header["CMBSCALE"] == settings.scale
@@ -133,8 +158,7 @@ def test_header_keeps_the_input_and_adds_the_combination(master) -> None:
 
 def test_settings_reach_the_header(tmp_path: Path) -> None:
     make_inputs(tmp_path / "in", [30000, 25000, 20000, 16000, 13000])
-    config = parse_config({"combine": {"method": "median", "deviation": "std",
-                                       "sigma_low": 3.5}})
+    config = parse_config({"combine": {"method": "median", "deviation": "std", "sigma_low": 3.5}})
     result = combine_directory(tmp_path / "in", tmp_path / "out", config)
     header = fits.getheader(result.record.path)
     assert (header["CMBMETH"], header["CMBDEV"], header["CMBSLOW"]) == ("median", "std", 3.5)
@@ -147,8 +171,11 @@ def _combined(directory: Path):
     config = Config()
     sequence = index_paths([directory], config).sequences()[0]
     frames = list(sequence.frames)
-    return frames, engine.combine(frames, config.combine,
-                                  rejected={frames[-1].path: "too faint"}), sequence
+    return (
+        frames,
+        engine.combine(frames, config.combine, rejected={frames[-1].path: "too faint"}),
+        sequence,
+    )
 
 
 def test_inputs_table_is_what_from_columns_builds(tmp_path: Path) -> None:
@@ -167,8 +194,9 @@ def test_big_endian_images_are_written_as_they_are(tmp_path: Path) -> None:
     frames, combined, sequence = _combined(tmp_path / "in")
     native = combined.data.astype(np.float32), combined.uncertainty.astype(np.float32)
     combined.data, combined.uncertainty = (a.astype(">f4") for a in native)
-    record = masters.write_master(combined, frames, sequence.group, sequence.start, Config(),
-                                  output_dir=tmp_path / "out")
+    record = masters.write_master(
+        combined, frames, sequence.group, sequence.start, Config(), output_dir=tmp_path / "out"
+    )
     assert combined.data.dtype.str == ">f4" and combined.uncertainty.dtype.str == ">f4"
     np.testing.assert_array_equal(combined.data, native[0])  # not left byte-swapped
     with fits.open(record.path) as hdul:
@@ -179,9 +207,37 @@ def test_big_endian_images_are_written_as_they_are(tmp_path: Path) -> None:
 
 
 # -- names ----------------------------------------------------------------------------------
-HOSTILE = ["../../../etc/x", "/abs/path", "a\x00b", "x" * 300, "x" * 299 + "y", "é", "e", "R",
-           "r", "g'", "g", "", "none", ".", "..", "-", "a b", "a_b", "a-b", "a/b", "a\\b",
-           "~", "$HOME", "*", "flat_r", "\n", True, 1, 1.5]
+HOSTILE = [
+    "../../../etc/x",
+    "/abs/path",
+    "a\x00b",
+    "x" * 300,
+    "x" * 299 + "y",
+    "é",
+    "e",
+    "R",
+    "r",
+    "g'",
+    "g",
+    "",
+    "none",
+    ".",
+    "..",
+    "-",
+    "a b",
+    "a_b",
+    "a-b",
+    "a/b",
+    "a\\b",
+    "~",
+    "$HOME",
+    "*",
+    "flat_r",
+    "\n",
+    True,
+    1,
+    1.5,
+]
 
 
 def test_safe_value_spellings() -> None:
@@ -210,8 +266,7 @@ def test_different_values_make_different_names(tmp_path: Path) -> None:
     values = [v for v in HOSTILE if not isinstance(v, bool | int | float)]
     names = [masters.safe_value(v) for v in values]
     assert len(set(names)) == len(names), dict(zip(values, names, strict=True))
-    paths = {masters.master_path(tmp_path, {"FILTER": v, "INSTRUME": "X"}, START)
-             for v in values}
+    paths = {masters.master_path(tmp_path, {"FILTER": v, "INSTRUME": "X"}, START) for v in values}
     assert len(paths) == len(values)
     # the joined slug cannot be fooled by a value holding the separator
     assert masters.group_slug({"A": "a_b", "B": "c"}) != masters.group_slug({"A": "a", "B": "b_c"})
@@ -252,7 +307,8 @@ def test_promote_latest_copies_where_links_fail(tmp_path: Path, monkeypatch) -> 
 
 
 def test_write_is_atomic_and_a_failed_write_keeps_the_previous_master(
-        tmp_path: Path, monkeypatch) -> None:
+    tmp_path: Path, monkeypatch
+) -> None:
     make_inputs(tmp_path / "in", [30000, 25000, 20000, 16000, 13000])
     output = tmp_path / "out"
     result = combine_directory(tmp_path / "in", output)
@@ -268,8 +324,9 @@ def test_write_is_atomic_and_a_failed_write_keeps_the_previous_master(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fits.HDUList, "writeto", failing_writeto)
-    failed = make_master(index_paths([tmp_path / "in"], Config()).sequences()[0], Config(),
-                         output_dir=output)
+    failed = make_master(
+        index_paths([tmp_path / "in"], Config()).sequences()[0], Config(), output_dir=output
+    )
     assert failed.outcome == "failed" and "No space left" in failed.reason
     assert path.read_bytes() == before
     assert sorted(p.name for p in output.iterdir()) == listing

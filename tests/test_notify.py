@@ -39,8 +39,9 @@ def test_notify_without_socket_is_silent(clean_env: pytest.MonkeyPatch) -> None:
     assert notify("READY=1") is False
 
 
-def test_notify_to_missing_socket_returns_false(tmp_path: Path,
-                                                 clean_env: pytest.MonkeyPatch) -> None:
+def test_notify_to_missing_socket_returns_false(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
     clean_env.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
     assert notify("READY=1") is False
 

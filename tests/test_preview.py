@@ -47,8 +47,9 @@ def test_png_written_beside_master_and_is_a_valid_image(tmp_path: Path) -> None:
     assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 0.3).any(), "something is in colour (the plot)"
 
 
-def test_rejected_frame_is_marked_and_counted(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rejected_frame_is_marked_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     drawn: dict[str, object] = {}
     original = preview._draw_levels
 
@@ -67,12 +68,16 @@ def test_rejected_frame_is_marked_and_counted(tmp_path: Path,
     assert any("too bright" in t.get_text() for t in axes.texts)
 
 
-def test_without_rejections_there_is_no_rejected_marker(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_rejections_there_is_no_rejected_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     drawn: dict[str, object] = {}
     original = preview._draw_levels
-    monkeypatch.setattr(preview, "_draw_levels",
-                        lambda axes, levels: (original(axes, levels), drawn.update(axes=axes)))
+    monkeypatch.setattr(
+        preview,
+        "_draw_levels",
+        lambda axes, levels: (original(axes, levels), drawn.update(axes=axes)),
+    )
     write_preview(_master(tmp_path), _flat(), None, "r", [lv for lv in LEVELS if lv[3]])
     labels = [text.get_text() for text in drawn["axes"].get_legend().get_texts()]
     assert labels == ["median", "mean"] and not drawn["axes"].collections
@@ -84,8 +89,13 @@ def test_masked_large_and_degenerate_data_still_draw(tmp_path: Path) -> None:
     mask[:300, :300] = True  # whole binned blocks masked: NaN, no warning
     with np.errstate(all="raise"):
         write_preview(tmp_path / "a.fits", big, mask, "big", LEVELS)
-    write_preview(tmp_path / "b.fits", np.ones((10, 10), np.float32), np.ones((10, 10), bool),
-                  "all masked", [])
+    write_preview(
+        tmp_path / "b.fits",
+        np.ones((10, 10), np.float32),
+        np.ones((10, 10), bool),
+        "all masked",
+        [],
+    )
     for name in ("a.png", "b.png"):
         assert mpimg.imread(tmp_path / name).shape[:2] == (468, 1080)
 

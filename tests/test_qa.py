@@ -31,8 +31,7 @@ def config_for(tmp_path: Path, **sections: dict) -> Config:
     return parse_config(raw)
 
 
-def write(seq: SimulatedSequence, directory: Path, prefix: str = "f",
-          edit=None) -> list[Path]:
+def write(seq: SimulatedSequence, directory: Path, prefix: str = "f", edit=None) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (data, header) in enumerate(zip(seq.frames, seq.headers, strict=True)):
@@ -104,11 +103,11 @@ BAD_FRAMES = [
 
 @pytest.mark.parametrize(("kind", "spoil", "expected"), BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
 def test_one_bad_frame_is_rejected_with_its_reason_and_the_master_stays_good(
-        tmp_path, kind, spoil, expected):
+    tmp_path, kind, spoil, expected
+):
     seq = simulate_sequence(shape=SHAPE, n_frames=N_GOOD + 1, seed=11)
     bad = N_GOOD // 2
-    paths = write(seq, tmp_path / "in", edit=lambda i, d, h: spoil(i, d, h) if i == bad
-                  else (d, h))
+    paths = write(seq, tmp_path / "in", edit=lambda i, d, h: spoil(i, d, h) if i == bad else (d, h))
     # binning must not be a group key here, or the odd frame would simply be another group
     config = config_for(tmp_path, frames={"group_by": ["FILTER", "INSTRUME"]})
 
@@ -139,8 +138,9 @@ def test_good_frames_are_never_rejected_as_odd(tmp_path):
 
 def test_too_few_usable_frames_make_the_group_too_few_with_the_reasons(tmp_path):
     seq = simulate_sequence(shape=SHAPE, n_frames=6, seed=3)
-    paths = write(seq, tmp_path / "in", edit=lambda i, d, h: too_faint(i, d, h) if i >= 3
-                  else (d, h))
+    paths = write(
+        seq, tmp_path / "in", edit=lambda i, d, h: too_faint(i, d, h) if i >= 3 else (d, h)
+    )
     config = config_for(tmp_path)  # min_frames = 5
     result = make_master(sequence_of(paths, config), config)
     assert result.outcome == "too_few"
@@ -162,8 +162,9 @@ def add_dust_donut(flat: np.ndarray, depth: float = 0.08) -> np.ndarray:
 def test_a_changed_master_is_flagged_and_not_promoted(tmp_path, changed):
     first = simulate_sequence(shape=SHAPE, n_frames=8, seed=21)
     flat = add_dust_donut(first.true_flat) if changed else first.true_flat
-    second = simulate_sequence(shape=SHAPE, n_frames=8, seed=22, true_flat=flat,
-                               start=datetime(2026, 11, 24, 17, 30))
+    second = simulate_sequence(
+        shape=SHAPE, n_frames=8, seed=22, true_flat=flat, start=datetime(2026, 11, 24, 17, 30)
+    )
     config = config_for(tmp_path)
     one = make_master(sequence_of(write(first, tmp_path / "n1"), config), config)
     two = make_master(sequence_of(write(second, tmp_path / "n2"), config), config)
@@ -187,8 +188,13 @@ def test_a_changed_master_is_flagged_and_not_promoted(tmp_path, changed):
 
 def test_a_flagged_master_is_promoted_when_configured(tmp_path):
     first = simulate_sequence(shape=SHAPE, n_frames=6, seed=31)
-    second = simulate_sequence(shape=SHAPE, n_frames=6, seed=32, true_flat=add_dust_donut(
-        first.true_flat), start=datetime(2026, 11, 24, 17, 30))
+    second = simulate_sequence(
+        shape=SHAPE,
+        n_frames=6,
+        seed=32,
+        true_flat=add_dust_donut(first.true_flat),
+        start=datetime(2026, 11, 24, 17, 30),
+    )
     config = config_for(tmp_path, qa={"promote_changed": True})
     one = make_master(sequence_of(write(first, tmp_path / "n1"), config), config)
     two = make_master(sequence_of(write(second, tmp_path / "n2"), config), config)
@@ -211,8 +217,9 @@ def test_master_qa_keywords_measure_mask_and_noise(tmp_path):
 # -- small stacks: the noise-model clip ----------------------------------------------------------
 def three_frame_errors(tmp_path: Path, deviation: str) -> tuple[float, float]:
     seq = simulate_sequence(shape=SHAPE, n_frames=3, seed=51, levels=(30000, 15000))
-    config = config_for(tmp_path / deviation, sequence={"min_frames": 3},
-                        combine={"deviation": deviation})
+    config = config_for(
+        tmp_path / deviation, sequence={"min_frames": 3}, combine={"deviation": deviation}
+    )
     result = make_master(sequence_of(write(seq, tmp_path / deviation / "in"), config), config)
     assert result.outcome == "done", result.reason
     err = error_against_truth(result, seq.true_flat)
@@ -224,8 +231,10 @@ def three_frame_errors(tmp_path: Path, deviation: str) -> tuple[float, float]:
 def test_noise_deviation_removes_the_stars_mad_std_leaves_in_three_frames(tmp_path):
     noise_max, noise_rms = three_frame_errors(tmp_path, "noise")
     mad_max, mad_rms = three_frame_errors(tmp_path, "mad_std")
-    print(f"3 frames with stars: noise max {noise_max:.1f} sigma (rms {noise_rms:.2f}); "
-          f"mad_std max {mad_max:.1f} sigma (rms {mad_rms:.2f})")
+    print(
+        f"3 frames with stars: noise max {noise_max:.1f} sigma (rms {noise_rms:.2f}); "
+        f"mad_std max {mad_max:.1f} sigma (rms {mad_rms:.2f})"
+    )
     assert noise_max <= 10
     assert mad_max > 10
     assert noise_rms <= 1.1

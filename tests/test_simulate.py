@@ -13,15 +13,34 @@ from astropy.io import fits
 from flatd import simulate
 from flatd.simulate import SimulatedSequence, simulate_sequence, write_sequence
 
-HEADER_KEYS = ("IMAGETYP", "FILTER", "INSTRUME", "XBINNING", "YBINNING", "DATE-OBS", "EXPTIME",
-               "GAIN", "RDNOISE", "SATURATE", "BUNIT", "ORIGIN")
+HEADER_KEYS = (
+    "IMAGETYP",
+    "FILTER",
+    "INSTRUME",
+    "XBINNING",
+    "YBINNING",
+    "DATE-OBS",
+    "EXPTIME",
+    "GAIN",
+    "RDNOISE",
+    "SATURATE",
+    "BUNIT",
+    "ORIGIN",
+)
 
 
 @pytest.fixture(scope="module")
 def clean() -> SimulatedSequence:
     """No stars, no cosmic rays: only the flat and the noise."""
-    return simulate_sequence(shape=(200, 240), n_frames=6, seed=4, stars=False,
-                             cosmic_rays=False, gain=2.0, read_noise=8.0)
+    return simulate_sequence(
+        shape=(200, 240),
+        n_frames=6,
+        seed=4,
+        stars=False,
+        cosmic_rays=False,
+        gain=2.0,
+        read_noise=8.0,
+    )
 
 
 def test_true_flat_median_vignetting_and_dust() -> None:
@@ -87,8 +106,16 @@ def test_frames_levels_and_noise(clean: SimulatedSequence) -> None:
 
 
 def test_read_noise_dominated_frames() -> None:
-    seq = simulate_sequence(shape=(128, 128), n_frames=2, seed=9, stars=False,
-                            cosmic_rays=False, levels=(200.0, 100.0), gain=2.0, read_noise=20.0)
+    seq = simulate_sequence(
+        shape=(128, 128),
+        n_frames=2,
+        seed=9,
+        stars=False,
+        cosmic_rays=False,
+        levels=(200.0, 100.0),
+        gain=2.0,
+        read_noise=20.0,
+    )
     for frame, level in zip(seq.frames, seq.levels, strict=True):
         residual = frame[32:96, 32:96] / seq.true_flat[32:96, 32:96] - level
         expected = np.sqrt(level / 2.0 + 20.0**2 / 2.0**2)  # read noise 10 ADU dominates
@@ -118,9 +145,18 @@ def test_stars_and_cosmic_rays_stand_out() -> None:
 
 def test_headers(clean: SimulatedSequence) -> None:
     start = datetime(2026, 1, 2, 3, 4, 5, 250000)
-    seq = simulate_sequence(shape=(8, 8), n_frames=4, filter_name="Ha", start=start,
-                            instrument="CAM2", binning=2, exposure=3.0, cadence_seconds=45.5,
-                            gain=1.5, read_noise=4.0)
+    seq = simulate_sequence(
+        shape=(8, 8),
+        n_frames=4,
+        filter_name="Ha",
+        start=start,
+        instrument="CAM2",
+        binning=2,
+        exposure=3.0,
+        cadence_seconds=45.5,
+        gain=1.5,
+        read_noise=4.0,
+    )
     for i, header in enumerate(seq.headers):
         assert isinstance(header, fits.Header)
         for key in HEADER_KEYS:
@@ -138,8 +174,9 @@ def test_headers(clean: SimulatedSequence) -> None:
     assert clean.headers[1]["DATE-OBS"] == "2026-11-23T17:30:30.000"
 
 
-@pytest.mark.parametrize(("compress", "suffix"),
-                         [("none", ".fits"), ("gzip", ".fits.gz"), ("tile", ".fits.fz")])
+@pytest.mark.parametrize(
+    ("compress", "suffix"), [("none", ".fits"), ("gzip", ".fits.gz"), ("tile", ".fits.fz")]
+)
 def test_write_sequence(tmp_path: Path, compress: str, suffix: str) -> None:
     seq = simulate_sequence(shape=(40, 56), n_frames=3, filter_name="r", seed=5)
     paths = write_sequence(seq, tmp_path / "out", compress=compress)
@@ -178,8 +215,22 @@ def _cli(argv: list[str]) -> int:
 
 def test_cli_writes_flats_broken_and_truth(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = _cli(["simulate", str(out), "--filters", "g,r", "--frames", "3", "--shape", "32x48",
-                 "--broken", "1", "--truth", "--quiet"])
+    code = _cli(
+        [
+            "simulate",
+            str(out),
+            "--filters",
+            "g,r",
+            "--frames",
+            "3",
+            "--shape",
+            "32x48",
+            "--broken",
+            "1",
+            "--truth",
+            "--quiet",
+        ]
+    )
     assert code == 0
     flats = sorted(out.glob("flat_*.fits"))
     assert [p.name for p in flats] == [f"flat_{f}_{i:03d}.fits" for f in "gr" for i in range(3)]
@@ -206,12 +257,30 @@ def test_cli_writes_flats_broken_and_truth(tmp_path: Path) -> None:
 
 def test_cli_prints_and_compresses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cam"
-    code = _cli(["simulate", str(out), "--filters", "i", "--frames", "2", "--shape", "16x8",
-                 "--compress", "tile", "--write-mode", "slow", "--start", "2027-01-01T00:00:00Z"])
+    code = _cli(
+        [
+            "simulate",
+            str(out),
+            "--filters",
+            "i",
+            "--frames",
+            "2",
+            "--shape",
+            "16x8",
+            "--compress",
+            "tile",
+            "--write-mode",
+            "slow",
+            "--start",
+            "2027-01-01T00:00:00Z",
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"wrote {out / 'flat_i_000.fits.fz'}  level 40000",
-                     f"wrote {out / 'flat_i_001.fits.fz'}  level 5000"]
+    assert lines == [
+        f"wrote {out / 'flat_i_000.fits.fz'}  level 40000",
+        f"wrote {out / 'flat_i_001.fits.fz'}  level 5000",
+    ]
     with fits.open(out / "flat_i_001.fits.fz") as hdus:
         assert hdus[1].data.shape == (8, 16)
         assert hdus[1].header["DATE-OBS"] == "2027-01-01T00:00:30.000"

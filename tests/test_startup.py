@@ -17,15 +17,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter (this one has astropy imported already)."""
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_scan_and_check_config_run_without_astropy(tmp_path: Path) -> None:
     for i in range(3):
-        write_frame(tmp_path / "night" / f"flat_{i}.fits",
-                    np.full((16, 20), 20000.0 + i, np.float32),
-                    **{"DATE-OBS": f"2026-11-23T17:3{i}:00"})
+        write_frame(
+            tmp_path / "night" / f"flat_{i}.fits",
+            np.full((16, 20), 20000.0 + i, np.float32),
+            **{"DATE-OBS": f"2026-11-23T17:3{i}:00"},
+        )
     config = tmp_path / "config.toml"
     config.write_text('[log]\nformat = "json"\nlevel = "warning"\n')
     done = _python(
@@ -35,7 +43,9 @@ def test_scan_and_check_config_run_without_astropy(tmp_path: Path) -> None:
         "assert main(['scan', '--json', '--config', sys.argv[1], sys.argv[2]]) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'astropy'\n"
         "             or m == 'flatd.simulate'))\n",
-        str(config), str(tmp_path / "night"))
+        str(config),
+        str(tmp_path / "night"),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
     assert '"flats": 3' in done.stdout
@@ -46,7 +56,8 @@ def test_combine_modules_import_without_astropy() -> None:
         "import sys\n"
         "import flatd.cli, flatd.report, flatd.pipeline, flatd.service\n"
         "flatd.cli._parser(with_simulate=False)\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'astropy'))\n")
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'astropy'))\n"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -68,9 +79,12 @@ def test_astropy_imported_after_logging_is_set_up_logs_through_flatd() -> None:
         "assert log.handlers == [] and warnings.showwarning is _flatd_showwarning\n"
         "for i in range(3):\n"
         "    warnings.warn(f'Card {i} of /data/f{i}.fits fixed', VerifyWarning)\n"
-        "log.warning('from astropy')\n")
+        "log.warning('from astropy')\n"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     events = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(e["event"], e.get("logger")) for e in events] == [("astropy_warning", None),
-                                                               ("from astropy", "astropy")]
+    assert [(e["event"], e.get("logger")) for e in events] == [
+        ("astropy_warning", None),
+        ("from astropy", "astropy"),
+    ]

@@ -23,16 +23,33 @@ from flatd.status import (
 )
 
 GROUPS = [
-    {"group": {"FILTER": "r", "INSTRUME": "SIMCAM", "XBINNING": 1, "YBINNING": 1},
-     "name": "r_SIMCAM_1_1", "frames": 7, "state": "waiting",
-     "stable_at": None,  # set to "in 42 s" by _snapshot()
-     "last_frame_at": utc_iso(), "latest_master": None},
-    {"group": {"FILTER": "gp", "INSTRUME": "LFC", "XBINNING": 1, "YBINNING": 1},
-     "frames": 10, "state": "done", "stable_at": None, "last_frame_at": utc_iso(),
-     "latest_master": "masters/flat_gp_LFC_1_1_20261123T173000.fits"},
-    {"group": {"FILTER": "Ha", "INSTRUME": "SIMCAM", "XBINNING": 2, "YBINNING": 2},
-     "name": "Ha_SIMCAM_2_2", "frames": 2, "state": "too_few", "stable_at": None,
-     "last_frame_at": None, "latest_master": None, "reason": "2 frames, need 5"},
+    {
+        "group": {"FILTER": "r", "INSTRUME": "SIMCAM", "XBINNING": 1, "YBINNING": 1},
+        "name": "r_SIMCAM_1_1",
+        "frames": 7,
+        "state": "waiting",
+        "stable_at": None,  # set to "in 42 s" by _snapshot()
+        "last_frame_at": utc_iso(),
+        "latest_master": None,
+    },
+    {
+        "group": {"FILTER": "gp", "INSTRUME": "LFC", "XBINNING": 1, "YBINNING": 1},
+        "frames": 10,
+        "state": "done",
+        "stable_at": None,
+        "last_frame_at": utc_iso(),
+        "latest_master": "masters/flat_gp_LFC_1_1_20261123T173000.fits",
+    },
+    {
+        "group": {"FILTER": "Ha", "INSTRUME": "SIMCAM", "XBINNING": 2, "YBINNING": 2},
+        "name": "Ha_SIMCAM_2_2",
+        "frames": 2,
+        "state": "too_few",
+        "stable_at": None,
+        "last_frame_at": None,
+        "latest_master": None,
+        "reason": "2 frames, need 5",
+    },
 ]
 COUNTS = {"frames": 21, "flats": 19, "skipped": 1, "rejected": 1}
 
@@ -44,8 +61,9 @@ def _snapshot() -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def _board(path: Path, **kwargs: Any) -> StatusBoard:
-    return StatusBoard(path, directories=["/data/incoming"], observer="inotify",
-                       snapshot=_snapshot, **kwargs)
+    return StatusBoard(
+        path, directories=["/data/incoming"], observer="inotify", snapshot=_snapshot, **kwargs
+    )
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -64,8 +82,16 @@ def test_writes_a_schema_1_document(tmp_path: Path) -> None:
     assert raw.endswith("}\n") and raw.startswith('{\n  "schema": 1')
     doc = json.loads(raw)
     assert doc["schema"] == 1
-    assert set(doc) == {"schema", "daemon", "watch", "index", "groups", "masters", "errors",
-                        "skipped"}
+    assert set(doc) == {
+        "schema",
+        "daemon",
+        "watch",
+        "index",
+        "groups",
+        "masters",
+        "errors",
+        "skipped",
+    }
     daemon = doc["daemon"]
     assert daemon["pid"] == os.getpid() and daemon["state"] == "running"
     assert daemon["version"]
@@ -233,8 +259,13 @@ def test_read_status_missing_or_broken(tmp_path: Path) -> None:
 
 def _document(tmp_path: Path, state: str, pid: int | None = None) -> dict:
     board = _board(tmp_path / "status.json")
-    board.add_master({"path": "masters/flat_gp_LFC_1_1_20261123T173000.fits", "n_frames": 10,
-                      "group": GROUPS[1]["group"]})
+    board.add_master(
+        {
+            "path": "masters/flat_gp_LFC_1_1_20261123T173000.fits",
+            "n_frames": 10,
+            "group": GROUPS[1]["group"],
+        }
+    )
     board.add_error("/data/bad.fits", "saturated: 3% of pixels")
     doc = board.document()
     doc["daemon"]["state"] = state

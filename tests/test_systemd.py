@@ -38,16 +38,24 @@ def _checkable_copy(source: str, name: str, tmp_path: Path) -> Path:
 
 def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
     assert ANALYZE is not None
-    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize(("source", "name"), CASES)
 def test_unit_content(source: str, name: str) -> None:
     text = (UNITS / source).read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure", "User=flatd",
-                 "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
-                 "KillMode=mixed", "WatchdogSec=60s", "WantedBy=multi-user.target"):
+    for line in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "Restart=on-failure",
+        "User=flatd",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "KillMode=mixed",
+        "WatchdogSec=60s",
+        "WantedBy=multi-user.target",
+    ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     if "@" in source:
         assert "--config /etc/flatd/%i.toml" in text
@@ -61,8 +69,11 @@ def test_unit_content(source: str, name: str) -> None:
 def test_verify(source: str, name: str, tmp_path: Path) -> None:
     unit = _checkable_copy(source, name, tmp_path)
     result = _analyze("verify", str(unit))
-    ours = [line for line in result.stderr.splitlines()
-            if name in line or str(unit) in line or source in line]
+    ours = [
+        line
+        for line in result.stderr.splitlines()
+        if name in line or str(unit) in line or source in line
+    ]
     assert result.returncode == 0, result.stderr
     bad = [line for line in ours if "Unknown" in line or "ignoring" in line.lower()]
     assert bad == [], "\n".join(bad)

@@ -45,17 +45,24 @@ def masters_in(directory: Path) -> list[Path]:
 
 def leftovers(directory: Path) -> list[Path]:
     """Anything in the output tree that is not a finished master: temporaries, partials."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not
-                  (p.name.startswith("flat_") and p.name.endswith(".fits")))
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not (p.name.startswith("flat_") and p.name.endswith(".fits"))
+    )
 
 
 def per_path(process: FlatdProcess, *events: str) -> Counter:
-    return Counter(Path(e["path"]).name for e in list(process.events)
-                   if e.get("event") in events and e.get("path"))
+    return Counter(
+        Path(e["path"]).name
+        for e in list(process.events)
+        if e.get("event") in events and e.get("path")
+    )
 
 
 def flat_bytes(data: np.ndarray, header: fits.Header) -> bytes:
     from io import BytesIO
+
     buffer = BytesIO()
     fits.PrimaryHDU(data, header).writeto(buffer)
     return buffer.getvalue()
@@ -65,10 +72,10 @@ def with_raw_value(content: bytes, keyword: str, raw: bytes) -> bytes:
     """`content` (a FITS file) with `keyword`'s string value replaced by raw bytes that
     no FITS writer would accept (control characters, non-ASCII)."""
     start = content.index(keyword.ljust(8).encode() + b"= ")
-    card = content[start:start + 80]
+    card = content[start : start + 80]
     image = (card[:10] + b"'" + raw.replace(b"'", b"''") + b"'").ljust(80, b" ")
     assert len(image) == 80, "raw value too long for one card"
-    return content[:start] + image + content[start + 80:]
+    return content[:start] + image + content[start + 80 :]
 
 
 class StatusReader:

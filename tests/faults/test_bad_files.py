@@ -39,11 +39,11 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
     whole = flat_bytes(seq.frames[0], header)
     (incoming / "truncated.fits").write_bytes(whole[: len(whole) // 2])
     fits.PrimaryHDU(None, header.copy()).writeto(incoming / "no_data.fits")
-    fits.PrimaryHDU(np.ones((3, 64, 64), np.float32), header.copy()).writeto(
-        incoming / "cube.fits")
+    fits.PrimaryHDU(np.ones((3, 64, 64), np.float32), header.copy()).writeto(incoming / "cube.fits")
     table = fits.BinTableHDU.from_columns([fits.Column("A", "E", array=np.ones(5))])
     fits.HDUList([fits.PrimaryHDU(header=header.copy()), table]).writeto(
-        incoming / "table_only.fits")
+        incoming / "table_only.fits"
+    )
     no_filter = header.copy()
     del no_filter["FILTER"]
     write_atomically(incoming / "no_filter.fits", seq.frames[0], no_filter)
@@ -59,9 +59,15 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
     flatd.wait_event("master_written", timeout=30)
     # the empty and the truncated file may still be growing: they are judged once they
     # have stood still for ingest's incomplete_seconds (15 s)
-    status = wait_for(lambda: (s := flatd.status())["index"]["frames"] == 5 + len(rejected)
-                      + len(skipped) and len(s["errors"]) == len(rejected) and s,
-                      timeout=40, what="every file judged")
+    status = wait_for(
+        lambda: (
+            (s := flatd.status())["index"]["frames"] == 5 + len(rejected) + len(skipped)
+            and len(s["errors"]) == len(rejected)
+            and s
+        ),
+        timeout=40,
+        what="every file judged",
+    )
     assert status["index"] == {"frames": 15, "flats": 5, "skipped": 3, "rejected": 7}
     assert flatd.proc.poll() is None
 

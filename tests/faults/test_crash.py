@@ -29,7 +29,8 @@ def test_kill_9_while_a_master_is_written_leaves_no_partial_file(daemon, tmp_pat
         seq = flat_sequence(N_FRAMES, seed=51, shape=SHAPE, stars=False, cosmic_rays=False)
         for i in range(N_FRAMES):
             (flatd.incoming / f"r_{i:03d}.fits").write_bytes(
-                flat_bytes(seq.frames[i], seq.headers[i]))
+                flat_bytes(seq.frames[i], seq.headers[i])
+            )
 
         def master_temporary():
             if flatd.masters.is_dir():
@@ -39,8 +40,9 @@ def test_kill_9_while_a_master_is_written_leaves_no_partial_file(daemon, tmp_pat
             assert not flatd.named("master_written"), "the write finished before the kill"
             return None
 
-        caught = wait_for(master_temporary, timeout=60, interval=0.002,
-                          what="a master being written")
+        caught = wait_for(
+            master_temporary, timeout=60, interval=0.002, what="a master being written"
+        )
         os.kill(flatd.proc.pid, signal.SIGKILL)
         flatd.proc.wait(10)
         assert flatd.proc.returncode == -signal.SIGKILL

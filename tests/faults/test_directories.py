@@ -44,7 +44,8 @@ def test_missing_at_start_then_created_then_deleted_and_recreated(daemon):
     assert flatd.named("master_written")[-1]["group"]["FILTER"] == "g"
     wait_for(lambda: flatd.status()["index"]["flats"] == 3, what="old frames forgotten")
     assert {e["path"].rsplit("/", 1)[-1] for e in flatd.named("frame_removed")} == {
-        f"r_{i:03d}.fits" for i in range(3)}
+        f"r_{i:03d}.fits" for i in range(3)
+    }
     # and it goes on being watched: a frame written now is indexed by its event
     write_atomically(flatd.incoming / "g_003.fits", g.frames[0], g.headers[0])
     flatd.wait_event("frame_indexed", timeout=10, path=str(flatd.incoming / "g_003.fits"))
@@ -66,8 +67,14 @@ def test_thousands_of_files_at_start_are_all_indexed_quickly(daemon):
     [ready] = flatd.named("ready")
     assert ready["scanned"] == 3000 and ready["flats"] == 3000
     assert ready["seconds"] < 5.0 and to_ready < 10.0, (ready["seconds"], to_ready)
-    wait_for(lambda: (s := flatd.status())["index"]["flats"] == 3000 and s["groups"]
-             and s["groups"][0]["state"] == "too_few", what="3000 frames, too few to combine")
+    wait_for(
+        lambda: (
+            (s := flatd.status())["index"]["flats"] == 3000
+            and s["groups"]
+            and s["groups"][0]["state"] == "too_few"
+        ),
+        what="3000 frames, too few to combine",
+    )
     # still watching: one more lands and is indexed
     (flatd.incoming / "night0" / "late.fits").write_bytes(content)
     flatd.wait_event("frame_indexed", path=str(flatd.incoming / "night0" / "late.fits"))

@@ -33,8 +33,9 @@ def first_master_then_late_frames(flatd, seq) -> tuple[Path, str, str]:
     return master, digest(master), digest(latest)
 
 
-def assert_failed_then_recovered(flatd, master: Path, before: str, latest_before: str,
-                                 words: str, recover) -> None:
+def assert_failed_then_recovered(
+    flatd, master: Path, before: str, latest_before: str, words: str, recover
+) -> None:
     failed = flatd.wait_event("combine_failed", timeout=30)[0]
     assert words in failed["reason"]
     retry = flatd.wait_event("combine_retry_scheduled")[0]
@@ -48,8 +49,11 @@ def assert_failed_then_recovered(flatd, master: Path, before: str, latest_before
     latest = flatd.masters / "latest" / master.name.replace("_20261123T173000", "")
     assert digest(latest) == latest_before
     assert masters_in(flatd.masters) == [master]
-    assert [p for p in flatd.masters.rglob("*") if p.is_file() and p != master
-            and p != latest and p.name != "filler.bin"] == []
+    assert [
+        p
+        for p in flatd.masters.rglob("*")
+        if p.is_file() and p != master and p != latest and p.name != "filler.bin"
+    ] == []
     # it keeps retrying, with a growing delay, while the disk stays full
     flatd.wait_event("combine_failed", count=2, timeout=30)
     assert flatd.proc.poll() is None
@@ -70,19 +74,20 @@ def test_a_file_size_limit_fails_the_write_and_the_daemon_retries(daemon):
     write_frames(flatd.incoming, seq, (3, 4))
 
     def unlimited() -> None:
-        resource.prlimit(flatd.proc.pid, resource.RLIMIT_FSIZE,
-                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        resource.prlimit(
+            flatd.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
 
-    assert_failed_then_recovered(flatd, master, before, latest_before, "requested and",
-                                 unlimited)
+    assert_failed_then_recovered(flatd, master, before, latest_before, "requested and", unlimited)
 
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):
     mount = tmp_path / "masters"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
@@ -101,5 +106,6 @@ def test_a_full_output_filesystem_fails_the_write_and_the_daemon_retries(daemon,
     filler.write_bytes(b"\0" * (filler.stat().st_size - 300_000))
     write_frames(flatd.incoming, seq, (3, 4))
 
-    assert_failed_then_recovered(flatd, master, before, latest_before,
-                                 "Not enough space on disk", filler.unlink)
+    assert_failed_then_recovered(
+        flatd, master, before, latest_before, "Not enough space on disk", filler.unlink
+    )

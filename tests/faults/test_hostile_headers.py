@@ -49,8 +49,11 @@ def test_hostile_filter_values_make_safe_distinct_masters_inside_the_output(daem
             (flatd.incoming / f"{prefix}_{i}.fits").write_bytes(content)
 
     expected = len(FILTERS)
-    wait_for(lambda: len(flatd.named("master_written")) + len(flatd.named("combine_failed"))
-             >= expected, timeout=45, what=f"{expected} groups combined or refused")
+    wait_for(
+        lambda: len(flatd.named("master_written")) + len(flatd.named("combine_failed")) >= expected,
+        timeout=45,
+        what=f"{expected} groups combined or refused",
+    )
     written = flatd.named("master_written")
     status = flatd.status()
     assert flatd.proc.poll() is None
@@ -80,8 +83,10 @@ def test_hostile_filter_values_make_safe_distinct_masters_inside_the_output(daem
     directories = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_dir()}
     assert directories == {Path("incoming"), Path("masters"), Path("masters/latest")}
     outside = [p for p in tmp_path.iterdir() if p.name not in ("incoming", "masters")]
-    assert all(p.is_file() and (p.suffix in (".json", ".toml", ".html") or is_temporary(p))
-               for p in outside), outside  # the status file (and page), maybe mid-write
+    assert all(
+        p.is_file() and (p.suffix in (".json", ".toml", ".html") or is_temporary(p))
+        for p in outside
+    ), outside  # the status file (and page), maybe mid-write
     assert not Path("/abs/path").exists() and not Path("/etc/x").exists()
     assert not (tmp_path.parent / "etc").exists()
 

@@ -64,16 +64,14 @@ def test_queue_overflow_rescans_and_indexes_the_frames_whose_events_were_lost(tm
     record watchdog's inotify emitter writes on IN_Q_OVERFLOW."""
     (tmp_path / "incoming").mkdir()
     config_path = tmp_path / "config.toml"
-    config_path.write_text(DEFAULT_CONFIG.format(quiet=0.5, min_frames=3, watch="",
-                                                 extra=""))
+    config_path.write_text(DEFAULT_CONFIG.format(quiet=0.5, min_frames=3, watch="", extra=""))
     daemon = Daemon(load_config(config_path))
     daemon.start()
     server = threading.Thread(target=daemon.serve, daemon=True)
     server.start()
     try:
         seq = flat_sequence(4, seed=91)
-        (tmp_path / "incoming" / "seen.fits").write_bytes(flat_bytes(seq.frames[0],
-                                                                     seq.headers[0]))
+        (tmp_path / "incoming" / "seen.fits").write_bytes(flat_bytes(seq.frames[0], seq.headers[0]))
         wait_for(lambda: daemon.index.counts()["flats"] == 1, what="the normal path works")
 
         lost: list[Path] = []
@@ -81,14 +79,18 @@ def test_queue_overflow_rescans_and_indexes_the_frames_whose_events_were_lost(tm
         daemon.watcher._submit = lambda path, hint: lost.append(path)  # events lost
         for i in range(1, 4):
             (tmp_path / "incoming" / f"lost_{i}.fits").write_bytes(
-                flat_bytes(seq.frames[i], seq.headers[i]))
+                flat_bytes(seq.frames[i], seq.headers[i])
+            )
         time.sleep(1.0)
         assert daemon.index.counts()["flats"] == 1 and lost
         daemon.watcher._submit = real_submit
 
         logging.getLogger(OVERFLOW_LOGGER).warning("inotify event queue overflowed")
-        wait_for(lambda: daemon.index.counts()["flats"] == 4, timeout=15,
-                 what="the lost frames indexed by the rescan")
+        wait_for(
+            lambda: daemon.index.counts()["flats"] == 4,
+            timeout=15,
+            what="the lost frames indexed by the rescan",
+        )
         wait_for(lambda: masters_in(tmp_path / "masters"), timeout=15, what="the master")
     finally:
         daemon.request_stop()

@@ -15,8 +15,7 @@ pytestmark = pytest.mark.timeout(90)
 CHUNKS, PAUSE = 4, 1.1
 
 
-def test_large_frames_written_in_chunks_renamed_or_rsynced_are_indexed_once_when_whole(
-        daemon):
+def test_large_frames_written_in_chunks_renamed_or_rsynced_are_indexed_once_when_whole(daemon):
     flatd = daemon(quiet=1.0, min_frames=3).start()
     seq = flat_sequence(3, seed=21, shape=(1024, 1024), stars=False, cosmic_rays=False)
     contents = [flat_bytes(d, h) for d, h in zip(seq.frames, seq.headers, strict=True)]
@@ -24,13 +23,17 @@ def test_large_frames_written_in_chunks_renamed_or_rsynced_are_indexed_once_when
     early: list[str] = []  # anything the daemon said about a file before it was whole
 
     def watch_for_early(name: str) -> None:
-        early.extend(f"{e['event']} {name}" for e in list(flatd.events)
-                     if str(e.get("path", "")).endswith(name))
+        early.extend(
+            f"{e['event']} {name}"
+            for e in list(flatd.events)
+            if str(e.get("path", "")).endswith(name)
+        )
 
     def in_place(name: str, content: bytes) -> None:
         """A camera writing where the file lands, with pauses of more than a second."""
-        write_in_chunks(flatd.incoming / name, content, CHUNKS, PAUSE,
-                        between=lambda: watch_for_early(name))
+        write_in_chunks(
+            flatd.incoming / name, content, CHUNKS, PAUSE, between=lambda: watch_for_early(name)
+        )
 
     def renamed(name: str, content: bytes) -> None:
         """A writer that uses a temporary name and renames, also slowly."""
@@ -46,9 +49,10 @@ def test_large_frames_written_in_chunks_renamed_or_rsynced_are_indexed_once_when
         watch_for_early(name)
         os.replace(temp, flatd.incoming / name)
 
-    writers = [threading.Thread(target=w, args=(f"r_{i:03d}.fits", c))
-               for i, (w, c) in enumerate(zip((in_place, renamed, rsynced), contents,
-                                              strict=True))]
+    writers = [
+        threading.Thread(target=w, args=(f"r_{i:03d}.fits", c))
+        for i, (w, c) in enumerate(zip((in_place, renamed, rsynced), contents, strict=True))
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:

@@ -14,9 +14,15 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def settled(flatd, groups: int) -> dict:
-    return wait_for(lambda: (s := flatd.status())["groups"] and len(s["groups"]) == groups
-                    and all(g["state"] == "done" for g in s["groups"]) and s,
-                    what=f"{groups} groups done")
+    return wait_for(
+        lambda: (
+            (s := flatd.status())["groups"]
+            and len(s["groups"]) == groups
+            and all(g["state"] == "done" for g in s["groups"])
+            and s
+        ),
+        what=f"{groups} groups done",
+    )
 
 
 def test_restarts_keep_masters_and_index_and_pick_up_what_landed_while_down(daemon):

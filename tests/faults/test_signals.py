@@ -31,8 +31,7 @@ def test_sigterm_during_a_combination_stops_cleanly_without_a_partial_master(dae
     flatd.on_event("combine_started", terminate)
     seq = flat_sequence(N_FRAMES, seed=71, shape=(2048, 2048), stars=False, cosmic_rays=False)
     for i in range(N_FRAMES):
-        (flatd.incoming / f"r_{i:03d}.fits").write_bytes(flat_bytes(seq.frames[i],
-                                                                    seq.headers[i]))
+        (flatd.incoming / f"r_{i:03d}.fits").write_bytes(flat_bytes(seq.frames[i], seq.headers[i]))
     assert flatd.proc.wait(60) == 0
     assert sent, "the daemon stopped without logging combine_started"
     took = time.monotonic() - sent[0]

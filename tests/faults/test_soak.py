@@ -26,8 +26,10 @@ def test_a_steady_trickle_does_not_grow_memory_or_descriptors(daemon, tmp_path):
     flatd.start()
     reader = StatusReader(tmp_path / "status.json")
     filters = ("g", "r", "i")
-    seqs = {f: flat_sequence(BURST, filter_name=f, seed=n, shape=(64, 64))
-            for n, f in enumerate(filters)}
+    seqs = {
+        f: flat_sequence(BURST, filter_name=f, seed=n, shape=(64, 64))
+        for n, f in enumerate(filters)
+    }
     start = datetime(2026, 11, 23, 17, 30)
     warm_up = max(10.0, SECONDS / 4)
     began = time.monotonic()
@@ -42,7 +44,8 @@ def test_a_steady_trickle_does_not_grow_memory_or_descriptors(daemon, tmp_path):
             when = start + timedelta(minutes=10 * burst, seconds=30 * k)
             header["DATE-OBS"] = when.isoformat()
             (flatd.incoming / f"{name}_{burst:05d}_{k}.fits").write_bytes(
-                flat_bytes(seq.frames[k], header))
+                flat_bytes(seq.frames[k], header)
+            )
             n += 1
             if k == BURST - 1 and burst >= KEEP:  # an archiver takes old frames away
                 for old in flatd.incoming.glob(f"*_{burst - KEEP:05d}_*.fits"):
@@ -51,8 +54,7 @@ def test_a_steady_trickle_does_not_grow_memory_or_descriptors(daemon, tmp_path):
                 samples.append((elapsed, rss_kb(flatd.proc.pid), open_fds(flatd.proc.pid)))
             time.sleep(EVERY)
         time.sleep(2.0)  # let the last burst settle
-        samples.append((time.monotonic() - began, rss_kb(flatd.proc.pid),
-                        open_fds(flatd.proc.pid)))
+        samples.append((time.monotonic() - began, rss_kb(flatd.proc.pid), open_fds(flatd.proc.pid)))
     finally:
         reader.close()
     bursts = n // BURST
@@ -61,8 +63,10 @@ def test_a_steady_trickle_does_not_grow_memory_or_descriptors(daemon, tmp_path):
     assert flatd.status()["errors"] == []
     assert reader.invalid == []
     (_, rss_start, fds_start), (_, rss_end, fds_end) = samples[0], samples[-1]
-    print(f"soak {SECONDS:g} s: {n} frames, {masters} masters; RSS {rss_start} -> "
-          f"{rss_end} kB, fds {fds_start} -> {fds_end}; samples {samples}")
+    print(
+        f"soak {SECONDS:g} s: {n} frames, {masters} masters; RSS {rss_start} -> "
+        f"{rss_end} kB, fds {fds_start} -> {fds_end}; samples {samples}"
+    )
     assert rss_end - rss_start < max(8_000, rss_start * 0.08), samples
     assert fds_end <= fds_start + 2, samples
     assert flatd.stop() == 0
