@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test test-fast lint typecheck browser bench soak clean
 
 $(STAMP): pyproject.toml flatd/_kernel.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,25 @@ $(STAMP): pyproject.toml flatd/_kernel.c
 demo: $(STAMP)
 	$(BIN)/python -m flatd.demo
 
-test: $(STAMP)
+# the page's real-browser test needs chromium: installed from the distribution when missing
+# (as root); without it that test skips, except under CI=true where it fails
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "make: no chromium; the page's browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/ruff check flatd tests benchmarks
+	$(BIN)/ruff format --check flatd tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
+	$(BIN)/ruff format --check flatd tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy flatd
 
 soak: $(STAMP)
 	FLATD_SOAK_SECONDS=$${FLATD_SOAK_SECONDS:-1800} $(BIN)/python -m pytest -q -s tests/faults/test_soak.py

@@ -30,12 +30,24 @@ class ConfigError(Exception):
         super().__init__(f"invalid configuration {source}:\n{lines}")
 
 
-def _opt(default: Any, *, choices: tuple[Any, ...] = (), minimum: float | None = None,
-         maximum: float | None = None, exclusive_min: bool = False, non_empty: bool = False,
-         relative_path: bool = False) -> Any:
-    meta = {"choices": choices, "minimum": minimum, "maximum": maximum,
-            "exclusive_min": exclusive_min, "non_empty": non_empty,
-            "relative_path": relative_path}
+def _opt(
+    default: Any,
+    *,
+    choices: tuple[Any, ...] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_min: bool = False,
+    non_empty: bool = False,
+    relative_path: bool = False,
+) -> Any:
+    meta = {
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "exclusive_min": exclusive_min,
+        "non_empty": non_empty,
+        "relative_path": relative_path,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -44,7 +56,8 @@ class WatchConfig:
     directories: tuple[Path, ...] = _opt((Path("incoming"),), non_empty=True, relative_path=True)
     recursive: bool = _opt(True)
     patterns: tuple[str, ...] = _opt(
-        ("*.fits", "*.fit", "*.fts", "*.fits.fz", "*.fits.gz"), non_empty=True)
+        ("*.fits", "*.fit", "*.fts", "*.fits.fz", "*.fits.gz"), non_empty=True
+    )
     polling: bool = _opt(False)
     poll_interval_seconds: float = _opt(2.0, minimum=0.0, exclusive_min=True, maximum=3600.0)
 
@@ -53,9 +66,9 @@ class WatchConfig:
 class FramesConfig:
     imagetyp_keyword: str = _opt("IMAGETYP", non_empty=True)
     flat_types: tuple[str, ...] = _opt(
-        ("flat", "flatfield", "flat field", "skyflat", "domeflat", "twiflat"), non_empty=True)
-    group_by: tuple[str, ...] = _opt(("FILTER", "INSTRUME", "XBINNING", "YBINNING"),
-                                     non_empty=True)
+        ("flat", "flatfield", "flat field", "skyflat", "domeflat", "twiflat"), non_empty=True
+    )
+    group_by: tuple[str, ...] = _opt(("FILTER", "INSTRUME", "XBINNING", "YBINNING"), non_empty=True)
     date_keyword: str = _opt("DATE-OBS", non_empty=True)
 
 
@@ -86,7 +99,8 @@ class QAConfig:
     min_level: float = _opt(1000.0, minimum=0.0)
     max_level: float = _opt(55000.0, minimum=0.0, exclusive_min=True)
     saturation_level: float = _opt(0.0, minimum=0.0)
-    max_saturated_fraction: float = _opt(0.001, minimum=0.0, maximum=1.0)
+    max_saturated_fraction: float = _opt(0.05, minimum=0.0, maximum=1.0)
+    min_response: float = _opt(0.05, minimum=0.0, maximum=1.0)
     max_change: float = _opt(0.02, minimum=0.0, exclusive_min=True)
     promote_changed: bool = _opt(False)
 
@@ -123,9 +137,13 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The effective configuration as plain TOML-able values (paths as strings)."""
-        return {name: {f.name: _plain(getattr(getattr(self, name), f.name))
-                       for f in dataclasses.fields(cls)}
-                for name, cls in _sections()}
+        return {
+            name: {
+                f.name: _plain(getattr(getattr(self, name), f.name))
+                for f in dataclasses.fields(cls)
+            }
+            for name, cls in _sections()
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -208,17 +226,21 @@ def _parse_section(section: str, cls: type, values: dict[str, Any], problems: li
 _INVALID = object()
 
 
-def _convert(where: str, kind: Any, meta: typing.Mapping[str, Any], value: Any,
-             problems: list[str]) -> Any:
+def _convert(
+    where: str, kind: Any, meta: typing.Mapping[str, Any], value: Any, problems: list[str]
+) -> Any:
     origin = typing.get_origin(kind)
     if origin is tuple:
         item_kind = typing.get_args(kind)[0]
         if isinstance(value, str) or not isinstance(value, list):
-            problems.append(f"{where} must be a list of {_kind_name(item_kind)}s, "
-                            f"got {_describe(value)}")
+            problems.append(
+                f"{where} must be a list of {_kind_name(item_kind)}s, got {_describe(value)}"
+            )
             return _INVALID
-        items = [_convert_scalar(f"{where}[{i}]", item_kind, meta, v, problems)
-                 for i, v in enumerate(value)]
+        items = [
+            _convert_scalar(f"{where}[{i}]", item_kind, meta, v, problems)
+            for i, v in enumerate(value)
+        ]
         if any(i is _INVALID for i in items):
             return _INVALID
         if meta.get("non_empty") and not items:
@@ -230,16 +252,20 @@ def _convert(where: str, kind: Any, meta: typing.Mapping[str, Any], value: Any,
     return _convert_scalar(where, kind, meta, value, problems)
 
 
-def _convert_scalar(where: str, kind: type, meta: typing.Mapping[str, Any], value: Any,
-                    problems: list[str]) -> Any:
+def _convert_scalar(
+    where: str, kind: type, meta: typing.Mapping[str, Any], value: Any, problems: list[str]
+) -> Any:
     if kind is bool:
         if not isinstance(value, bool):
             problems.append(f"{where} must be true or false, got {_describe(value)}")
             return _INVALID
         return value
     if kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or (
-                kind is int and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (kind is int and not isinstance(value, int))
+        ):
             problems.append(f"{where} must be {_kind_name(kind)}, got {_describe(value)}")
             return _INVALID
         return _check_range(where, kind(value), meta, problems)
@@ -253,20 +279,25 @@ def _convert_scalar(where: str, kind: type, meta: typing.Mapping[str, Any], valu
         choices = meta.get("choices") or ()
         if choices and value not in choices:
             allowed = ", ".join(f'"{c}"' for c in choices)
-            problems.append(f'{where} = "{value}" is not allowed; choose one of {allowed}'
-                            f"{_suggest(value, choices)}")
+            problems.append(
+                f'{where} = "{value}" is not allowed; choose one of {allowed}'
+                f"{_suggest(value, choices)}"
+            )
             return _INVALID
         return Path(value) if kind is Path else value
     raise TypeError(f"no converter for {kind!r}")  # a schema bug, not a user error
 
 
-def _check_range(where: str, value: float, meta: typing.Mapping[str, Any],
-                 problems: list[str]) -> Any:
+def _check_range(
+    where: str, value: float, meta: typing.Mapping[str, Any], problems: list[str]
+) -> Any:
     low, high = meta.get("minimum"), meta.get("maximum")
     if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
         relation = ">" if meta.get("exclusive_min") else ">="
-        problems.append(f"{where} = {value} is out of range; it must be {relation} {low}"
-                        + (f" and <= {high}" if high is not None else ""))
+        problems.append(
+            f"{where} = {value} is out of range; it must be {relation} {low}"
+            + (f" and <= {high}" if high is not None else "")
+        )
         return _INVALID
     if high is not None and value > high:
         problems.append(f"{where} = {value} is out of range; it must be <= {high}")
@@ -276,16 +307,21 @@ def _check_range(where: str, value: float, meta: typing.Mapping[str, Any],
 
 def _check_cross_field(config: Config, problems: list[str]) -> None:
     if config.qa.min_level >= config.qa.max_level:
-        problems.append(f"qa.min_level ({config.qa.min_level}) must be below "
-                        f"qa.max_level ({config.qa.max_level})")
+        problems.append(
+            f"qa.min_level ({config.qa.min_level}) must be below "
+            f"qa.max_level ({config.qa.max_level})"
+        )
     if len(set(k.upper() for k in config.frames.group_by)) != len(config.frames.group_by):
         problems.append("frames.group_by lists a keyword twice")
 
 
 CCDPROC_NAMES = {  # ccdproc.combine's (and the astropy guide's) names for flatd's keys
-    "sigma_clip_dev_func": "deviation", "sigma_clip_func": "center",
-    "sigma_clip_low_thresh": "sigma_low", "sigma_clip_high_thresh": "sigma_high",
-    "mem_limit": "mem_limit_mb", "combine_uncertainty_function": "deviation",
+    "sigma_clip_dev_func": "deviation",
+    "sigma_clip_func": "center",
+    "sigma_clip_low_thresh": "sigma_low",
+    "sigma_clip_high_thresh": "sigma_high",
+    "mem_limit": "mem_limit_mb",
+    "combine_uncertainty_function": "deviation",
 }
 
 
@@ -295,8 +331,10 @@ def _suggest(word: str, candidates: typing.Iterable[str], section: str | None = 
     alias = difflib.get_close_matches(word, known, n=1, cutoff=0.85)
     if alias:
         key = CCDPROC_NAMES[alias[0]]
-        return (f"; did you mean {section + '.' if section else ''}{key}? ('{alias[0]}' is "
-                f"ccdproc's name for it)")
+        return (
+            f"; did you mean {section + '.' if section else ''}{key}? ('{alias[0]}' is "
+            f"ccdproc's name for it)"
+        )
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
     if not close:
         close = [c for c in candidates if c.startswith(word) or word.startswith(c)][:1]
@@ -306,8 +344,13 @@ def _suggest(word: str, candidates: typing.Iterable[str], section: str | None = 
 
 
 def _kind_name(kind: type) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "string",
-            Path: "path"}.get(kind, kind.__name__)
+    return {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "string",
+        Path: "path",
+    }.get(kind, kind.__name__)
 
 
 def _describe(value: Any) -> str:
@@ -318,8 +361,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else base / p
 
-    watch = dataclasses.replace(config.watch,
-                                directories=tuple(resolve(d) for d in config.watch.directories))
+    watch = dataclasses.replace(
+        config.watch, directories=tuple(resolve(d) for d in config.watch.directories)
+    )
     output = dataclasses.replace(config.output, directory=resolve(config.output.directory))
     status = dataclasses.replace(config.status, file=resolve(config.status.file))
     return dataclasses.replace(config, watch=watch, output=output, status=status)

@@ -32,17 +32,32 @@ def _iso(moment: datetime) -> str:
 def _group(filter_name: str, masters: Path, state: str = "done", **extra: Any) -> dict:
     keys = {"FILTER": filter_name, "INSTRUME": "SIMCAM", "XBINNING": 1, "YBINNING": 1}
     latest = str(masters / f"flat_{filter_name}_SIMCAM_1_1_20261123T173000.fits")
-    return {"group": keys, "name": f"{filter_name}_SIMCAM_1_1", "frames": 7, "state": state,
-            "stable_at": _iso(NOW + timedelta(seconds=30)), "last_frame_at": _iso(NOW),
-            "latest_master": latest if state == "done" else None, "reason": "", "rejected": [],
-            **extra}
+    return {
+        "group": keys,
+        "name": f"{filter_name}_SIMCAM_1_1",
+        "frames": 7,
+        "state": state,
+        "stable_at": _iso(NOW + timedelta(seconds=30)),
+        "last_frame_at": _iso(NOW),
+        "latest_master": latest if state == "done" else None,
+        "reason": "",
+        "rejected": [],
+        **extra,
+    }
 
 
 def _master(group: dict, qa: dict | None = None) -> dict:
-    return {"group": group["group"], "path": group["latest_master"],
-            "created_at": _iso(NOW - timedelta(minutes=90)), "n_frames": 6, "n_rejected": 1,
-            "median_levels": [40000.0, 30000.0], "duration_s": 0.4, "qa": qa or {},
-            "promoted": True}
+    return {
+        "group": group["group"],
+        "path": group["latest_master"],
+        "created_at": _iso(NOW - timedelta(minutes=90)),
+        "n_frames": 6,
+        "n_rejected": 1,
+        "median_levels": [40000.0, 30000.0],
+        "duration_s": 0.4,
+        "qa": qa or {},
+        "promoted": True,
+    }
 
 
 def _document(tmp_path: Path, *, hostile: bool = False) -> dict:
@@ -50,23 +65,36 @@ def _document(tmp_path: Path, *, hostile: bool = False) -> dict:
     groups = [_group("g", masters), _group("r", masters), _group("i", masters, "waiting")]
     groups[0]["rejected"] = [{"path": "/data/flat_g_003.fits", "reason": "too faint: 800"}]
     if hostile:
-        groups.append(_group(HOSTILE, masters, reason=HOSTILE,
-                             rejected=[{"path": HOSTILE, "reason": HOSTILE}]))
-    masters_list = [_master(groups[0], {"flagged": True, "change": 0.031}),
-                    _master(groups[1])]
+        groups.append(
+            _group(
+                HOSTILE, masters, reason=HOSTILE, rejected=[{"path": HOSTILE, "reason": HOSTILE}]
+            )
+        )
+    masters_list = [_master(groups[0], {"flagged": True, "change": 0.031}), _master(groups[1])]
     if hostile:
         masters_list.append(_master(groups[3], {HOSTILE: HOSTILE}))
     return {
         "schema": 1,
-        "daemon": {"pid": 1234, "version": "0.1.0", "state": "running",
-                   "started_at": _iso(NOW - timedelta(hours=12)), "updated_at": _iso(NOW)},
+        "daemon": {
+            "pid": 1234,
+            "version": "0.1.0",
+            "state": "running",
+            "started_at": _iso(NOW - timedelta(hours=12)),
+            "updated_at": _iso(NOW),
+        },
         "watch": {"directories": [str(tmp_path / "incoming")], "observer": "inotify"},
         "index": {"frames": 22, "flats": 21, "skipped": 0, "rejected": 1},
         "groups": groups,
         "masters": masters_list,
-        "errors": [{"path": str(tmp_path / "incoming" / "broken_000.fits"),
-                    "reason": "truncated: 6976 bytes expected, 5883 on disk" +
-                    (HOSTILE if hostile else ""), "at": _iso(NOW), "count": 2}],
+        "errors": [
+            {
+                "path": str(tmp_path / "incoming" / "broken_000.fits"),
+                "reason": "truncated: 6976 bytes expected, 5883 on disk"
+                + (HOSTILE if hostile else ""),
+                "at": _iso(NOW),
+                "count": 2,
+            }
+        ],
     }
 
 
@@ -109,9 +137,19 @@ def test_page_written_beside_the_status_file(tmp_path: Path) -> None:
     text = path.read_text("utf-8")
     assert text.startswith("<!DOCTYPE html>")
     assert '<meta http-equiv="refresh" content="60">' in text
-    for expected in ("g_SIMCAM_1_1", "r_SIMCAM_1_1", "i_SIMCAM_1_1", "running", "waiting",
-                     "6 / 1", "QA flagged", "flat_g_003.fits: too faint: 800",
-                     "broken_000.fits", "(×2)", "frames used / rejected"):
+    for expected in (
+        "g_SIMCAM_1_1",
+        "r_SIMCAM_1_1",
+        "i_SIMCAM_1_1",
+        "running",
+        "waiting",
+        "6 / 1",
+        "QA flagged",
+        "flat_g_003.fits: too faint: 800",
+        "broken_000.fits",
+        "(×2)",
+        "frames used / rejected",
+    ):
         assert expected in text, expected
     assert "<script" not in text.lower()
     assert not list(tmp_path.glob(".flatd-tmp-*"))
@@ -133,7 +171,8 @@ def test_every_image_referenced_exists_and_links_are_relative(tmp_path: Path) ->
         assert src and not src.startswith("/") and "://" not in src
         assert (path.parent / src).resolve().is_file()
     assert sorted((path.parent / s).resolve() for s in images) == sorted(
-        p.resolve() for p in written)
+        p.resolve() for p in written
+    )
 
 
 def test_page_in_another_directory_links_up(tmp_path: Path) -> None:
@@ -165,16 +204,21 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped(tmp_path: Path) -> None:
 
 
 def test_malformed_documents_still_render(tmp_path: Path) -> None:
-    for document in ({}, {"daemon": None, "groups": "x", "masters": [1], "errors": [None]},
-                     {"groups": [{"group": None, "latest_master": 5}], "masters": [{}]}):
+    for document in (
+        {},
+        {"daemon": None, "groups": "x", "masters": [1], "errors": [None]},
+        {"groups": [{"group": None, "latest_master": 5}], "masters": [{}]},
+    ):
         text = render_page(document, tmp_path, tmp_path)
         assert "</html>" in text
 
 
-def test_daemon_writes_the_page_with_every_status_write(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_daemon_writes_the_page_with_every_status_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "config.toml").write_text(
-        '[watch]\ndirectories = ["incoming"]\n[status]\nfile = "state/status.json"\n')
+        '[watch]\ndirectories = ["incoming"]\n[status]\nfile = "state/status.json"\n'
+    )
     daemon = Daemon(load_config(tmp_path / "config.toml"))
     document = _document(tmp_path)
     daemon._announce(document)
@@ -194,15 +238,35 @@ def _browser() -> str | None:
 
 
 def _run_browser(browser: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--no-first-run", "--disable-dev-shm-usage", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=90, check=False)
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={cwd / 'chromium-profile'}",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(180)
 def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     browser = _browser()
     if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no chromium: `make test` installs it (apt-get install chromium)")
         pytest.skip("no chromium on this machine (apt-get install chromium)")
     mpimg = pytest.importorskip("matplotlib.image")
     document = _document(tmp_path, hostile=True)
@@ -218,8 +282,14 @@ def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     assert "alert(&quot;x&quot;)" in dom.stdout or 'alert("x")' in dom.stdout
 
     shot = tmp_path / "shot.png"
-    run = _run_browser(browser, f"--screenshot={shot}", "--window-size=1200,900",
-                       "--hide-scrollbars", url, cwd=tmp_path)
+    run = _run_browser(
+        browser,
+        f"--screenshot={shot}",
+        "--window-size=1200,900",
+        "--hide-scrollbars",
+        url,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     pixels = mpimg.imread(shot)[..., :3]
     assert pixels.shape[:2] == (900, 1200)
