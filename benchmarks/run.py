@@ -41,7 +41,7 @@ master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.medi
 master.write(output, overwrite=True)
 """
 FLATD_IMPORTS = (
-    "import flatd.cli, flatd.report, flatd.pipeline, flatd.combine, flatd.masters, flatd.logs"
+    "import flatd.cli, flatd.report, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
 )
 CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
 CONFIG = f"""
@@ -253,7 +253,7 @@ def main() -> int:
     # a pip install compiles flatd's bytecode; an editable checkout run with
     # PYTHONDONTWRITEBYTECODE would otherwise recompile it in every run
     compileall.compile_dir(ROOT / "flatd", quiet=1)
-    from flatd import kernel
+    from flatd.engine import kernel
 
     print(
         f"engine: {'compiled kernel' if kernel.available() else 'numpy only'}; "

@@ -24,8 +24,8 @@ import numpy as np
 
 from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
-from flatd.combine import CombineResult
 from flatd.config import Config
+from flatd.engine import CombineResult
 from flatd.frames import Frame, GroupValue
 
 if TYPE_CHECKING:
@@ -247,6 +247,7 @@ def _header(
             ("CMBDEV", settings.deviation, "clipping deviation"),
             ("CMBMEML", settings.mem_limit_mb, "memory limit (MB)"),
             ("CMBNORM", combined.normalisation, "median of the combined scaled frames"),
+            ("CMBENGIN", combined.engine, "engine: compiled kernel or numpy"),
         ]
     )
     for keyword, value, comment in qa_cards:

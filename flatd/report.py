@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from flatd import combine as engine
+from flatd import engine
 from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Skip

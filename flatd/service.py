@@ -20,7 +20,7 @@ from types import FrameType
 
 import structlog
 
-from flatd import __version__, notify
+from flatd import __version__, engine, notify
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
 from flatd.config import Config
 from flatd.discover import walk
@@ -95,6 +95,7 @@ class Daemon:
             observer=self.watcher.observer_name,
             output=str(output),
         )
+        engine.log_choice()
         self.board.set_state("running")
         self.board.start()
         self._report_problems(self.watcher.start())
@@ -235,6 +236,7 @@ def _settle_seconds(config: Config) -> float:
 
 def run(config: Config) -> int:
     """`flatd run`: serve until SIGTERM/SIGINT; 0 after a clean stop, 1 on a fatal error."""
+    engine.tune_allocator()
     daemon = Daemon(config)
     _install_signal_handlers(daemon)
     try:

@@ -13,8 +13,9 @@ import pytest
 from astropy.io import fits
 from astropy.stats import mad_std
 
-from flatd.combine import CombineResult, combine, sort_along_frames
 from flatd.config import CombineConfig
+from flatd.engine import CombineResult, combine
+from flatd.engine.ordering import sort_along_frames
 from flatd.simulate import simulate_sequence, write_sequence
 from tests.conftest import frames_of, write_frame
 

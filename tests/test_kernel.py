@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd import kernel
-from flatd.combine import CombineResult, combine, measure
 from flatd.config import CombineConfig
+from flatd.engine import CombineResult, combine, kernel, measure
 from flatd.simulate import simulate_sequence, write_sequence
 from tests.conftest import frames_of
 
@@ -37,7 +36,7 @@ def both_engines(
     monkeypatch.setenv("FLATD_ENGINE", "numpy")
     slow = combine(frames, CombineConfig(**settings))
     monkeypatch.delenv("FLATD_ENGINE")
-    assert (fast.engine, slow.engine) == ("kernel", "numpy")
+    assert (fast.engine, slow.engine) == ("compiled", "numpy")
     return fast, slow
 
 
