@@ -136,49 +136,42 @@ static int plain_float(const flatd_source *s) {
     return s->bitpix == -32 && s->bscale == 1.0 && s->bzero == 0.0;
 }
 
-static inline float physical(double value, const flatd_source *s) {
-    if (s->bscale != 1.0) value *= s->bscale;
-    if (s->bzero != 0.0) value += s->bzero;
-    return (float)value;
-}
+/* Stored big-endian values to native doubles, one loop per type so that each vectorises. */
+#define STORED_LOOP(TYPE, UTYPE, SWAP)                                                        \
+    for (int64_t j = 0; j < m; j++) {                                                     \
+        UTYPE u;                                                                          \
+        memcpy(&u, raw + j * (int64_t)sizeof(UTYPE), sizeof(UTYPE));                       \
+        u = SWAP(u);                                                                      \
+        TYPE v;                                                                           \
+        memcpy(&v, &u, sizeof(TYPE));                                                     \
+        dest[j] = (double)v;                                                              \
+    }
 
-static inline double stored_value(const unsigned char *raw, int64_t bitpix, int64_t j) {
+static void stored_values(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
+                          double *restrict dest) {
+#define SAME(u) (u)
     switch (bitpix) {
-    case 8: return (double)raw[j];
-    case 16: {
-        uint16_t u;
-        memcpy(&u, raw + 2 * j, 2);
-        return (double)(int16_t)__builtin_bswap16(u);
+    case 8: STORED_LOOP(uint8_t, uint8_t, SAME) break;
+    case 16: STORED_LOOP(int16_t, uint16_t, __builtin_bswap16) break;
+    case 32: STORED_LOOP(int32_t, uint32_t, __builtin_bswap32) break;
+    case 64: STORED_LOOP(int64_t, uint64_t, __builtin_bswap64) break;
+    case -32: STORED_LOOP(float, uint32_t, __builtin_bswap32) break;
+    default: STORED_LOOP(double, uint64_t, __builtin_bswap64) break;
     }
-    case 32: {
-        uint32_t u;
-        memcpy(&u, raw + 4 * j, 4);
-        return (double)(int32_t)__builtin_bswap32(u);
-    }
-    case 64: {
-        uint64_t u;
-        memcpy(&u, raw + 8 * j, 8);
-        return (double)(int64_t)__builtin_bswap64(u);
-    }
-    case -32: {
-        uint32_t u = __builtin_bswap32(*(const uint32_t *)(raw + 4 * j));
-        float f;
-        memcpy(&f, &u, 4);
-        return (double)f;
-    }
-    default: {
-        uint64_t u;
-        memcpy(&u, raw + 8 * j, 8);
-        u = __builtin_bswap64(u);
-        double d;
-        memcpy(&d, &u, 8);
-        return d;
-    }
-    }
+#undef SAME
 }
 
-static void convert(const unsigned char *raw, const flatd_source *s, int64_t m, float *dest) {
-    for (int64_t j = 0; j < m; j++) dest[j] = physical(stored_value(raw, s->bitpix, j), s);
+/* dest = (float)(stored * bscale + bzero), each step only where it changes the value, in
+ * double precision (pixels.convert does the same in numpy). */
+WIDE_VECTORS static void convert(const unsigned char *restrict raw, const flatd_source *s, int64_t m,
+                    double *restrict wide, float *restrict dest) {
+    const double bscale = s->bscale, bzero = s->bzero;
+    stored_values(raw, s->bitpix, m, wide);
+    if (bscale != 1.0)
+        for (int64_t j = 0; j < m; j++) wide[j] *= bscale;
+    if (bzero != 0.0)
+        for (int64_t j = 0; j < m; j++) wide[j] += bzero;
+    for (int64_t j = 0; j < m; j++) dest[j] = (float)wide[j];
 }
 
 /* Read `count` values from value index `first` of a source into dest as native floats
@@ -194,13 +187,15 @@ static int read_values(const flatd_source *s, int64_t first, int64_t count, floa
         for (int64_t j = 0; j < count; j++) words[j] = __builtin_bswap32(words[j]);
         return 0;
     }
-    int64_t chunk = raw_bytes / size;
+    int64_t chunk = raw_bytes / (size + (int64_t)sizeof(double)); /* stored + double each */
     if (chunk < 1) return EINVAL;
+    double *wide = (double *)raw;
+    unsigned char *stored = (unsigned char *)raw + chunk * (int64_t)sizeof(double);
     for (int64_t done = 0; done < count; done += chunk) {
         int64_t m = count - done < chunk ? count - done : chunk;
-        int failure = read_fully(s->fd, offset + done * size, m * size, raw);
+        int failure = read_fully(s->fd, offset + done * size, m * size, stored);
         if (failure) return failure;
-        convert(raw, s, m, dest + done);
+        convert(stored, s, m, wide, dest + done);
     }
     return 0;
 }

@@ -15,6 +15,7 @@ These are the numbers the combination's clip gave before, on the sample rows alo
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,18 +75,18 @@ def _scores(levels: list[FrameLevels]) -> list[tuple[float, float]]:
 
 
 def _blocks(levels: list[FrameLevels], plane: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(frames, blocks) kept offsets from the median image summed over each block,
+    """(frames, blocks): kept offsets from the median image summed over each block,
     relative to the median image's sum there; per frame, how many of its values were
     outliers; and how many values each frame has."""
     first = levels[0].samples[plane]
     scaled = np.stack([level.samples[plane].values / level.median for level in levels])
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a pixel NaN in every frame
         center = np.nanmedian(scaled, axis=0)
         offsets = scaled - center
         spread = MAD_TO_STD * np.nanmedian(np.abs(offsets), axis=0)
         kept = np.abs(offsets) <= CLIP_SIGMAS * spread
-    present = np.isfinite(offsets)
-    outliers = np.count_nonzero(present & ~kept, axis=(1, 2))
+    outliers = np.count_nonzero(np.isfinite(offsets) & ~kept, axis=(1, 2))
     offsets = np.where(kept, offsets, 0.0)
     block = (first.block_rows[:, None] * GRID + first.block_cols[None, :]).ravel()
     blocks = GRID * GRID
