@@ -136,37 +136,52 @@ static int plain_float(const flatd_source *s) {
     return s->bitpix == -32 && s->bscale == 1.0 && s->bzero == 0.0;
 }
 
-/* Stored big-endian values to native doubles, one loop per type so that each vectorises. */
-#define STORED_LOOP(TYPE, UTYPE, SWAP)                                                        \
+/* Stored big-endian values to native OUT (double, or float directly where one rounding
+ * gives the same value), one loop per type so that each vectorises. */
+#define STORED_LOOP(TYPE, UTYPE, SWAP, OUT)                                                   \
     for (int64_t j = 0; j < m; j++) {                                                     \
         UTYPE u;                                                                          \
         memcpy(&u, raw + j * (int64_t)sizeof(UTYPE), sizeof(UTYPE));                       \
         u = SWAP(u);                                                                      \
         TYPE v;                                                                           \
         memcpy(&v, &u, sizeof(TYPE));                                                     \
-        dest[j] = (double)v;                                                              \
+        dest[j] = (OUT)v;                                                                 \
     }
-
-static void stored_values(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
-                          double *restrict dest) {
 #define SAME(u) (u)
+
+static void stored_doubles(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
+                           double *restrict dest) {
     switch (bitpix) {
-    case 8: STORED_LOOP(uint8_t, uint8_t, SAME) break;
-    case 16: STORED_LOOP(int16_t, uint16_t, __builtin_bswap16) break;
-    case 32: STORED_LOOP(int32_t, uint32_t, __builtin_bswap32) break;
-    case 64: STORED_LOOP(int64_t, uint64_t, __builtin_bswap64) break;
-    case -32: STORED_LOOP(float, uint32_t, __builtin_bswap32) break;
-    default: STORED_LOOP(double, uint64_t, __builtin_bswap64) break;
+    case 8: STORED_LOOP(uint8_t, uint8_t, SAME, double) break;
+    case 16: STORED_LOOP(int16_t, uint16_t, __builtin_bswap16, double) break;
+    case 32: STORED_LOOP(int32_t, uint32_t, __builtin_bswap32, double) break;
+    case 64: STORED_LOOP(int64_t, uint64_t, __builtin_bswap64, double) break;
+    case -32: STORED_LOOP(float, uint32_t, __builtin_bswap32, double) break;
+    default: STORED_LOOP(double, uint64_t, __builtin_bswap64, double) break;
     }
-#undef SAME
+}
+
+/* Without BSCALE/BZERO: straight to float, except 64-bit integers, which numpy rounds to
+ * double first (a second rounding a direct conversion would not make). */
+static int stored_floats(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
+                         float *restrict dest) {
+    switch (bitpix) {
+    case 8: STORED_LOOP(uint8_t, uint8_t, SAME, float) return 1;
+    case 16: STORED_LOOP(int16_t, uint16_t, __builtin_bswap16, float) return 1;
+    case 32: STORED_LOOP(int32_t, uint32_t, __builtin_bswap32, float) return 1;
+    case -32: STORED_LOOP(float, uint32_t, __builtin_bswap32, float) return 1;
+    case -64: STORED_LOOP(double, uint64_t, __builtin_bswap64, float) return 1;
+    default: return 0;
+    }
 }
 
 /* dest = (float)(stored * bscale + bzero), each step only where it changes the value, in
  * double precision (pixels.convert does the same in numpy). */
-WIDE_VECTORS static void convert(const unsigned char *restrict raw, const flatd_source *s, int64_t m,
-                    double *restrict wide, float *restrict dest) {
+WIDE_VECTORS static void convert(const unsigned char *restrict raw, const flatd_source *s,
+                                 int64_t m, double *restrict wide, float *restrict dest) {
     const double bscale = s->bscale, bzero = s->bzero;
-    stored_values(raw, s->bitpix, m, wide);
+    if (bscale == 1.0 && bzero == 0.0 && stored_floats(raw, s->bitpix, m, dest)) return;
+    stored_doubles(raw, s->bitpix, m, wide);
     if (bscale != 1.0)
         for (int64_t j = 0; j < m; j++) wide[j] *= bscale;
     if (bzero != 0.0)
