@@ -572,6 +572,39 @@ int64_t flatd_tally_source(flatd_tally *t, const flatd_source *source, int64_t c
     return TALLY_OK;
 }
 
+/* ---- normalising ---------------------------------------------------------------- */
+
+/* How many of `count` values are positive (NaN is not). */
+WIDE_VECTORS int64_t flatd_count_positive(const float *values, int64_t count) {
+    int64_t positive = 0;
+    for (int64_t j = 0; j < count; j++) positive += values[j] > 0.0f;
+    return positive;
+}
+
+/* Normalise `count` pixels in place, as normalise.normalise_plane does with numpy: data and
+ * uncert divided by `level`; a pixel already in `mask` (no value kept), not finite, not
+ * positive or below `min_response` is set in `mask` and holds 1 (uncert 0); data and
+ * uncert are left big-endian. Returns how many pixels are masked. */
+WIDE_VECTORS int64_t flatd_normalise(float *data, float *uncert, uint8_t *mask, int64_t count,
+                                     float level, float min_response) {
+    int64_t masked = 0;
+    uint32_t *data_words = (uint32_t *)data, *uncert_words = (uint32_t *)uncert;
+    for (int64_t j = 0; j < count; j++) {
+        float x = data[j] / level, u = uncert[j] / level;
+        int32_t bad = (mask[j] != 0) | !(x > 0.0f) | (x < min_response) | (x - x != 0.0f);
+        x = bad ? 1.0f : x;
+        u = bad ? 0.0f : u;
+        mask[j] = (uint8_t)bad;
+        masked += bad;
+        uint32_t xw, uw;
+        memcpy(&xw, &x, 4);
+        memcpy(&uw, &u, 4);
+        data_words[j] = __builtin_bswap32(xw);
+        uncert_words[j] = __builtin_bswap32(uw);
+    }
+    return masked;
+}
+
 /* ---- the Python module: only what makes the file an honest extension --------------- */
 
 static struct PyModuleDef kernel_module = {

@@ -147,7 +147,10 @@ def load_library(path: str) -> tuple[ctypes.CDLL | None, str]:
                 f"ABI mismatch: {struct.__name__} is {size} bytes in the library, "
                 f"{ctypes.sizeof(struct)} in flatd"
             )
-    return _declare(library), "built"
+    try:
+        return _declare(library), "built"
+    except AttributeError as exc:  # a function of this ABI is missing
+        return None, f"ABI mismatch: {exc}"
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
@@ -165,6 +168,10 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
         _PTR,
         _I64,
     ]
+    library.flatd_count_positive.restype = _I64
+    library.flatd_count_positive.argtypes = [_PTR, _I64]
+    library.flatd_normalise.restype = _I64
+    library.flatd_normalise.argtypes = [_PTR, _PTR, _PTR, _I64, _F32, _F32]
     return library
 
 
@@ -344,3 +351,29 @@ def tally_source(
     if code == TALLY_READ_FAILED:
         raise read_failure(tally.error, path)
     return None if code == TALLY_FULL else int(tally.count)
+
+
+def count_positive(values: np.ndarray) -> int:
+    """How many of `values` (1-D float32, C order) are positive."""
+    assert values.dtype == np.float32 and values.flags.c_contiguous
+    return int(_library().flatd_count_positive(_address(values), values.size))
+
+
+def normalise(
+    data: np.ndarray, uncertainty: np.ndarray, mask: np.ndarray, level: float, min_response: float
+) -> int:
+    """normalise.normalise_plane's arithmetic on float32 planes, in place (data and
+    uncertainty left big-endian in native-typed arrays); returns how many are masked."""
+    for array in (data, uncertainty, mask):
+        assert array.flags.c_contiguous and array.shape == data.shape
+    assert data.dtype == uncertainty.dtype == np.float32 and mask.dtype == np.bool_
+    return int(
+        _library().flatd_normalise(
+            _address(data),
+            _address(uncertainty),
+            _address(mask.view(np.uint8)),
+            data.size,
+            level,
+            min_response,
+        )
+    )
