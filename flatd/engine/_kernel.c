@@ -421,10 +421,53 @@ static void clip_tile(const flatd_band *b, float *const *values, float *const *s
     clip_limits(best0, best1, rank1 != rank0, -b->sigma_low, b->sigma_high, low, high, m);
 }
 
+/* Combine the tile of m pixels from p0: the vector path for all, then the pixels where a
+ * value is missing again on their own. Inlined into each of flatd_combine_band's copies. */
+__attribute__((always_inline)) static inline int64_t
+combine_tile(const flatd_band *b, const int *big_endian, float *const *values,
+             float *const *sorted, int32_t *const *kept, float *pixel_work, int64_t p0,
+             int64_t m) {
+    float center[TILE], low[TILE], high[TILE], sum[TILE], sq[TILE];
+    int32_t count[TILE], flag[TILE];
+    int32_t any = 0;
+    int64_t flagged = 0;
+    memset(flag, 0, sizeof flag);
+    for (int64_t k = 0; k < b->n; k++)
+        load_plane(b->stack + k * b->plane_stride + p0, big_endian[k], b->planes[k].scale,
+                   b->planes[k].saturation, m, values[k], flag);
+    for (int64_t j = 0; j < m; j++) any |= flag[j];
+    if (b->clip) {
+        clip_tile(b, values, sorted, m, center, low, high);
+    } else {
+        memcpy(center, values[0], m * sizeof(float));
+        for (int64_t j = 0; j < m; j++) {
+            low[j] = -INFINITY;
+            high[j] = INFINITY;
+        }
+    }
+    if (any) /* no value is kept on the vector path; combine_pixel does these */
+        for (int64_t j = 0; j < m; j++)
+            if (flag[j]) {
+                low[j] = INFINITY;
+                high[j] = -INFINITY;
+                flagged++;
+            }
+    memset(sum, 0, sizeof sum);
+    memset(sq, 0, sizeof sq);
+    memset(count, 0, sizeof count);
+    for (int64_t k = 0; k < b->n; k++)
+        accumulate(values[k], center, low, high, sum, sq, count, kept[k], m);
+    finish(center, sum, sq, count, b->data + p0, b->uncert + p0, b->empty + p0, m);
+    if (any)
+        for (int64_t j = 0; j < m; j++)
+            if (flag[j]) combine_pixel(b, values, j, pixel_work, p0 + j);
+    return flagged;
+}
+
 /* Combine one band (see flatd_band). Returns BAND_OK, or BAND_READ_FAILED with error and
  * error_plane set. */
 WIDE_VECTORS int flatd_combine_band(flatd_band *b) {
-    const int64_t n = b->n;
+    const int64_t n = b->n, pixels = b->rows * b->nx;
     if (n < 1 || b->scratch_floats < (3 * n + 2) * TILE) return EINVAL;
     float *values[n], *sorted[n];
     int32_t *kept[n];
@@ -435,52 +478,19 @@ WIDE_VECTORS int flatd_combine_band(flatd_band *b) {
         kept[k] = (int32_t *)(b->scratch + (3 * k + 2) * TILE);
         memset(kept[k], 0, TILE * sizeof(int32_t));
     }
-    float *work = b->scratch + 3 * n * TILE; /* 2 * TILE >= n floats for combine_pixel */
     if (read_planes(b, big_endian) != BAND_OK) return BAND_READ_FAILED;
-    float center[TILE], low[TILE], high[TILE], sum[TILE], sq[TILE];
-    int32_t count[TILE], flag[TILE];
-    int64_t flagged = 0;
+    float *work = b->scratch + 3 * n * TILE; /* 2 * TILE floats: combine_pixel's, n <= 128 */
     float *pixel_work = n <= 2 * TILE ? work : malloc((size_t)n * sizeof(float));
     if (pixel_work == NULL) return ENOMEM;
-    for (int64_t p0 = 0; p0 < b->rows * b->nx; p0 += TILE) {
-        int64_t m = b->rows * b->nx - p0 < TILE ? b->rows * b->nx - p0 : TILE;
-        int32_t any = 0;
-        memset(flag, 0, sizeof flag);
-        for (int64_t k = 0; k < n; k++)
-            load_plane(b->stack + k * b->plane_stride + p0, big_endian[k], b->planes[k].scale,
-                       b->planes[k].saturation, m, values[k], flag);
-        for (int64_t j = 0; j < m; j++) any |= flag[j];
-        if (b->clip) {
-            clip_tile(b, values, sorted, m, center, low, high);
-        } else {
-            memcpy(center, values[0], m * sizeof(float));
-            for (int64_t j = 0; j < m; j++) {
-                low[j] = -INFINITY;
-                high[j] = INFINITY;
-            }
-        }
-        if (any) /* no value is kept on the vector path; combine_pixel does these */
-            for (int64_t j = 0; j < m; j++)
-                if (flag[j]) {
-                    low[j] = INFINITY;
-                    high[j] = -INFINITY;
-                    flagged++;
-                }
-        memset(sum, 0, sizeof sum);
-        memset(sq, 0, sizeof sq);
-        memset(count, 0, sizeof count);
-        for (int64_t k = 0; k < n; k++)
-            accumulate(values[k], center, low, high, sum, sq, count, kept[k], m);
-        finish(center, sum, sq, count, b->data + p0, b->uncert + p0, b->empty + p0, m);
-        if (any)
-            for (int64_t j = 0; j < m; j++)
-                if (flag[j]) combine_pixel(b, values, j, pixel_work, p0 + j);
-    }
+    int64_t flagged = 0;
+    for (int64_t p0 = 0; p0 < pixels; p0 += TILE)
+        flagged += combine_tile(b, big_endian, values, sorted, kept, pixel_work, p0,
+                                pixels - p0 < TILE ? pixels - p0 : TILE);
     if (pixel_work != work) free(pixel_work);
     for (int64_t k = 0; k < n; k++) {
         int64_t total = 0;
         for (int64_t j = 0; j < TILE; j++) total += kept[k][j];
-        b->clipped[k] += b->rows * b->nx - flagged - total;
+        b->clipped[k] += pixels - flagged - total;
     }
     return BAND_OK;
 }

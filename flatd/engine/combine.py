@@ -57,12 +57,9 @@ def combine(
     the outputs; an exception raised by `progress` abandons the combination.
     """
     rejected = rejected or {}
-    saturation = saturation or {}
     used = _usable(frames, rejected)
-    known = dict(levels or {})
-    for frame in used:
-        if frame.path not in known:
-            known[frame.path] = measure(frame, 0.0, settings.dtype)
+    known = {**(levels or {})}
+    known.update({f.path: measure(f, 0.0, settings.dtype) for f in used if f.path not in known})
     scales = [scale_of(known[f.path], settings.scale, f.path.name) for f in used]
     noise = None
     if settings.deviation == "noise":
@@ -72,26 +69,23 @@ def combine(
         [PixelSource.of(f) for f in used],
         scales,
         settings,
-        saturations=[saturation.get(f.path, 0.0) for f in used],
+        saturations=[(saturation or {}).get(f.path, 0.0) for f in used],
         noise=noise,
         progress=progress,
         ledger=ledger,
     )
     level = normalisation([plane], ledger)
     data, uncertainty, mask, masked = normalise_plane(plane, level, min_response)
-    used_paths = [f.path for f in used]
+    paths = [f.path for f in used]
+    scaled, clipped = (
+        dict(zip(paths, scales, strict=True)),
+        dict(zip(paths, plane.clipped.tolist(), strict=True)),
+    )
     return CombineResult(
         data=data,
         uncertainty=uncertainty,
         mask=mask,
-        stats=frame_stats(
-            frames,
-            rejected,
-            known,
-            dict(zip(used_paths, scales, strict=True)),
-            dict(zip(used_paths, plane.clipped.tolist(), strict=True)),
-            used[0].shape[0] * used[0].shape[1],
-        ),
+        stats=frame_stats(frames, rejected, known, scaled, clipped, plane.data.size),
         normalisation=level,
         peak_bytes=ledger.peak,
         threads=plane.threads,
