@@ -11,7 +11,9 @@ Cases (files made once into `bench-data/` by the simulated camera, with stars):
      master_written in the daemon's own log
   D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
 
-Wall time is measured around each child process (interpreter start included); peak RSS
+Wall time is measured around each child process (interpreter start included), after
+writing out the page cache's dirty pages (flatd fsyncs its master; ccdproc does not, and
+would otherwise leave its writes for flatd's fsync to wait on); peak RSS
 comes from the rusage of a small launcher's child, minus the peak of a process that only
 imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases AEFBCGD]`.
 """
@@ -78,7 +80,9 @@ def run_child(argv: list[str]) -> tuple[float, float]:
 
     The child is started by a small launcher process, whose own RSS is what the child's
     peak starts from: Linux carries a parent's RSS at fork into the child's `ru_maxrss`,
-    so children of this (large) runner would all report at least its size."""
+    so children of this (large) runner would all report at least its size. Dirty pages
+    are written out before (not timed), so that no run waits for the previous one's."""
+    os.sync()
     out = subprocess.run(
         [PYTHON, "-c", LAUNCHER, *argv], capture_output=True, text=True, check=False
     )

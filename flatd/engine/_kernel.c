@@ -44,6 +44,8 @@
 #else
 #define WIDE_VECTORS
 #endif
+/* the hot loops, inlined into each copy so that they get its vector width */
+#define HOT __attribute__((always_inline))
 
 /* ---- the ABI: kernel.py mirrors these structs with ctypes.Structure ---------------- */
 
@@ -149,7 +151,7 @@ static int plain_float(const flatd_source *s) {
     }
 #define SAME(u) (u)
 
-static void stored_doubles(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
+HOT static inline void stored_doubles(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
                            double *restrict dest) {
     switch (bitpix) {
     case 8: STORED_LOOP(uint8_t, uint8_t, SAME, double) break;
@@ -163,7 +165,7 @@ static void stored_doubles(const unsigned char *restrict raw, int64_t bitpix, in
 
 /* Without BSCALE/BZERO: straight to float, except 64-bit integers, which numpy rounds to
  * double first (a second rounding a direct conversion would not make). */
-static int stored_floats(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
+HOT static inline int stored_floats(const unsigned char *restrict raw, int64_t bitpix, int64_t m,
                          float *restrict dest) {
     switch (bitpix) {
     case 8: STORED_LOOP(uint8_t, uint8_t, SAME, float) return 1;
@@ -219,7 +221,7 @@ static int read_values(const flatd_source *s, int64_t first, int64_t count, floa
 
 /* Scale one plane's tile into dst; a value that is left out becomes NaN and sets its
  * pixel's flag. */
-static void load_plane(const float *restrict src, int swap, float scale, float saturation,
+HOT static inline void load_plane(const float *restrict src, int swap, float scale, float saturation,
                        int64_t m, float *restrict dst, int32_t *restrict flag) {
     for (int64_t j = 0; j < m; j++) {
         float x;
@@ -238,7 +240,7 @@ static void load_plane(const float *restrict src, int swap, float scale, float s
 
 /* Element-wise rank-th smallest (from 0) of the union of the sorted lists lower[]
  * (lower[q] = base[a-1-q]) and upper[] (upper[q] = base[a+q]), as ordering.merged_rank. */
-static void merged_rank(float *const *base, int64_t a, int64_t n, int64_t rank, int64_t m,
+HOT static inline void merged_rank(float *const *base, int64_t a, int64_t n, int64_t rank, int64_t m,
                         float *restrict best) {
     int64_t n_lower = a, n_upper = n - a;
     int64_t i0 = rank + 1 - n_upper > 0 ? rank + 1 - n_upper : 0;
@@ -263,7 +265,7 @@ static void merged_rank(float *const *base, int64_t a, int64_t n, int64_t rank, 
     }
 }
 
-static void sort_pair(float *restrict x, float *restrict y, int64_t m) {
+HOT static inline void sort_pair(float *restrict x, float *restrict y, int64_t m) {
     for (int64_t j = 0; j < m; j++) {
         float lo = x[j] < y[j] ? x[j] : y[j];
         float hi = x[j] < y[j] ? y[j] : x[j];
@@ -272,7 +274,7 @@ static void sort_pair(float *restrict x, float *restrict y, int64_t m) {
     }
 }
 
-static void accumulate(const float *restrict v, const float *restrict center,
+HOT static inline void accumulate(const float *restrict v, const float *restrict center,
                        const float *restrict low, const float *restrict high,
                        float *restrict sum, float *restrict sq, int32_t *restrict count,
                        int32_t *restrict kept, int64_t m) {
@@ -299,7 +301,7 @@ static inline void finish_pixel(float center, float sum, float sq, int32_t count
     *out_empty = (uint8_t)none;
 }
 
-static void finish(const float *restrict center, const float *restrict sum,
+HOT static inline void finish(const float *restrict center, const float *restrict sum,
                    const float *restrict sq, const int32_t *restrict count,
                    float *restrict out, float *restrict out_uncert,
                    uint8_t *restrict out_empty, int64_t m) {
@@ -308,7 +310,7 @@ static void finish(const float *restrict center, const float *restrict sum,
                      out_empty + j);
 }
 
-static void clip_limits(const float *restrict best0, const float *restrict best1, int two,
+HOT static inline void clip_limits(const float *restrict best0, const float *restrict best1, int two,
                         float k_low, float k_high, float *restrict low, float *restrict high,
                         int64_t m) {
     for (int64_t j = 0; j < m; j++) {
@@ -319,7 +321,7 @@ static void clip_limits(const float *restrict best0, const float *restrict best1
     }
 }
 
-static void deviations(float *restrict row, const float *restrict center, int below,
+HOT static inline void deviations(float *restrict row, const float *restrict center, int below,
                        int64_t m) {
     if (below)
         for (int64_t j = 0; j < m; j++) row[j] = center[j] - row[j];
@@ -327,7 +329,7 @@ static void deviations(float *restrict row, const float *restrict center, int be
         for (int64_t j = 0; j < m; j++) row[j] = row[j] - center[j];
 }
 
-static void middle(const float *restrict x, const float *restrict y, float *restrict center,
+HOT static inline void middle(const float *restrict x, const float *restrict y, float *restrict center,
                    int64_t m) {
     for (int64_t j = 0; j < m; j++) center[j] = (x[j] + y[j]) / 2.0f;
 }
@@ -407,7 +409,7 @@ static int read_planes(flatd_band *b, int *big_endian) {
 }
 
 /* Median and clip limits of one tile, from the sorting network and the merge-path MAD. */
-static void clip_tile(const flatd_band *b, float *const *values, float *const *sorted,
+HOT static inline void clip_tile(const flatd_band *b, float *const *values, float *const *sorted,
                       int64_t m, float *center, float *low, float *high) {
     const int64_t n = b->n, a = (n - 1) / 2 + 1, rank0 = (n - 1) / 2, rank1 = n / 2;
     float best0[TILE], best1[TILE];
@@ -423,7 +425,7 @@ static void clip_tile(const flatd_band *b, float *const *values, float *const *s
 
 /* Combine the tile of m pixels from p0: the vector path for all, then the pixels where a
  * value is missing again on their own. Inlined into each of flatd_combine_band's copies. */
-__attribute__((always_inline)) static inline int64_t
+HOT static inline int64_t
 combine_tile(const flatd_band *b, const int *big_endian, float *const *values,
              float *const *sorted, int32_t *const *kept, float *pixel_work, int64_t p0,
              int64_t m) {

@@ -37,6 +37,8 @@ SMALL = 1 << 16  # frames of fewer pixels are measured in memory
 BRACKET_SIGMAS = 16  # bracket half-width, in standard errors of the sample median's rank:
 # the sample rows are not independent values (a flat varies from row to row), so its
 # median strays further than a random sample's would (8 missed on 1 frame in 10)
+STRIDED_SIGMAS = 8  # the same for a strided sample of an array's values (no such bias)
+STRIDED_SAMPLE = 1 << 18  # values in that sample
 SAMPLE_COLUMNS = 256  # columns of the sample rows kept for the structure check
 GRID = 8  # blocks a side over which each frame is compared with the median image
 MAX_THREADS = 2
@@ -45,13 +47,15 @@ MAX_THREADS = 2
 class Tally:
     """Sum, count, saturated count and the median's bracket, over chunks of values."""
 
-    def __init__(self, sample: np.ndarray, saturation_level: float = 0.0) -> None:
+    def __init__(
+        self, sample: np.ndarray, saturation_level: float = 0.0, sigmas: float = BRACKET_SIGMAS
+    ) -> None:
         sample = sample[np.isfinite(sample)]
         self.bracket: tuple[float, float] | None = None
         self.inside_fraction = 1.0  # expected share of the values within the bracket
         if sample.size:
             middle = sample.size // 2
-            half = int(BRACKET_SIGMAS * np.sqrt(sample.size) / 2) + 1
+            half = int(sigmas * np.sqrt(sample.size) / 2) + 1
             ends = [max(0, middle - half), min(sample.size - 1, middle + half)]
             sample.partition(ends)
             self.bracket = (float(sample[ends[0]]), float(sample[ends[1]]))
@@ -260,7 +264,7 @@ def median_in_place(values: np.ndarray) -> float:
 
 def tally_median(values: np.ndarray) -> float | None:
     """Exact median of a 1-D array of finite values, or None when the bracket misses."""
-    tally = Tally(values[:: max(1, values.size // SMALL)])
+    tally = Tally(values[:: max(1, values.size // STRIDED_SAMPLE)], sigmas=STRIDED_SIGMAS)
     for start in range(0, values.size, CHUNK):
         tally.add(values[start : start + CHUNK])
     return tally.median()
