@@ -6,9 +6,9 @@ From the headers: a shape, binning or readout (GAIN/RDNOISE) unlike the sequence
 majority. From the levels pass (`engine.measure_frames`): a median level outside
 `qa.min_level`..`qa.max_level`; more saturated pixels than `qa.max_saturated_fraction`
 (fewer are only left out of their pixels' combination); a large-scale pattern that departs
-from the sequence's median pattern far more than the others do (dome light off, the dome
-slit in the beam, a cloud edge) — `engine.score_structure` measures each frame's largest
-block departure.
+from the sequence's median image far more than the others do (dome light off, the dome
+slit in the beam, a cloud edge), measured by `engine.score_structure` on the rows the levels
+pass sampled.
 """
 
 from __future__ import annotations
