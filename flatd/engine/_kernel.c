@@ -204,10 +204,12 @@ static int read_values(const flatd_source *s, int64_t first, int64_t count, floa
         for (int64_t j = 0; j < count; j++) words[j] = __builtin_bswap32(words[j]);
         return 0;
     }
-    int64_t chunk = raw_bytes / (size + (int64_t)sizeof(double)); /* stored + double each */
+    /* stored values, and their doubles where BSCALE/BZERO (or 64-bit integers) need them */
+    int direct = s->bscale == 1.0 && s->bzero == 0.0 && s->bitpix != 64;
+    int64_t chunk = raw_bytes / (size + (direct ? 0 : (int64_t)sizeof(double)));
     if (chunk < 1) return EINVAL;
     double *wide = (double *)raw;
-    unsigned char *stored = (unsigned char *)raw + chunk * (int64_t)sizeof(double);
+    unsigned char *stored = (unsigned char *)raw + (direct ? 0 : chunk * (int64_t)sizeof(double));
     for (int64_t done = 0; done < count; done += chunk) {
         int64_t m = count - done < chunk ? count - done : chunk;
         int failure = read_fully(s->fd, offset + done * size, m * size, stored);

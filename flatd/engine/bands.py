@@ -34,10 +34,11 @@ def plan_bands(
     raw_row_bytes: int,
     ordered_reads_only: bool,
     mem_limit_mb: float,
+    worker_bytes: int = 0,
 ) -> BandPlan:
     """Threads and rows per band for n frames of `shape` so that the outputs and every
-    worker's buffers fit the limit; MemoryError (naming the limit) when not even one row
-    does."""
+    worker's buffers (rows, plus `worker_bytes` of fixed scratch) fit the limit;
+    MemoryError (naming the limit) when not even one row does."""
     ny, nx = shape
     limit = int(mem_limit_mb * MB)
     npix = ny * nx
@@ -45,19 +46,19 @@ def plan_bands(
     normalising = npix * itemsize  # a copy of the master for its median
     per_row = n * nx * (2 * itemsize + 1) + raw_row_bytes + ROW_TEMPORARIES * 8 * nx
     available = limit - outputs
-    if available < max(per_row, normalising):
-        need = (outputs + max(per_row, normalising)) / MB
+    if available < max(per_row + worker_bytes, normalising):
+        need = (outputs + max(per_row + worker_bytes, normalising)) / MB
         raise MemoryError(
             f"combine.mem_limit_mb = {mem_limit_mb:g} is too small for "
             f"{n} frames of {nx}x{ny}: at least {need:.0f} MB needed"
         )
     threads = 1 if ordered_reads_only or ny < 2 else MAX_THREADS
-    fit = available // (threads * per_row)
+    fit = (available - threads * worker_bytes) // (threads * per_row)
     if fit < 1:
-        threads, fit = 1, available // per_row
+        threads, fit = 1, (available - worker_bytes) // per_row
     cache_rows = max(1, CACHE_BYTES // (n * nx * itemsize))
     rows = int(max(1, min(fit, cache_rows, -(-ny // threads))))
-    return BandPlan(threads, rows, per_row * rows)
+    return BandPlan(threads, rows, per_row * rows + worker_bytes)
 
 
 class BandRunner:

@@ -31,7 +31,7 @@ TILE = 64  # as in _kernel.c
 READ_EOF = -1  # as in _kernel.c
 BAND_READ_FAILED = 2
 TALLY_FULL, TALLY_READ_FAILED = -1, -2
-RAW_SCRATCH_BYTES = 1 << 18  # conversion buffer for stored values other than float32
+RAW_SCRATCH_BYTES = 1 << 20  # conversion buffer for stored values other than float32
 NO_SATURATION = float("inf")
 
 _I64 = ctypes.c_int64
@@ -236,6 +236,11 @@ def read_failure(code: int, path: str) -> OSError | EOFError:
 
 def source(fd: int, offset: int, bitpix: int, bscale: float, bzero: float) -> Source:
     return Source(fd, offset, bitpix, bscale, bzero)
+
+
+def worker_bytes(n: int) -> int:
+    """What a `BandKernel` for n frames holds besides the band itself."""
+    return RAW_SCRATCH_BYTES + (3 * n + 2) * TILE * 4
 
 
 class BandKernel:

@@ -93,6 +93,7 @@ class _PlaneJob:
             max(r.raw_bytes_per_row() for r in readers),
             any(r.ordered_reads_only for r in readers),
             inputs.settings.mem_limit_mb,
+            kernel.worker_bytes(self.n),
         )
         self.runner = BandRunner(self.ny, self.plan, ledger, progress)
         self.data = self._allocate(dtype)
