@@ -193,6 +193,8 @@ def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
         f"({'within' if f_mem <= MEM_LIMIT_MB else 'OVER'})",
         flush=True,
     )
+    for name, runs in results.items():
+        print(f"    {name:8} runs: {', '.join(f'{t:.2f}' for t, _ in runs)} s", flush=True)
 
 
 def memory_only(label: str, files: list[Path], work: Path) -> None:
