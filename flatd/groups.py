@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -264,12 +264,28 @@ class Groups:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
-        counts = {group: len(frames) for group, frames in self._index.groups().items()}
+        counts = self._index.group_sizes()
         with self._lock:
             return [
                 s.to_dict(counts.get(g, 0))
                 for g, s in sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))
             ]
+
+    def settled(self, group: GroupKey) -> bool:
+        """Whether `group` has nothing left to do (its old sequences may leave memory)."""
+        with self._lock:
+            state = self._states.get(group)
+            return state is not None and state.state in ("done", "too_few")
+
+    def forget(self, sequences: Iterable[Sequence]) -> None:
+        """Sequences that left the index: drop what was remembered of their masters (it is
+        read back from the master's INPUTS if they ever come back)."""
+        for sequence in sequences:
+            path = masters.master_path(
+                self._config.output.directory, sequence.group, sequence.start
+            )
+            self._made.pop(path, None)
+            self._owners.pop(path, None)
 
     def note_skip(self, skip: Skip) -> None:
         """Rejected files are errors of the status file; skipped ones go to its bounded
