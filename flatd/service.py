@@ -118,6 +118,7 @@ class Daemon:
         )
         self.board.set_state("starting")
         self.board.start()
+        self._extend_start(HEALTH_SECONDS)
         self._report_problems(self.watcher.start())
         self.scanner.start()
 
@@ -161,14 +162,18 @@ class Daemon:
         problems = self.watcher.check()
         self._report_problems(problems)
         if not self.ready.is_set():
-            extend = max(EXTEND_SECONDS, 3 * tick)
-            frames = self.index.counts()["frames"]
-            notify.notify(
-                f"EXTEND_TIMEOUT_USEC={int(extend * 1e6)}\n"
-                f"STATUS=starting: {frames} files scanned so far"
-            )
+            self._extend_start(tick)
         elif self.watcher.healthy:
             notify.notify("WATCHDOG=1")
+
+    def _extend_start(self, tick: float) -> None:
+        """Ask systemd for more start-up time: the start-up scan of a large archive may
+        outlast `TimeoutStartSec=`; this is repeated every tick until READY=1."""
+        extend = max(EXTEND_SECONDS, 3 * tick)
+        files = self.index.counts()["frames"]
+        notify.notify(
+            f"EXTEND_TIMEOUT_USEC={int(extend * 1e6)}\nSTATUS=starting: {files} files scanned"
+        )
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -142,6 +142,8 @@ class Watcher:
         except OSError as exc:
             self._observer = None
             self._broken = f"cannot start the {self.observer_name} observer: {_explain(exc)}"
+            if exc.errno in RESOURCE_ERRORS:
+                self._broken += f"; {ADVICE}"
             log.error("watch_failed", reason=self._broken)
         return self.check(initial=True)
 
@@ -178,7 +180,7 @@ class Watcher:
                 return False
             if self._failed.pop(directory, None) is not None:
                 log.info("watch_recovered", directory=str(directory))
-        log.debug("watching", directory=str(directory), observer=self.observer_name)
+        log.debug("watch_added", directory=str(directory), observer=self.observer_name)
         return True
 
     def unwatch(self, directory: Path) -> None:
@@ -188,6 +190,7 @@ class Watcher:
             watch = self._watches.pop(directory, None)
             if watch is not None and self._observer is not None:
                 self._observer.unschedule(watch)
+                log.debug("watch_removed", directory=str(directory))
 
     def watched(self) -> set[Path]:
         with self._lock:
@@ -219,12 +222,10 @@ class Watcher:
         problems = []
         if not self._observer.is_alive():
             problems.append("the file observer thread has stopped")
-        alive = {e.watch for e in self._observer.emitters if e.is_alive()}
-        for root in self.roots:
-            problem = self._check_root(root, alive, initial)
-            if problem:
-                problems.append(problem)
-        self._forget_dead(alive)
+        with self._lock:  # no watch is added meanwhile, which would look dead
+            alive = {e.watch for e in self._observer.emitters if e.is_alive()}
+            problems += [p for p in (self._check_root(r, alive, initial) for r in self.roots) if p]
+            self._forget_dead(alive)
         for directory in self._retry_failed():
             self._on_directory(directory)
         with self._lock:

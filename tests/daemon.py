@@ -68,8 +68,12 @@ class FlatdProcess:
         watch: str = "",
         extra: str = "",
         env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """`prefix`: a command the daemon runs under (e.g. `unshare ...`), which must
+        exec it, so that `proc.pid` stays the daemon's."""
         self.root = root
+        self.prefix = prefix
         (root / "incoming").mkdir(parents=True, exist_ok=True)
         self.config = root / "config.toml"
         self.config.write_text(
@@ -91,7 +95,7 @@ class FlatdProcess:
 
     def start(self, wait_ready: bool = True) -> FlatdProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flatd", "run", "--config", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "flatd", "run", "--config", str(self.config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -205,17 +209,24 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
+        self.received: list[tuple[float, str]] = []  # (time.monotonic(), message)
         self._running = True
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         while self._running:
             try:
-                self.messages.append(self.sock.recv(4096).decode())
+                message = self.sock.recv(4096).decode()
+                self.received.append((time.monotonic(), message))
+                self.messages.append(message)
             except TimeoutError:
                 continue
             except OSError:
                 return
+
+    def times_of(self, line: str) -> list[float]:
+        """When each datagram holding `line` (e.g. "WATCHDOG=1") arrived."""
+        return [t for t, m in list(self.received) if line in m.split("\n")]
 
     def close(self) -> None:
         self._running = False
