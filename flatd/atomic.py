@@ -86,13 +86,14 @@ def temporary_owner(path: Path) -> int | None:
 
 def is_stale(path: Path) -> bool:
     """Whether a temporary's writer is gone: no process has its PID, or the one that has
-    it started after the temporary was last written to. A temporary of an older flatd,
-    whose name carries no PID, counts as stale (call this only while holding the lock)."""
+    it started after the temporary was made (its ctime, which no writer can set back). A
+    temporary of an older flatd, whose name carries no PID, counts as stale (call this
+    only while holding the lock)."""
     owner = temporary_owner(path)
     if owner is None:
         return True
     try:
-        written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        written = datetime.fromtimestamp(path.stat().st_ctime, UTC)
     except FileNotFoundError:
         return False  # already gone: nothing to remove
     return process_state(owner, started_at=written) != "alive"
