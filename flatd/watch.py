@@ -66,6 +66,7 @@ INOTIFY_EVENTS = [
     DirDeletedEvent,
 ]
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+MAX_PROBLEMS = 10  # failed watches reported one by one; past that, how many more
 RESOURCE_ERRORS = {
     errno.ENOSPC: "the inotify watch limit is reached (fs.inotify.max_user_watches)",
     errno.EMFILE: "the inotify instance limit is reached (fs.inotify.max_user_instances)",
@@ -229,7 +230,10 @@ class Watcher:
         for directory in self._retry_failed():
             self._on_directory(directory)
         with self._lock:
-            problems += [r for d, r in self._failed.items() if d not in self.roots]
+            failed = [r for d, r in sorted(self._failed.items()) if d not in self.roots]
+        problems += failed[:MAX_PROBLEMS]
+        if len(failed) > MAX_PROBLEMS:
+            problems.append(f"and {len(failed) - MAX_PROBLEMS} more directories cannot be watched")
         return problems
 
     def _check_root(self, root: Path, alive: set[ObservedWatch], initial: bool) -> str:
@@ -271,9 +275,18 @@ class Watcher:
             self.unwatch(directory)
 
     def _retry_failed(self) -> list[Path]:
+        """Try the failed watches again; return those that now work. A directory that went
+        away meanwhile is no longer a failure."""
         with self._lock:
             failed = [d for d in self._failed if d not in self.roots]
-        return [d for d in failed if d.is_dir() and self.watch(d)]
+        recovered = []
+        for directory in failed:
+            if not directory.is_dir():
+                with self._lock:
+                    self._failed.pop(directory, None)
+            elif self.watch(directory):
+                recovered.append(directory)
+        return recovered
 
     # -- events -----------------------------------------------------------------------------
     def on_event(self, event: FileSystemEvent) -> None:
@@ -302,8 +315,11 @@ class Watcher:
             self._directory(path)  # a symlink appeared: to a directory, it is one to scan
 
     def _directory(self, raw_path: str | bytes) -> None:
-        if raw_path and self._config.recursive and not self._excluded(raw_path):
-            self._on_directory(Path(_text(raw_path)))
+        if not raw_path or self._excluded(raw_path):
+            return
+        path = Path(_text(raw_path))
+        if self._config.recursive or path in self.roots:
+            self._on_directory(path)
 
     def _excluded(self, raw_path: str | bytes) -> bool:
         path = Path(_text(raw_path))
