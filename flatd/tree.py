@@ -2,8 +2,10 @@
 watched, and the scans that keep the index in step with the disk.
 
 A directory is *warm* while it can still receive frames that matter: it is a watched root,
-or it or one of its candidate files was modified inside `sequence.keep_days`. A warm
-directory is watched (on its own, see `watch`) and every new or changed file in it is read.
+or one of its candidate files was modified inside `sequence.keep_days` (for a directory
+without files, such as a year's directory of nights, its own modification time decides). A
+warm directory is watched (on its own, see `watch`) and every new or changed file in it is
+read.
 A *cold* directory — a night of two months ago — is listed (names, sizes, times go to the
 index's compact ledger) but never opened and never watched, so a year of data costs a
 listing at start-up, not a year of header reads and inotify watches.
@@ -173,9 +175,8 @@ class Tree:
                     pending.append(sub)
 
     def _look(self, directory: Path) -> Listing | None:
-        """Claim, watch (when its own mtime says it is warm: before listing, so nothing
-        lands unseen between the two) and list one directory; None when it is gone, not
-        to be read, or a second path to a directory already read."""
+        """Claim and list one directory; None when it is gone, not to be read, or a second
+        path to a directory already read."""
         try:
             stat = os.stat(directory)
         except OSError:
@@ -186,23 +187,32 @@ class Tree:
         identity = (stat.st_dev, stat.st_ino)
         if not self._claim(directory, identity):
             return None
-        if directory in self.roots or stat.st_mtime_ns >= self.horizon_ns():
-            self._watcher.watch(directory)
         listing = self._list(directory, Listing(identity, stat.st_mtime_ns))
         if listing is None:
             self._forget(directory)
         return listing
 
+    def is_cold(self, directory: Path, listing: Listing) -> bool:
+        """Past the horizon: every candidate file modified before it (by the files'
+        times, whatever the directory's own says), or, without files, the directory
+        itself (an old year's directory of nights). A root never is."""
+        if directory in self.roots:
+            return False
+        newest = listing.newest_ns if listing.files else listing.mtime_ns
+        return newest < self.horizon_ns()
+
     def _update(
         self, directory: Path, listing: Listing, tally: ScanTally, at_startup: bool
     ) -> None:
-        is_root = directory in self.roots
-        cold = not is_root and max(listing.mtime_ns, listing.newest_ns) < self.horizon_ns()
+        cold = self.is_cold(directory, listing)
         known = self._known.get(directory)
-        if not cold:
-            self._watcher.watch(directory)  # a no-op when watched already
-        else:
+        if cold:
             self._watcher.unwatch(directory)
+        elif not self._watcher.watching(directory) and self._watcher.watch(directory):
+            # listed again now that it is watched: a file that landed between the first
+            # listing and the watch is in neither the listing nor the events
+            again = self._list(directory, Listing(listing.identity, listing.mtime_ns))
+            listing = again or listing
         if cold and known is None:
             tally.listed += self._index.record_listed(
                 directory, ((name, *stamp) for name, stamp in listing.files.items())

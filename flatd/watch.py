@@ -193,6 +193,10 @@ class Watcher:
                 self._observer.unschedule(watch)
                 log.debug("watch_removed", directory=str(directory))
 
+    def watching(self, directory: Path) -> bool:
+        with self._lock:
+            return directory in self._watches
+
     def watched(self) -> set[Path]:
         with self._lock:
             return set(self._watches)

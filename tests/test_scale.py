@@ -41,9 +41,17 @@ def daemon(tmp_path: Path):
         process.kill()
 
 
-def night(directory: Path, days_ago: float, n_flats: int, seed: int, others: int = 0) -> list[Path]:
-    """A night directory written `days_ago` (headers and file times alike): `n_flats`
-    flats of one sequence and `others` bias frames."""
+def night(
+    directory: Path,
+    days_ago: float,
+    n_flats: int,
+    seed: int,
+    others: int = 0,
+    directory_time: bool = True,
+) -> list[Path]:
+    """A night directory written `days_ago` (headers and file times alike; the directory's
+    own time too unless not `directory_time`): `n_flats` flats of one sequence and
+    `others` bias frames."""
     taken = datetime.now(UTC) - timedelta(days=days_ago)
     seq = flat_sequence(n_flats, seed=seed, shape=(16, 16), start=taken.replace(tzinfo=None))
     directory.mkdir(parents=True)
@@ -57,7 +65,7 @@ def night(directory: Path, days_ago: float, n_flats: int, seed: int, others: int
         paths.append(directory / f"bias_{i:03d}.fits")
         paths[-1].write_bytes(flat_bytes(seq.frames[0], bias))
     when = taken.timestamp()
-    for path in (*paths, directory):
+    for path in (*paths, directory) if directory_time else paths:
         os.utime(path, (when, when))
     return paths
 
@@ -73,7 +81,9 @@ def watched(flatd: FlatdProcess) -> set[str]:
 
 def test_old_nights_are_listed_not_read_nor_watched_and_a_new_night_is_scanned_alone(daemon):
     flatd = daemon(quiet=0.5, min_frames=3)
-    old = [night(flatd.incoming / f"2026-0{m}-01", 60 + m, 4, seed=m, others=1) for m in (1, 2, 3)]
+    old = [night(flatd.incoming / f"2026-0{m}-01", 60 + m, 4, seed=m, others=1) for m in (1, 2)]
+    # copied today with their times kept (cp -p): the directory is new, its files are not
+    old.append(night(flatd.incoming / "2026-03-01", 63, 4, seed=3, others=1, directory_time=False))
     recent = night(flatd.incoming / "yesterday", 1, 3, seed=9)
     flatd.start()
 
