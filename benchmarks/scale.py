@@ -19,9 +19,9 @@ and the acceptance figures of issue 14:
      no gap between watchdog pings above 30 s
 
 Archives are made once into `bench-data/scale/` (git-ignored; 1M files need ~8 GB and ~1.1M
-inodes) and their file times re-anchored to now when they are older than 12 h. `main` is
-exported with `git archive` into `bench-data/scale/main-src` and run with the same Python,
-its editable install of this tree kept out of the way. Quiet periods are an hour, so no
+inodes) and their file times re-anchored to now when they are older than 12 h. `main` (or
+`--main REF`) is exported with `git archive` into `bench-data/scale/main-src-<commit>` and
+run with the same Python, the editable install of this tree kept out of the way. Quiet periods are an hour, so no
 combination runs while measuring. Usage:
 
   python benchmarks/scale.py [--sizes 10k,100k,1m] [--versions main,branch]
@@ -182,11 +182,16 @@ def acceptance_plans() -> list[tuple[Path, Burst | None]]:
     ]
 
 
-def main_source() -> Path:
-    source = DATA / "main-src"
+def main_source(ref: str = "main") -> Path:
+    """`ref` exported once per commit into bench-data (the tree of `main` when this runs)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    source = DATA / f"main-src-{commit}"
     if not (source / "flatd").is_dir():
+        print(f"exporting {ref} ({commit}) into {source} ...", flush=True)
         source.mkdir(parents=True, exist_ok=True)
-        tar = subprocess.run(["git", "archive", "main"], cwd=ROOT, capture_output=True, check=True)
+        tar = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
         with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
             archive.extractall(source, filter="data")
     return source
@@ -409,12 +414,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10k,100k,1m")
     parser.add_argument("--versions", default="main,branch")
+    parser.add_argument("--main", default="main", help="the commit that is 'before'")
     parser.add_argument("--acceptance", action="store_true", help="also cases A and B")
     parser.add_argument("--only-acceptance", action="store_true")
     parser.add_argument("--timeout", type=float, default=600.0, help="catch-up cap, seconds")
     parser.add_argument("--json", type=Path, help="write the runs here too")
     args = parser.parse_args()
-    sources = {"main": main_source(), "branch": ROOT}
+    sources = {"main": main_source(args.main), "branch": ROOT}
     versions = [v for v in args.versions.split(",") if v]
     runs: list[Run] = []
     plans: list[tuple[Path, Burst | None]] = []
