@@ -21,10 +21,10 @@ and the acceptance figures of issue 14:
 Archives are made once into `bench-data/scale/` (git-ignored; 1M files need ~8 GB and ~1.1M
 inodes) and their file times re-anchored to now when they are older than 12 h. `main` (or
 `--main REF`) is exported with `git archive` into `bench-data/scale/main-src-<commit>` and
-run with the same Python, the editable install of this tree kept out of the way. Quiet periods are an hour, so no
-combination runs while measuring. Usage:
+run with the same Python, the editable install of this tree kept out of the way. Quiet
+periods are an hour, so no combination runs while measuring. Usage:
 
-  python benchmarks/scale.py [--sizes 10k,100k,1m] [--versions main,branch]
+  python benchmarks/scale.py [--sizes 10k,100k,1m] [--versions main,branch] [--main REF]
                              [--acceptance] [--timeout 600] [--json out.json]
 """
 
