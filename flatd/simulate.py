@@ -14,6 +14,9 @@ at different positions in every frame (the telescope tracks, or dithers, during 
 their peaks are kept below saturation so that the QA's saturated-pixel limit does not reject
 the frames. Everything is deterministic from `seed`; frame i has its own sub-seed, so frames
 can be made one at a time (the CLI does) and memory stays bounded for 4096x4096 frames.
+
+`flatd simulate --raw` reads the same frames out as a raw camera would (`simulate_raw`):
+uint16 with a bias level, overscan and prescan, and the master bias (and dark) beside them.
 """
 
 from __future__ import annotations
