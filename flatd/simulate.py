@@ -641,18 +641,21 @@ def run(args: argparse.Namespace) -> int:
             write(path, broken_bytes(header))
             say(f"wrote {path}  (truncated)")
         if args.truth:
-            (outdir / "truth").mkdir(exist_ok=True)
-            for camera in cameras:
-                path = outdir / "truth" / f"true_flat_{sanitise(camera.filter_name)}.fits"
-                content = fits_bytes(
-                    camera.true_flat.astype(np.float32), truth_header(camera.filter_name)
-                )
-                write_atomic(path, content)
-                say(f"wrote {path}  true flat")
+            _write_truths(cameras, outdir / "truth", say)
     except OSError as exc:
         print(f"flatd simulate: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_truths(cameras: list[_Camera], directory: Path, say: Callable[[str], None]) -> None:
+    """Each camera's true flat as directory/true_flat_<filter>.fits (IMAGETYP TRUTH)."""
+    directory.mkdir(exist_ok=True)
+    for camera in cameras:
+        path = directory / f"true_flat_{sanitise(camera.filter_name)}.fits"
+        content = fits_bytes(camera.true_flat.astype(np.float32), truth_header(camera.filter_name))
+        write_atomic(path, content)
+        say(f"wrote {path}  true flat")
 
 
 def _raw_detector(args: argparse.Namespace, start: datetime, say: Callable[[str], None]) -> Any:

@@ -49,6 +49,7 @@ def test_newest_fitting_master_before_the_sequence_is_chosen(tmp_path: Path) -> 
     (biases / "notes.txt").write_text("not a frame")
     selected = MasterLibrary(biases, "bias").select(SHAPE, (1, 1), START)
     assert selected.path == chosen and selected.date_from_header
+    assert selected.describe() == "afternoon.fits (32x24, binning 1x1, 2026-11-23T15:00:00)"
     dark = MasterLibrary(biases, "dark").select(SHAPE, (1, 1), START)
     assert dark.path.name == "dark.fits" and dark.exptime == 300.0
 

@@ -110,7 +110,9 @@ def detect_raw(
     )
 
 
-def detection_keywords(overscan_keywords: Iterable[str] = DEFAULT_OVERSCAN_KEYWORDS) -> frozenset:
+def detection_keywords(
+    overscan_keywords: Iterable[str] = DEFAULT_OVERSCAN_KEYWORDS,
+) -> frozenset[str]:
     """Every keyword `detect_raw` reads: a header reader that parses only the cards it
     needs must parse these too."""
     return frozenset(
