@@ -3,9 +3,10 @@ with ccdproc, one frame at a time.
 
 The stages, in order (each skipped when the recipe leaves it out):
 
-    1. ccdproc.subtract_overscan  the overscan section (BIASSEC) combined along its long
-                                  side: per row for a strip of columns (overscan_axis=1),
-                                  by median (the guide's way), mean, or a fitted model
+    1. ccdproc.subtract_overscan  the overscan section (BIASSEC) combined across its strip:
+                                  one value per row for a strip of columns
+                                  (overscan_axis=1), by median (the guide's way), mean, or
+                                  a model fitted along the strip
     2. ccdproc.trim_image         to TRIMSEC / DATASEC
     3. ccdproc.subtract_bias      the sequence's master bias
     4. ccdproc.subtract_dark      the master dark scaled by exposure time
@@ -15,9 +16,10 @@ header (less the cards that no longer describe it) and the provenance cards; the
 reads it like any calibrated frame, while the raw path stays the frame's identity.
 
 Memory: one raw frame at a time. Its pixels are read once as float32 (a 4096x4096 frame:
-64 MB); ccdproc's copies (overscan subtraction copies the frame and makes the difference;
-trimming copies before slicing) hold about four such arrays at the peak, all released
-before the next frame. The master bias and dark are read once per sequence and kept.
+64 MB); with ccdproc's copies (overscan subtraction copies the frame and makes the
+difference) about three such arrays are held at the peak, five with a scaled dark (ccdproc
+scales a copy of the dark in float64), all released before the next frame. The master bias
+and dark are read once per sequence and kept until the Calibrator is closed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a raw frame's overscan and image lie, and the numpy slices ccdproc is given.
 
-The overscan is combined along its strip: a strip of columns beside the image (it covers
+The overscan is combined across its strip: a strip of columns beside the image (it covers
 more of the rows than of the columns) gives one value per row (`overscan_axis=1`, the
 guide's case), a strip of rows one value per column (`overscan_axis=0`). ccdproc subtracts
 that vector from every row (column) of the frame, so the strip must reach along the whole
