@@ -86,6 +86,7 @@ def test_a_frame_of_another_binning_is_named(night: RawFiles, tmp_path: Path) ->
         calibrate_one(path, night, tmp_path / "out")
 
 
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
 def test_unreadable_raw_frame_and_missing_exposure(night: RawFiles, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.fits"
     truncated.write_bytes(night.frames[0].read_bytes()[:4000])

@@ -117,6 +117,7 @@ def test_unusable_masters_are_named(tmp_path: Path, cards: dict, reason: str) ->
     assert reason in info.value.reason
 
 
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")
 def test_unreadable_masters_and_a_dark_without_exposure(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.fits"
     garbage.write_bytes(b"not a FITS file at all" * 200)
