@@ -124,6 +124,21 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class CalibrateConfig:
+    raw: str = _opt("reject", choices=("reject", "calibrate"))
+    overscan: bool = _opt(True)
+    overscan_model: str = _opt(
+        "median", choices=("median", "mean", "chebyshev", "legendre", "polynomial")
+    )
+    overscan_degree: int = _opt(1, minimum=0, maximum=20)
+    trim: bool = _opt(True)
+    bias: str = _opt("")
+    dark: str = _opt("")
+    overscan_keywords: tuple[str, ...] = _opt(("BIASSEC",), non_empty=True)
+    trim_keywords: tuple[str, ...] = _opt(("TRIMSEC", "DATASEC"), non_empty=True)
+
+
+@dataclass(frozen=True)
 class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
@@ -133,6 +148,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     source: Path | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
