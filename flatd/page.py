@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flatd.atomic import atomic_write_bytes
+from flatd.reasons import one_line
 from flatd.status import parse_iso
 
 PAGE_NAME = "index.html"
@@ -153,7 +154,7 @@ def _group_card(
     if gstate in ("waiting", "pending") and stable is not None:
         facts.append(("combines", _when(now, stable)))
     if group.get("reason") and gstate != "done":
-        facts.append(("why", str(group["reason"])))
+        facts.append(("why", one_line(group["reason"])))
     image = ""
     if master:
         created = parse_iso(master.get("created_at"))
@@ -214,7 +215,7 @@ def _rejects(group: dict[str, Any]) -> str:
     if not rejected:
         return ""
     items = "".join(
-        f"<li>{_e(Path(str(r.get('path', '?'))).name)}: {_e(r.get('reason', '?'))}</li>"
+        f"<li>{_e(Path(str(r.get('path', '?'))).name)}: {_e(one_line(r.get('reason', '?')))}</li>"
         for r in rejected[:MAX_REJECTS_SHOWN]
     )
     more = len(rejected) - MAX_REJECTS_SHOWN
@@ -233,7 +234,7 @@ def _errors_table(errors: list[dict[str, Any]], now: datetime) -> str:
         times = f" (×{count})" if isinstance(count, int) and count > 1 else ""
         rows.append(
             f"<tr><td>{_e(_ago(now, at))}</td><td>{_e(error.get('path') or '—')}</td>"
-            f"<td>{_e(str(error.get('reason', '?')) + times)}</td></tr>"
+            f"<td>{_e(one_line(error.get('reason', '?')) + times)}</td></tr>"
         )
     more = len(errors) - MAX_ERRORS_SHOWN
     tail = f'<p class="none">… and {more} older</p>' if more > 0 else ""

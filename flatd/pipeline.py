@@ -23,6 +23,7 @@ from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Frame
 from flatd.index import Sequence
+from flatd.reasons import reason_of
 
 log = structlog.get_logger("flatd.pipeline")
 
@@ -62,7 +63,7 @@ def make_master(
     try:
         _fill(result, config, output_dir or config.output.directory, progress, promote)
     except (OSError, ValueError, MemoryError) as exc:
-        result.outcome, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+        result.outcome, result.reason = "failed", reason_of(exc)
     result.seconds = time.perf_counter() - started
     if result.record is not None:
         result.record.duration_s = round(result.seconds, 3)
@@ -190,7 +191,7 @@ def _preview(
     try:
         write_preview(record.path, combined.data, combined.mask, title, levels)
     except Exception as exc:  # a quicklook must never cost the master
-        log.warning("preview_failed", path=str(record.path), reason=f"{type(exc).__name__}: {exc}")
+        log.warning("preview_failed", path=str(record.path), reason=reason_of(exc))
 
 
 def _too_few(result: Result, config: Config) -> bool:

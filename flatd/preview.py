@@ -1,6 +1,10 @@
 """Quicklook PNGs beside each master: the flat with a robust stretch, and the guide's plot
 of each input frame's level in sequence order (rejected frames marked).
 
+The stretch is taken over the pixels that are not masked, so a dead column or block does
+not wash out the dust donuts the picture is for; masked pixels are drawn in magenta (a
+binned pixel holding any masked one), which no grey level can be mistaken for.
+
 matplotlib's object API on the Agg canvas (no pyplot, so no global state: previews may be
 drawn from several worker threads at once), imported only when a preview is drawn.
 """
@@ -17,6 +21,8 @@ import numpy as np
 from flatd.atomic import atomic_write_bytes
 
 PREVIEW_MAX_PIXELS = 1024  # the image is binned down to about this many pixels a side
+MASKED_COLOUR = "#ff00ff"
+STRETCH_PERCENTILES = (0.5, 99.5)
 
 
 def preview_path(master: Path) -> Path:
@@ -50,16 +56,44 @@ def write_preview(
 
 
 def _draw_image(figure, axes, data: np.ndarray, mask: np.ndarray | None) -> None:
-    small = _binned(np.where(mask, np.nan, data) if mask is not None and mask.any() else data)
-    finite = small[np.isfinite(small)]
-    low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    from matplotlib import colormaps
+
+    small, masked = display_image(data, mask)
+    low, high = stretch(small, masked)
     shown = axes.imshow(
-        small, origin="lower", cmap="gray", vmin=low, vmax=high, interpolation="nearest"
+        np.ma.masked_array(small, masked | ~np.isfinite(small)),
+        origin="lower",
+        cmap=colormaps["gray"].with_extremes(bad=MASKED_COLOUR),
+        vmin=low,
+        vmax=high,
+        interpolation="nearest",
     )
-    axes.set_title(f"master flat (stretch {low:.3f} .. {high:.3f})", fontsize=10)
+    n_masked = int(np.count_nonzero(mask)) if mask is not None else 0
+    note = f"; {n_masked} masked pixels in magenta" if n_masked else ""
+    axes.set_title(f"master flat (stretch {low:.3f} .. {high:.3f}{note})", fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="relative response")
+
+
+def display_image(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The master binned for display (each binned pixel the mean of its pixels that are
+    neither masked nor non-finite), and where a binned pixel holds any masked pixel."""
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= mask.astype(bool)
+    values = np.where(bad, np.nan, data) if bad.any() else data
+    return _binned(values), _binned_any(bad)
+
+
+def stretch(small: np.ndarray, masked: np.ndarray) -> tuple[float, float]:
+    """The display range: the STRETCH_PERCENTILES of the binned values, masked pixels left
+    out (their binned pixels are the mean of the good pixels around them, if any)."""
+    finite = small[np.isfinite(small)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(finite, STRETCH_PERCENTILES))
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
 
 
 def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) -> None:
@@ -105,11 +139,24 @@ def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) ->
 
 
 def _binned(data: np.ndarray) -> np.ndarray:
-    factor = max(1, int(np.ceil(max(data.shape) / PREVIEW_MAX_PIXELS)))
-    if factor == 1:
+    blocks = _blocks(data)
+    if blocks is None:
         return np.asarray(data, dtype=np.float32)
-    ny, nx = (s // factor * factor for s in data.shape)
-    blocks = data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
     with warnings.catch_warnings():  # an all-masked block is NaN, and says so
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(blocks, axis=(1, 3), dtype=np.float32)
+        return np.asarray(np.nanmean(blocks, axis=(1, 3), dtype=np.float32))
+
+
+def _binned_any(flags: np.ndarray) -> np.ndarray:
+    blocks = _blocks(flags)
+    return flags if blocks is None else np.asarray(blocks.any(axis=(1, 3)))
+
+
+def _blocks(data: np.ndarray) -> np.ndarray | None:
+    """`data` as (ny, factor, nx, factor) blocks for binning to PREVIEW_MAX_PIXELS a side
+    (the last partial rows and columns left out); None when it is small enough."""
+    factor = max(1, int(np.ceil(max(data.shape) / PREVIEW_MAX_PIXELS)))
+    if factor == 1:
+        return None
+    ny, nx = (s // factor * factor for s in data.shape)
+    return data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)

@@ -32,13 +32,15 @@ class MasterQA:
     changed_fraction: float | None = None  # of BLOCKxBLOCK blocks beyond max_change
     flagged: bool = False
     reason: str = ""
+    masked_pixels: int = 0  # pixels set in MASK (dead, weak or never finite)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
     def header_cards(self) -> list[tuple[str, Any, str]]:
-        cards = [
-            ("QAMASK", self.masked_fraction, "fraction of pixels masked"),
+        cards: list[tuple[str, Any, str]] = [
+            ("QAMASK", self.masked_pixels, "number of pixels set in MASK"),
+            ("QAMASKFR", self.masked_fraction, "fraction of pixels set in MASK"),
             ("QAFLAG", self.flagged, "master differs from the previous one"),
         ]
         optional = [
@@ -63,7 +65,8 @@ def assess(
 ) -> MasterQA:
     """Measure a normalised master (and compare it with `previous` when there is one);
     `used_levels` are the used inputs' levels in electrons (ADU times gain)."""
-    masked_fraction = float(mask.mean()) if mask.size else 0.0
+    masked_pixels = int(np.count_nonzero(mask))
+    masked_fraction = masked_pixels / mask.size if mask.size else 0.0
     sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
     noise = float(np.median(sampled)) if sampled.size else None
     expected = (
@@ -72,7 +75,7 @@ def assess(
         else None
     )
     if previous is None or not previous.exists():
-        return MasterQA(masked_fraction, noise, expected)
+        return MasterQA(masked_fraction, noise, expected, masked_pixels=masked_pixels)
     try:
         change_rms, changed = compare(data, mask, previous, max_change)
     except (OSError, ValueError) as exc:
@@ -82,6 +85,7 @@ def assess(
             expected,
             str(previous),
             reason=f"previous master unreadable: {exc}",
+            masked_pixels=masked_pixels,
         )
     reasons = []
     if change_rms > max_change:
@@ -97,6 +101,7 @@ def assess(
         changed,
         bool(reasons),
         "; ".join(reasons),
+        masked_pixels,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from flatd.frames import Skip
 from flatd.index import Index, Sequence, index_paths
 from flatd.masters import group_slug
 from flatd.pipeline import Result, make_master
+from flatd.reasons import one_line, reason_of
 
 log = structlog.get_logger("flatd.report")
 
@@ -110,14 +112,41 @@ class CombineSummary:
 
     @property
     def failed(self) -> bool:
-        return any(r.outcome == "failed" for r in self.results)
+        """Whether `flatd combine` failed: a group failed, or no master was written."""
+        return any(r.outcome == "failed" for r in self.results) or not self.written
+
+    @property
+    def written(self) -> list[Result]:
+        return [r for r in self.results if r.record is not None]
+
+    def why_no_master(self) -> str:
+        """Why no master was written at all, in one line ("" when some was)."""
+        if self.written:
+            return ""
+        counts = self.index.counts()
+        if counts["frames"] == 0:
+            return "no files matching watch.patterns in the paths given"
+        if counts["flats"] == 0:
+            skips = Counter(_reason_kind(s.reason) for s in self.index.skips())
+            reasons = ", ".join(f"{kind} ({n})" for kind, n in skips.most_common(5))
+            return f"{counts['frames']} files, none a flat: {reasons}"
+        outcomes = "; ".join(
+            f"{group_slug(r.sequence.group)} {r.sequence.start:%Y-%m-%d %H:%M}: {r.reason}"
+            for r in self.results[:3]
+        )
+        more = f"; and {len(self.results) - 3} more" if len(self.results) > 3 else ""
+        return (
+            f"{counts['flats']} flats in {len(self.results)} sequence(s), none combined: "
+            f"{outcomes}{more}"
+        )
 
     def render(self) -> str:
         header = ("group", "sequence start", "used", "rejected", "median levels", "master", "s")
         rows = [_summary_row(r) for r in self.results]
         lines = [_table(header, rows)] if rows else ["no flat sequences found"]
         notes = [
-            f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: {r.reason}"
+            f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: "
+            f"{one_line(r.reason)}"
             for r in self.results
             if r.outcome != "done"
         ]
@@ -159,13 +188,25 @@ def combine_paths(
                 line.show(f"{name}: {len(sequence.frames)} frames, measuring")
                 progress = line.for_group(name)
             try:
-                result = make_master(sequence, config, output_dir=output_dir, progress=progress)
+                result = _make_master(sequence, config, output_dir, progress)
             finally:
                 if line is not None:
                     line.clear()
             _log_result(result)
         results.append(result)
     return CombineSummary(results, index)
+
+
+def _make_master(
+    sequence: Sequence, config: Config, output_dir: Path | None, progress: engine.Progress | None
+) -> Result:
+    """`make_master`, with anything it raises a failure of this sequence alone (its
+    traceback logged at debug level): the other groups are still combined."""
+    try:
+        return make_master(sequence, config, output_dir=output_dir, progress=progress)
+    except Exception as exc:
+        log.debug("combine_crashed", exc_info=True)
+        return Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
 
 
 class ProgressLine:
@@ -209,16 +250,23 @@ class ProgressLine:
 
 
 def _log_result(result: Result) -> None:
+    """One event per sequence: `master_written`, or a warning with the reason why not."""
     if result.record is not None:
         log.info("master_written", **result.record.to_dict())
-    elif result.outcome == "too_few":
-        log.warning("too_few_frames", reason=result.reason, frames=len(result.sequence.frames))
-    else:
-        log.error(
-            "combine_failed",
-            reason=result.reason,
-            frames=[str(f.path) for f in result.sequence.frames],
-        )
+        return
+    event = "too_few_frames" if result.outcome == "too_few" else "combine_failed"
+    log.warning(
+        event,
+        start=result.sequence.start.isoformat(),
+        frames=len(result.sequence.frames),
+        reason=one_line(result.reason),
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without its particulars: `truncated: 6976 bytes expected, ...` ->
+    `truncated`."""
+    return reason.split(": ", 1)[0] if ": " in reason else reason
 
 
 def _summary_row(result: Result) -> tuple[str, ...]:

@@ -300,3 +300,12 @@ def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     # the header bar is dark, and below it the page is mostly light with the previews in it
     assert pixels[:40].mean() < 0.3
     json.dumps(document)  # the fixture document is what a status file holds
+
+
+def test_a_failed_group_shows_its_reason_on_one_line(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    reason = "VerifyError: \nVerification reported errors:\nHDU 0:\n    Card 6:\n  Card 'RA' bad\n"
+    document["groups"][2] = _group("i", tmp_path / "masters", "failed", reason=reason)
+    text = render_page(document, tmp_path, tmp_path / "masters", now=NOW)
+    assert '<span class="badge bad">failed</span>' in text
+    assert "<dd>VerifyError: Card &#x27;RA&#x27; bad</dd>" in text
