@@ -22,7 +22,7 @@ import structlog
 
 from flatd import masters
 from flatd.config import Config
-from flatd.frames import Skip
+from flatd.frames import Skip, group_notes
 from flatd.index import GroupKey, Index, Sequence
 from flatd.pipeline import Result, make_master
 from flatd.schedule import Debouncer, utcnow
@@ -59,7 +59,7 @@ class GroupState:
     rejected: dict[str, str] = field(default_factory=dict)
     failures: int = 0
 
-    def to_dict(self, frames: int) -> dict[str, Any]:
+    def to_dict(self, frames: int, notes: list[str] | None = None) -> dict[str, Any]:
         return {
             "group": dict(self.group),
             "name": masters.group_slug(self.group),
@@ -70,6 +70,7 @@ class GroupState:
             "latest_master": self.latest_master,
             "reason": self.reason,
             "rejected": [{"path": p, "reason": r} for p, r in self.rejected.items()],
+            "notes": notes or [],
         }
 
 
@@ -264,10 +265,11 @@ class Groups:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
-        counts = {group: len(frames) for group, frames in self._index.groups().items()}
+        grouped = self._index.groups()
+        notes = {g: group_notes(frames, self._config.frames) for g, frames in grouped.items()}
         with self._lock:
             return [
-                s.to_dict(counts.get(g, 0))
+                s.to_dict(len(grouped.get(g, ())), notes.get(g))
                 for g, s in sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))
             ]
 

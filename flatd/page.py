@@ -154,6 +154,7 @@ def _group_card(
         facts.append(("combines", _when(now, stable)))
     if group.get("reason") and gstate != "done":
         facts.append(("why", str(group["reason"])))
+    facts.extend(("note", str(note)) for note in _list(group.get("notes")))
     image = ""
     if master:
         created = parse_iso(master.get("created_at"))
