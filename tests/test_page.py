@@ -266,7 +266,9 @@ def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     browser = _browser()
     if browser is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but no chromium: `make test` installs it (apt-get install chromium)")
+            pytest.fail(
+                "CI=true but no chromium: `make test` installs it (apt-get install chromium)"
+            )
         pytest.skip("no chromium on this machine (apt-get install chromium)")
     mpimg = pytest.importorskip("matplotlib.image")
     document = _document(tmp_path, hostile=True)
