@@ -86,6 +86,7 @@ class FramesConfig:
 
     type_keywords: tuple[str, ...] = _opt(dialects.TYPE_KEYWORDS, non_empty=True, keyword="keyword")
     flat_types: tuple[str, ...] = _opt(())  # () = flatd's rule (dialects.is_flat_type)
+    untyped_are_flats: bool = _opt(False)  # no type keyword at all: a flat (SharpCap)
     group_by: tuple[str, ...] = _opt(dialects.DEFAULT_GROUP_BY, non_empty=True, keyword="group")
     filter_keywords: tuple[str, ...] = _opt(
         dialects.FILTER_KEYWORDS, non_empty=True, keyword="wheels"

@@ -3,7 +3,10 @@
 The type is the value of the first of `frames.type_keywords` the header holds. It is a
 flat by `dialects.is_flat_type` (any common spelling of a flat, never a dark for flats, a
 master or a bias, dark or light), or, when the user listed `frames.flat_types`, when it
-is one of those (case-insensitively). flatd's own masters (`FLATDVER`) and anything
+is one of those (case-insensitively). A header with none of the type keywords is not a
+flat, unless `frames.untyped_are_flats` says that such files are (a directory that only
+ever receives flats from a program that writes no type, such as SharpCap). flatd's own
+masters (`FLATDVER`) and anything
 marked combined (`COMBINED = T`) are never inputs, whatever their type says.
 """
 
@@ -43,6 +46,8 @@ def frame_type(cards: Cards, config: FramesConfig) -> FrameType:
             if _is_flat(value, config.flat_types):
                 return FrameType(value, keyword, "")
             return FrameType(value, keyword, f"{keyword} = '{value}' is not a flat")
+    if config.untyped_are_flats:
+        return FrameType("", "", "")
     looked = ", ".join(config.type_keywords)
     return FrameType("", "", f"no frame type keyword (looked for {looked})")
 
