@@ -28,6 +28,7 @@ def test_repo_config_is_the_documented_default():
         dataclasses.replace(from_file, source=None).to_dict()["combine"]
         == defaults.to_dict()["combine"]
     )
+    assert from_file.frames == defaults.frames
     assert from_file.watch.directories == (REPO / "incoming",)
     assert from_file.output.directory == REPO / "masters"
     assert parse_config({}) == Config()
