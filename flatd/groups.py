@@ -22,7 +22,7 @@ import structlog
 
 from flatd import masters
 from flatd.config import Config
-from flatd.frames import Skip, group_notes
+from flatd.frames import Skip, canonical_group, group_notes
 from flatd.index import GroupKey, Index, Sequence
 from flatd.pipeline import Result, make_master
 from flatd.schedule import Debouncer, utcnow
@@ -194,8 +194,8 @@ class Groups:
                 self._made[path] = frozenset(
                     (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"])) for row in rows
                 )
-                if owner is not None:
-                    self._owners.setdefault(path, owner)
+                if owner is not None:  # as today's frames say it (binning '2' -> 2)
+                    self._owners.setdefault(path, canonical_group(owner))
             except (OSError, KeyError, ValueError) as exc:
                 log.warning("master_unreadable", path=str(path), reason=str(exc))
         made = self._made.get(path) == sequence.identities

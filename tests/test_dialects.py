@@ -322,6 +322,33 @@ def test_evening_and_morning_twilight_are_two_sequences(tmp_path, form):
     assert [s.frames[0].path.name for s in sequences] == ["evening_0.fits", "morning_0.fits"]
 
 
+def test_a_master_written_before_binnings_were_numbers_still_belongs_to_its_group(tmp_path):
+    """Older flatd kept a PixInsight-style XBINNING = '2' as text, in the group and in the
+    master's header; today the group says 2. A late frame joining that master's sequence
+    after the upgrade must replace it, not be refused as another group's master."""
+    pixinsight = next(d for d in CORPUS if d.name == "PixInsight")
+    seq = simulate_sequence(shape=(24, 32), n_frames=4, seed=5, stars=False)
+    incoming, out = tmp_path / "incoming", tmp_path / "masters"
+    paths = [pixinsight.write(incoming / f"f{i}.fits", seq.frames[i]) for i in range(3)]
+    raw = {"sequence": {"min_frames": 3}, "output": {"preview": False}}
+    [result] = combine_paths(paths, parse_config(raw), output_dir=out).results
+    with fits.open(result.record.path, mode="update") as master:  # as older flatd wrote it
+        master[0].header["XBINNING"] = "2"
+        master[0].header["YBINNING"] = "2"
+    staged = pixinsight.write(tmp_path / "staging" / "f3.fits", seq.frames[3])
+    os.replace(staged, incoming / staged.name)
+
+    flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)
+    try:
+        flatd.start()
+        [written] = flatd.wait_event("master_written", timeout=30)
+        assert written["path"] == str(result.record.path) and written["n_frames"] == 4
+        assert not flatd.named("combine_failed")
+        assert flatd.stop() == 0
+    finally:
+        flatd.kill()
+
+
 # -- names, the daemon and scan --------------------------------------------------------------
 def test_the_daemon_takes_capitalised_names_of_any_dialect(tmp_path):
     """The real daemon: Gemini frames (an image extension, a date-only DATE-OBS with

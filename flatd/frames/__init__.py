@@ -19,6 +19,7 @@ from flatd.frames.dialects import is_flat_type, missing_value
 from flatd.frames.model import Compression, Frame, GroupKey, GroupValue, Skip, SkipKind
 from flatd.frames.notes import group_notes, sources
 from flatd.frames.reader import read_frame, wanted_keywords
+from flatd.frames.roles import canonical_group
 
 __all__ = [
     "NOT_SIMPLE",
@@ -28,6 +29,7 @@ __all__ = [
     "GroupValue",
     "Skip",
     "SkipKind",
+    "canonical_group",
     "group_notes",
     "is_flat_type",
     "missing_value",

@@ -110,19 +110,23 @@ def parse_date(value: object) -> tuple[datetime, bool] | None:
     if _NUMBER.fullmatch(text):
         return _julian(float(text))
     try:
-        if match := _ISO.fullmatch(text):
-            day = datetime(int(match["y"]), int(match["m"]), int(match["d"]), tzinfo=UTC)
-            if match["time"] is None:
-                return day, False
-            offset = _time(match["time"])
-            if offset is None:
-                return None
-            return day + offset - _zone(match["zone"]), True
-        if match := _LEGACY.fullmatch(text):
-            year = int(match["y"]) + (1900 if len(match["y"]) == 2 else 0)
-            return datetime(year, int(match["m"]), int(match["d"]), tzinfo=UTC), False
+        return _calendar_date(text)
     except ValueError:  # no such day (2019-02-30)
         return None
+
+
+def _calendar_date(text: str) -> tuple[datetime, bool] | None:
+    """An ISO date (with or without a time; any fraction; seconds like `010.0` or
+    `60.0`) or the old `DD/MM/YY` (19YY) or `DD/MM/YYYY`."""
+    if match := _ISO.fullmatch(text):
+        day = datetime(int(match["y"]), int(match["m"]), int(match["d"]), tzinfo=UTC)
+        if match["time"] is None:
+            return day, False
+        offset = _time(match["time"])
+        return None if offset is None else (day + offset - _zone(match["zone"]), True)
+    if match := _LEGACY.fullmatch(text):
+        year = int(match["y"]) + (1900 if len(match["y"]) == 2 else 0)
+        return datetime(year, int(match["m"]), int(match["d"]), tzinfo=UTC), False
     return None
 
 

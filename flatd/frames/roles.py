@@ -84,6 +84,18 @@ def read_roles(cards: Cards, config: FramesConfig) -> Roles:
     return Roles(tuple(values), tuple(sources), binning)
 
 
+def canonical_group(group: GroupKey) -> GroupKey:
+    """A group key read back from a master's header, with its values as `read_roles`
+    gives them today: older flatd kept a binning written as text (`XBINNING = '2'`) as
+    text, in the group and in the master it wrote; it is the number 2 now."""
+    return tuple(
+        (key, factors[0])
+        if key in BINNING_KEYS and (factors := binning_factors(value)) and len(factors) == 1
+        else (key, value)
+        for key, value in group
+    )
+
+
 Entries = tuple[tuple[str, tuple[str, ...]], ...]  # (entry as written, its keywords)
 
 
