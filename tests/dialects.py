@@ -26,7 +26,7 @@ class Dialect:
     extension: dict[str, Any] = field(default_factory=dict)  # cards of an image extension
     frames: dict[str, Any] = field(default_factory=dict)  # [frames] settings it needs
 
-    def write(self, path: Path, data: np.ndarray | None = None, **changes: Any) -> Path:
+    def write(self, path: Path, data: np.ndarray | None = None, /, **changes: Any) -> Path:
         """The header (with `changes`; None deletes a card) over `data` in a real FITS
         file: a primary image, or an empty primary and an image extension when the
         convention puts its image (and some cards) in an extension."""

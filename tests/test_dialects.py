@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from astropy.io import fits
@@ -34,10 +35,23 @@ def frames_config(dialect: Dialect) -> FramesConfig:
     return parse_config({"frames": dialect.frames}).frames
 
 
+def flat(path: Path, config: FramesConfig | None = None) -> Frame:
+    """The Frame `read_frame` makes of `path` (failing the test if it is a Skip)."""
+    item = read_frame(path, config or FramesConfig())
+    assert isinstance(item, Frame), item
+    return item
+
+
+def not_taken(path: Path, config: FramesConfig | None = None) -> Skip:
+    """The Skip `read_frame` makes of `path` (failing the test if it is a Frame)."""
+    item = read_frame(path, config or FramesConfig())
+    assert isinstance(item, Skip), item
+    return item
+
+
 @pytest.mark.parametrize("dialect", CORPUS, ids=IDS)
 def test_each_convention_is_read_as_a_flat_of_its_group_and_date(tmp_path, dialect):
-    frame = read_frame(dialect.write(tmp_path / "f.fits"), frames_config(dialect))
-    assert isinstance(frame, Frame), (dialect.documented, frame)
+    frame = flat(dialect.write(tmp_path / "f.fits"), frames_config(dialect))
     assert frame.type_keyword == dialect.type_keyword
     assert dict(frame.group) == dialect.group
     assert list(dict(frame.group)) == ["FILTER", "INSTRUME", "XBINNING", "YBINNING"]
@@ -56,6 +70,7 @@ def test_each_convention_goes_all_the_way_to_a_master(tmp_path, dialect):
 
     [result] = summary.results
     assert result.outcome == "done", result.reason
+    assert result.record is not None
     start = datetime.fromisoformat(dialect.date)
     name = f"flat_{group_slug(dialect.group)}_{start:%Y%m%dT%H%M%S}.fits"
     assert result.record.path == tmp_path / "out" / name
@@ -100,13 +115,15 @@ NOT_FLATS = [
 
 
 @pytest.mark.parametrize(
-    ("value", "flat"), [(v, True) for v in FLATS] + [(v, False) for v in NOT_FLATS]
+    ("value", "is_flat"), [(v, True) for v in FLATS] + [(v, False) for v in NOT_FLATS]
 )
-def test_the_flat_rule(tmp_path, value, flat):
-    item = read_frame(CORPUS[0].write(tmp_path / "f.fits", IMAGETYP=value), FramesConfig())
-    assert isinstance(item, Frame) is flat, item
-    if not flat:
-        assert item.kind == "skipped" and item.reason == f"IMAGETYP = '{value}' is not a flat"
+def test_the_flat_rule(tmp_path, value, is_flat):
+    path = CORPUS[0].write(tmp_path / "f.fits", IMAGETYP=value)
+    if is_flat:
+        assert flat(path).imagetyp == value
+    else:
+        skip = not_taken(path)
+        assert skip.kind == "skipped" and skip.reason == f"IMAGETYP = '{value}' is not a flat"
 
 
 def test_an_explicit_list_of_flat_types_replaces_the_rule(tmp_path):
@@ -115,23 +132,22 @@ def test_an_explicit_list_of_flat_types_replaces_the_rule(tmp_path):
         CORPUS[0].write(tmp_path / "d.fits", IMAGETYP="dome  FLAT"),
         CORPUS[0].write(tmp_path / "s.fits", IMAGETYP="SKYFLAT"),
     )
-    assert isinstance(read_frame(dome, config), Frame)
-    assert isinstance(read_frame(sky, config), Skip)
+    assert flat(dome, config).imagetyp == "dome  FLAT"
+    assert not_taken(sky, config).reason == "IMAGETYP = 'SKYFLAT' is not a flat"
 
 
 def test_the_first_type_keyword_present_decides(tmp_path):
     # a frame whose IMAGETYP says OBJECT is not a flat, whatever OBSTYPE says
     path = CORPUS[0].write(tmp_path / "f.fits", IMAGETYP="OBJECT", OBSTYPE="FLAT")
-    assert read_frame(path, FramesConfig()).reason == "IMAGETYP = 'OBJECT' is not a flat"
+    assert not_taken(path).reason == "IMAGETYP = 'OBJECT' is not a flat"
     blank = CORPUS[0].write(tmp_path / "b.fits", IMAGETYP="  ", OBSTYPE="FLAT")
-    assert read_frame(blank, FramesConfig()).type_keyword == "OBSTYPE"
+    assert flat(blank).type_keyword == "OBSTYPE"
 
 
 def test_untyped_frames_are_skipped_unless_said_to_be_flats(tmp_path):
     sharpcap = next(d for d in CORPUS if d.name == "SharpCap")
     path = sharpcap.write(tmp_path / "f.fits")
-    skip = read_frame(path, FramesConfig())
-    assert isinstance(skip, Skip) and skip.reason.startswith("no frame type keyword (looked for")
+    assert not_taken(path).reason.startswith("no frame type keyword (looked for")
 
 
 # -- roles -----------------------------------------------------------------------------------
@@ -147,7 +163,7 @@ def test_untyped_frames_are_skipped_unless_said_to_be_flats(tmp_path):
 )
 def test_two_filter_wheels_make_one_value(tmp_path, wheels, value):
     path = CORPUS[0].write(tmp_path / "f.fits", FILTER=None, **wheels)
-    frame = read_frame(path, FramesConfig())
+    frame = flat(path)
     assert dict(frame.group)["FILTER"] == value
     assert dict(frame.sources)["FILTER"] == "FILTER1+FILTER2"
 
@@ -171,7 +187,7 @@ def test_two_filter_wheels_make_one_value(tmp_path, wheels, value):
     ],
 )
 def test_binnings_written_every_way_are_one_group(tmp_path, cards):
-    frame = read_frame(CORPUS[0].write(tmp_path / "f.fits", **cards), FramesConfig())
+    frame = flat(CORPUS[0].write(tmp_path / "f.fits", **cards))
     assert (dict(frame.group)["XBINNING"], dict(frame.group)["YBINNING"]) == (2, 2)
     assert frame.binning == (2, 2)
 
@@ -187,11 +203,11 @@ def test_the_users_key_with_alternatives_and_a_required_key(tmp_path):
         }
     ).frames
     nina = CORPUS[0].write(tmp_path / "n.fits")
-    frame = read_frame(nina, config)
+    frame = flat(nina, config)
     assert frame.group == (("FILTER", "Ha"), ("READMODE", "Normal"))
     assert dict(frame.sources)["READMODE"] == "READOUTM"
-    skip = read_frame(CORPUS[0].write(tmp_path / "x.fits", READOUTM=None), config)
-    assert isinstance(skip, Skip) and skip.kind == "rejected"
+    skip = not_taken(CORPUS[0].write(tmp_path / "x.fits", READOUTM=None), config)
+    assert skip.kind == "rejected"
     assert skip.reason == "flat without READMODE (looked for READMODE, READOUTM): frames.required"
 
 
@@ -202,8 +218,7 @@ def test_a_hierarch_card_is_found_among_many(tmp_path):
     path = eso.write(tmp_path / "f.fits", **{f"HIERARCH ESO TEL X{i}": i for i in range(300)})
     raw = path.read_bytes().replace(b"HIERARCH ESO DPR TYPE = ", b"HIERARCH ESO  DPR TYPE= ")
     path.write_bytes(raw)
-    frame = read_frame(path, FramesConfig())
-    assert isinstance(frame, Frame) and frame.imagetyp == "FLAT,SKY"
+    assert flat(path).imagetyp == "FLAT,SKY"
 
 
 # -- dates -----------------------------------------------------------------------------------
@@ -240,7 +255,7 @@ def test_a_hierarch_card_is_found_among_many(tmp_path):
     ],
 )
 def test_dates_in_every_form(tmp_path, cards, expected, source):
-    frame = read_frame(CORPUS[0].write(tmp_path / "f.fits", **cards), FramesConfig())
+    frame = flat(CORPUS[0].write(tmp_path / "f.fits", **cards))
     assert frame.date == datetime.fromisoformat(expected).replace(tzinfo=UTC)
     assert (frame.date_source, frame.date_note) == (source, "")
 
@@ -266,7 +281,7 @@ def test_a_date_that_cannot_be_used_is_a_warning_and_the_file_time_is_used(tmp_p
     path = CORPUS[0].write(tmp_path / "f.fits", **cards)
     os.utime(path, (1_700_000_000, 1_700_000_000))
     with capture_logs() as events:
-        frame = read_frame(path, FramesConfig())
+        frame = flat(path)
     assert frame.date == datetime.fromtimestamp(1_700_000_000, UTC)
     assert (frame.date_from_header, frame.date_source, frame.date_note) == (False, "", note)
     [event] = [e for e in events if e["event"] == "date_unreadable"]
@@ -277,7 +292,7 @@ def test_a_date_that_cannot_be_used_is_a_warning_and_the_file_time_is_used(tmp_p
 def test_a_frame_without_any_date_uses_its_file_time_quietly_but_says_so(tmp_path):
     path = CORPUS[0].write(tmp_path / "f.fits", **{"DATE-OBS": None, "DATE-LOC": None})
     with capture_logs() as events:
-        frame = read_frame(path, FramesConfig())
+        frame = flat(path)
     assert not [e for e in events if e["event"] == "date_unreadable"]
     assert frame.date_note == "no date keyword (looked for DATE-OBS, DATE-BEG, MJD-OBS)"
 
@@ -286,10 +301,10 @@ EVENING = datetime(2019, 3, 26, 0, 40, tzinfo=UTC)  # local evening twilight (UT
 MORNING = datetime(2019, 3, 26, 12, 50, tzinfo=UTC)  # the same night's morning twilight
 
 
-def twilight_cards(form: str, moment: datetime) -> dict[str, object]:
+def twilight_cards(form: str, moment: datetime) -> dict[str, Any]:
     """One frame's date cards written in `form`."""
     day, time = f"{moment:%Y-%m-%d}", f"{moment:%H:%M:%S}"
-    return {
+    forms: dict[str, dict[str, Any]] = {
         "iso": {"DATE-OBS": f"{day}T{time}.250"},
         "date+UTCSTART": {"DATE-OBS": day, "UTCSTART": time},
         "date+TIME-OBS": {"DATE-OBS": day, "TIME-OBS": time},
@@ -299,7 +314,8 @@ def twilight_cards(form: str, moment: datetime) -> dict[str, object]:
             "MJD-OBS": (moment - datetime(1858, 11, 17, tzinfo=UTC)) / timedelta(days=1),
         },
         "date only": {"DATE-OBS": day},  # no time anywhere: the file times must split them
-    }[form]
+    }
+    return forms[form]
 
 
 @pytest.mark.parametrize(
@@ -332,6 +348,7 @@ def test_a_master_written_before_binnings_were_numbers_still_belongs_to_its_grou
     paths = [pixinsight.write(incoming / f"f{i}.fits", seq.frames[i]) for i in range(3)]
     raw = {"sequence": {"min_frames": 3}, "output": {"preview": False}}
     [result] = combine_paths(paths, parse_config(raw), output_dir=out).results
+    assert result.record is not None
     with fits.open(result.record.path, mode="update") as master:  # as older flatd wrote it
         master[0].header["XBINNING"] = "2"
         master[0].header["YBINNING"] = "2"
