@@ -220,14 +220,14 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The effective configuration as plain TOML-able values (paths as strings)."""
-        return {
-            name: {
-                f.name: _plain(getattr(getattr(self, name), f.name), hints[f.name])
+        document = {}
+        for name, cls in _sections():
+            section, hints = getattr(self, name), typing.get_type_hints(cls)
+            document[name] = {
+                f.name: _plain(getattr(section, f.name), hints[f.name])
                 for f in dataclasses.fields(cls)
-                if (hints := typing.get_type_hints(cls))
             }
-            for name, cls in _sections()
-        }
+        return document
 
 
 def _plain(value: Any, kind: Any = None) -> Any:
@@ -383,7 +383,7 @@ def _convert_table(
         listed = _convert(
             f"{where}.{key}",
             tuple[str, ...],
-            {"non_empty": True, "keyword": "keyword"},
+            {"non_empty": True, "keyword": "group"},
             [keywords] if isinstance(keywords, str) else keywords,
             problems,
         )
