@@ -27,7 +27,7 @@ import structlog
 
 from flatd import masters
 from flatd.config import Config
-from flatd.frames import Skip
+from flatd.frames import Skip, canonical_group, group_notes
 from flatd.index import GroupKey, Index, Sequence
 from flatd.pipeline import Result, make_master
 from flatd.reasons import one_line, reason_of
@@ -66,7 +66,7 @@ class GroupState:
     reason: str = ""
     rejected: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self, frames: int) -> dict[str, Any]:
+    def to_dict(self, frames: int, notes: list[str] | None = None) -> dict[str, Any]:
         return {
             "group": dict(self.group),
             "name": masters.group_slug(self.group),
@@ -77,6 +77,7 @@ class GroupState:
             "latest_master": self.latest_master,
             "reason": one_line(self.reason),
             "rejected": [{"path": p, "reason": one_line(r)} for p, r in self.rejected.items()],
+            "notes": notes or [],
         }
 
 
@@ -224,8 +225,8 @@ class Groups:
                 self._made[path] = frozenset(
                     (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"])) for row in rows
                 )
-                if owner is not None:
-                    self._owners.setdefault(path, owner)
+                if owner is not None:  # as today's frames say it (binning '2' -> 2)
+                    self._owners.setdefault(path, canonical_group(owner))
             except (OSError, KeyError, ValueError) as exc:
                 log.warning("master_unreadable", path=str(path), reason=reason_of(exc))
         made = self._made.get(path) == sequence.identities
@@ -335,10 +336,11 @@ class Groups:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
-        counts = {group: len(frames) for group, frames in self._index.groups().items()}
+        grouped = self._index.groups()
+        notes = {g: group_notes(frames, self._config.frames) for g, frames in grouped.items()}
         with self._lock:
             return [
-                s.to_dict(counts.get(g, 0))
+                s.to_dict(len(grouped.get(g, ())), notes.get(g))
                 for g, s in sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))
             ]
 

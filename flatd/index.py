@@ -15,9 +15,9 @@ from pathlib import Path
 
 from flatd.config import Config
 from flatd.discover import walk
-from flatd.frames import Frame, GroupValue, Skip, read_frame
+from flatd.frames import Frame, GroupKey, Skip, read_frame
 
-GroupKey = tuple[tuple[str, GroupValue], ...]
+__all__ = ["Change", "GroupKey", "Index", "Sequence", "index_paths", "split_sequences"]
 
 
 @dataclass(frozen=True)

@@ -352,9 +352,9 @@ def copied(keyword: str, config: Config) -> bool:
 
 def frame_type_keywords(config: Config) -> frozenset[str]:
     """The keywords that say what kind of frame a file is, as astropy names them (a
-    HIERARCH card without its prefix): flatd's defaults and the configured one."""
-    configured = config.frames.imagetyp_keyword.upper().removeprefix("HIERARCH ").strip()
-    return frozenset({*FRAME_TYPE_KEYWORDS, configured})
+    HIERARCH card without its prefix): flatd's defaults and the configured ones."""
+    configured = {k.upper().removeprefix("HIERARCH ").strip() for k in config.frames.type_keywords}
+    return frozenset({*FRAME_TYPE_KEYWORDS, *configured})
 
 
 def _say_master(header: fits.Header, present: set[str], config: Config) -> None:

@@ -155,6 +155,7 @@ def _group_card(
         facts.append(("combines", _when(now, stable)))
     if group.get("reason") and gstate != "done":
         facts.append(("why", one_line(group["reason"])))
+    facts.extend(("note", one_line(note)) for note in _list(group.get("notes")))
     image = ""
     if master:
         created = parse_iso(master.get("created_at"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -13,8 +13,9 @@ import structlog
 
 from flatd import combine as engine
 from flatd.checks import saturation_level
-from flatd.config import Config
-from flatd.frames import Skip
+from flatd.config import Config, FramesConfig
+from flatd.frames import Skip, group_notes
+from flatd.frames import sources as frame_sources
 from flatd.index import Index, Sequence, index_paths
 from flatd.masters import group_slug
 from flatd.pipeline import Result, make_master
@@ -25,21 +26,34 @@ log = structlog.get_logger("flatd.report")
 
 @dataclass
 class ScanReport:
+    """What `flatd scan` found: the index, each flat's levels, and how the headers were
+    read (the keyword of each group key, the notes of each group, the files not taken
+    summarised by reason)."""
+
     index: Index
     levels: dict[Path, engine.FrameLevels]
+    frames_config: FramesConfig = field(default_factory=FramesConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        skips = self.index.skips()
         return {
             "index": self.index.counts(),
             "groups": [self._group(key, seqs) for key, seqs in _by_group(self.index)],
-            "skipped": [_skip_dict(s) for s in self.index.skips() if s.kind == "skipped"],
-            "rejected": [_skip_dict(s) for s in self.index.skips() if s.kind == "rejected"],
+            "skipped": [_skip_dict(s) for s in skips if s.kind == "skipped"],
+            "rejected": [_skip_dict(s) for s in skips if s.kind == "rejected"],
+            "not_taken": [
+                {"kind": kind, "reason": reason, "count": len(paths), "examples": paths[:3]}
+                for kind, reason, paths in _not_taken(skips)
+            ],
         }
 
     def _group(self, key: Any, sequences: list[Sequence]) -> dict[str, Any]:
+        frames = [f for seq in sequences for f in seq.frames]
         return {
             "group": dict(key),
             "name": group_slug(key),
+            "keywords": frame_sources(frames),
+            "notes": group_notes(frames, self.frames_config, len(sequences)),
             "sequences": [
                 {
                     "start": seq.start.isoformat(),
@@ -49,6 +63,8 @@ class ScanReport:
                             "path": str(f.path),
                             "date": f.date.isoformat(),
                             "date_from_header": f.date_from_header,
+                            "date_source": f.date_source,
+                            "date_note": f.date_note,
                             "shape": list(f.shape),
                             "median": _rounded(self.levels.get(f.path)),
                         }
@@ -66,27 +82,43 @@ class ScanReport:
             f"{counts['skipped']} skipped, {counts['rejected']} rejected"
         ]
         for key, sequences in _by_group(self.index):
-            n = sum(len(s.frames) for s in sequences)
-            lines.append(
-                f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {n} frames "
-                f"in {len(sequences)} sequence(s)"
+            lines.extend(self._render_group(key, sequences))
+        skips = self.index.skips()
+        if skips:
+            lines.append("\nnot taken:")
+            lines.extend(
+                f"  {len(paths)} file{'s' if len(paths) != 1 else ''} {kind}: {reason}"
+                for kind, reason, paths in _not_taken(skips)
             )
-            for seq in sequences:
-                lines.append(
-                    f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
-                    f"  {len(seq.frames)} frames"
-                )
-                lines.extend(
-                    f"    {f.path.name:<40} {f.date:%H:%M:%S}  "
-                    f"median {_level_text(self.levels.get(f.path))}"
-                    for f in seq.frames
-                )
-        for kind in ("rejected", "skipped"):
-            skips = [s for s in self.index.skips() if s.kind == kind]
-            if skips:
-                lines.append(f"\n{kind}:")
-                lines.extend(f"  {s.path}: {s.reason}" for s in skips)
+        rejected = [s for s in skips if s.kind == "rejected"]
+        if rejected:
+            lines.append("\nrejected:")
+            lines.extend(f"  {s.path}: {s.reason}" for s in rejected)
         return "\n".join(lines)
+
+    def _render_group(self, key: Any, sequences: list[Sequence]) -> list[str]:
+        frames = [f for seq in sequences for f in seq.frames]
+        lines = [
+            f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {len(frames)} frames "
+            f"in {len(sequences)} sequence(s)",
+            f"  read from: {_describe_sources(frame_sources(frames))}",
+        ]
+        lines.extend(
+            f"  note: {note}" for note in group_notes(frames, self.frames_config, len(sequences))
+        )
+        for seq in sequences:
+            lines.append(
+                f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
+                f"  {len(seq.frames)} frames"
+            )
+            lines.extend(
+                f"    {f.path.name:<40} {f.date:%H:%M:%S}{'' if f.date_from_header else '*'} "
+                f"median {_level_text(self.levels.get(f.path))}"
+                for f in seq.frames
+            )
+        if any(not f.date_from_header for f in frames):
+            lines.append("    (* dated by the file's time)")
+        return lines
 
 
 def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
@@ -102,7 +134,30 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
             index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
         else:
             levels[frame.path] = level
-    return ScanReport(index, levels)
+    return ScanReport(index, levels, config.frames)
+
+
+def _not_taken(skips: list[Skip]) -> list[tuple[str, str, list[str]]]:
+    """Skipped and rejected files by (kind, reason), most frequent first; the reasons
+    name the keywords looked for ("no frame type keyword (looked for IMAGETYP, ...)")."""
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    for skip in skips:
+        by_reason.setdefault((skip.kind, skip.reason), []).append(str(skip.path))
+    ordered = sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0]))
+    return [(kind, reason, paths) for (kind, reason), paths in ordered]
+
+
+def _describe_sources(sources: dict[str, str]) -> str:
+    """`type IMAGETYP, FILTER FILTER1+FILTER2, XBINNING/YBINNING CCDSUM, INSTRUME none`."""
+    parts = []
+    for key, source in sources.items():
+        if key == "YBINNING" and sources.get("XBINNING") == source:
+            continue
+        name = (
+            "XBINNING/YBINNING" if key == "XBINNING" and sources.get("YBINNING") == source else key
+        )
+        parts.append(f"{name} {source or 'none'}")
+    return ", ".join(parts)
 
 
 @dataclass

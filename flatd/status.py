@@ -400,6 +400,7 @@ def _group_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list
     groups = [g for g in document.get("groups") or [] if isinstance(g, dict)]
     lines = [paint("groups", "bold") + ("" if groups else ": none yet")]
     rows = []
+    notes: dict[int, list[str]] = {}  # row -> the group's notes, one line each
     for group in groups:
         gstate = str(group.get("state", "?"))
         rejected = group.get("rejected")
@@ -407,16 +408,18 @@ def _group_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list
         if isinstance(rejected, list) and rejected:
             frames += f", {len(rejected)} rejected"
         rows.append((_group_name(group), gstate, frames, _group_detail(group, gstate, now)))
+        notes[len(rows) - 1] = [str(n) for n in group.get("notes") or [] if n]
     if rows:
         wname = max(len(r[0]) for r in rows)
         wstate = max(len(r[1]) for r in rows)
         wframes = max(len(r[2]) for r in rows)
-        for name, gstate, frames, detail in rows:
+        for number, (name, gstate, frames, detail) in enumerate(rows):
             pad = " " * (wstate - len(gstate))
             lines.append(
                 f"  {name:<{wname}}  {paint.state(gstate)}{pad}  {frames:>{wframes}}"
                 + (f"  {detail}" if detail else "")
             )
+            lines.extend(f"    note: {note}" for note in notes[number])
     return lines
 
 
