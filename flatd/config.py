@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flatd.hook import command_problems
+
 DEFAULT_SEARCH_PATHS = (Path("config.toml"), Path("/etc/flatd/config.toml"))
 
 
@@ -110,11 +112,14 @@ class OutputConfig:
     directory: Path = _opt(Path("masters"), relative_path=True)
     latest: bool = _opt(True)
     preview: bool = _opt(True)
+    on_master: tuple[str, ...] = _opt(())
+    hook_timeout_seconds: float = _opt(60.0, minimum=0.0, exclusive_min=True, maximum=3600.0)
 
 
 @dataclass(frozen=True)
 class StatusConfig:
     file: Path = _opt(Path("status.json"), relative_path=True)
+    metrics_file: str = _opt("", relative_path=True)  # "" = no metrics file
 
 
 @dataclass(frozen=True)
@@ -329,6 +334,13 @@ def _check_cross_field(config: Config, problems: list[str]) -> None:
         )
     if len(set(k.upper() for k in config.frames.group_by)) != len(config.frames.group_by):
         problems.append("frames.group_by lists a keyword twice")
+    problems.extend(command_problems(config.output.on_master))
+    metrics = config.status.metrics_file
+    if metrics and not metrics.endswith(".prom"):
+        problems.append(
+            f'status.metrics_file = "{metrics}" must end in .prom (node_exporter\'s textfile '
+            "collector reads only *.prom files)"
+        )
 
 
 CCDPROC_NAMES = {  # ccdproc.combine's (and the astropy guide's) names for flatd's keys
@@ -381,5 +393,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         config.watch, directories=tuple(resolve(d) for d in config.watch.directories)
     )
     output = dataclasses.replace(config.output, directory=resolve(config.output.directory))
-    status = dataclasses.replace(config.status, file=resolve(config.status.file))
+    metrics = config.status.metrics_file
+    status = dataclasses.replace(
+        config.status,
+        file=resolve(config.status.file),
+        metrics_file=str(resolve(Path(metrics))) if metrics else "",
+    )
     return dataclasses.replace(config, watch=watch, output=output, status=status)
