@@ -60,6 +60,8 @@ PLACEHOLDERS: dict[str, str] = {
 OUTPUT_TAIL_BYTES = 2000  # the last this many bytes of a hook's output are logged
 KILL_GRACE_SECONDS = 2.0  # after SIGTERM at the timeout, SIGKILL follows this much later
 QUEUE_LIMIT = 100  # masters waiting for their hook; beyond this one is dropped, and logged
+# systemd's variables for the daemon itself: a hook must not ping the watchdog or say READY
+SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def command_problems(argv: Sequence[str]) -> list[str]:
@@ -133,9 +135,10 @@ def hook_values(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def hook_environment(record: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, str]:
-    """The hook's environment: the daemon's, plus FLATD_MASTER, FLATD_GROUP, FLATD_<NAME>
-    for every placeholder, FLATD_GROUP_JSON, FLATD_QA_JSON and FLATD_RECORD_JSON."""
-    environment = dict(os.environ)
+    """The hook's environment: the daemon's (less systemd's notification variables), plus
+    FLATD_MASTER, FLATD_<NAME> for every placeholder, FLATD_GROUP_JSON, FLATD_QA_JSON and
+    FLATD_RECORD_JSON."""
+    environment = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY}
     environment.update({f"FLATD_{name.upper()}": value for name, value in values.items()})
     environment["FLATD_MASTER"] = values["path"]
     environment["FLATD_GROUP_JSON"] = json.dumps(record.get("group") or {}, default=str)
@@ -253,8 +256,8 @@ class HookRunner:
         argv = expand(self.argv, values)
         master = values["path"]
         started = time.monotonic()
-        with tempfile.TemporaryFile(prefix="flatd-hook-") as output:
-            try:
+        try:  # the output goes to a file: a chatty hook costs no memory and cannot block
+            with tempfile.TemporaryFile(prefix="flatd-hook-") as output:
                 process = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -264,10 +267,10 @@ class HookRunner:
                     start_new_session=True,  # its own process group: killed whole at the timeout
                     close_fds=True,
                 )
-            except (OSError, ValueError) as exc:
-                return _logged(_start_failure(argv, master, exc))
-            returncode, timed_out = _wait(process, self.timeout)
-            tail = _tail(output)
+                returncode, timed_out = _wait(process, self.timeout)
+                tail = _tail(output)
+        except (OSError, ValueError) as exc:
+            return _logged(_start_failure(argv, master, exc))
         seconds = round(time.monotonic() - started, 3)
         if timed_out:
             result = HookResult("timeout", master, returncode, seconds, tail)

@@ -103,8 +103,12 @@ def test_check_config_names_unknown_placeholders_and_bad_commands() -> None:
 
 
 # -- the runner, on real processes ---------------------------------------------------------------
-def test_hooks_run_one_at_a_time_in_order_with_arguments_and_environment(recorder) -> None:
+def test_hooks_run_one_at_a_time_in_order_with_arguments_and_environment(
+    recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script, log = recorder
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # the daemon's, not the hook's
+    monkeypatch.setenv("FLATD_SITE", "kept")
     argv = [sys.executable, str(script), str(log), "sleep", "{path}", "{group}", "{n_frames}"]
     runner = HookRunner(argv, 20.0)
     runner.start()
@@ -124,6 +128,7 @@ def test_hooks_run_one_at_a_time_in_order_with_arguments_and_environment(recorde
     assert json.loads(env["FLATD_QA_JSON"])["change_rms"] == 0.004
     assert json.loads(env["FLATD_RECORD_JSON"])["n_rejected"] == 1
     assert json.loads(env["FLATD_GROUP_JSON"]) == {"FILTER": "r'", "INSTRUME": "SIMCAM"}
+    assert env["FLATD_SITE"] == "kept" and "NOTIFY_SOCKET" not in env
 
 
 def test_a_hanging_hook_is_killed_at_its_timeout_with_its_children(recorder) -> None:
