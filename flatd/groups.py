@@ -93,6 +93,7 @@ class Groups:
         on_error: Callable[[str, str], None],
         on_change: Callable[[], None],
         on_skipped: Callable[[str, str], None] | None = None,
+        on_outcome: Callable[[Result], None] | None = None,
     ) -> None:
         self._index = index
         self._config = config
@@ -100,6 +101,7 @@ class Groups:
         self._on_error = on_error
         self._on_change = on_change
         self._on_skipped = on_skipped
+        self._on_outcome = on_outcome  # every combination attempted (for the metrics)
         self._states: dict[GroupKey, GroupState] = {}
         self._lock = threading.Lock()
         self._group_locks: dict[GroupKey, threading.Lock] = {}
@@ -248,6 +250,8 @@ class Groups:
                     "combine_started", frames=len(sequence.frames), start=sequence.start.isoformat()
                 )
                 result = self._make_master(sequence)
+                if self._on_outcome is not None:
+                    self._on_outcome(result)
         for frame_path, reason in result.rejected.items():
             log.warning("frame_rejected", path=str(frame_path), reason=reason)
         if result.outcome == "failed":
