@@ -14,6 +14,7 @@ from flatd import __version__
 from flatd.config import Config, ConfigError, find_config, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+ONE_SHOT = ("combine", "scan")
 
 
 def main(argv: Seq[str] | None = None) -> int:
@@ -33,7 +34,25 @@ def main(argv: Seq[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(config)
     _configure_logging(args, config)
+    if args.command in ONE_SHOT:
+        return _one_shot(args, config)
     return args.handler(args, config)
+
+
+def _one_shot(args: argparse.Namespace, config: Config) -> int:
+    """Run a one-shot command; whatever it raises ends it with one line and status 1,
+    never a traceback (which `--log-level debug` still shows)."""
+    try:
+        status: int = args.handler(args, config)
+    except Exception as exc:
+        import structlog
+
+        from flatd.reasons import reason_of
+
+        structlog.get_logger("flatd.cli").debug("command_failed", exc_info=True)
+        print(f"flatd {args.command}: failed: {reason_of(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    return status
 
 
 def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
@@ -150,6 +169,8 @@ def _combine(args: argparse.Namespace, config: Config) -> int:
         args.paths, config, output_dir=args.output, show_progress=sys.stderr.isatty()
     )
     print(summary.render())
+    if not summary.written:
+        print(f"flatd combine: no master written: {summary.why_no_master()}", file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 

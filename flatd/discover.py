@@ -1,8 +1,8 @@
 """Which paths are candidate frames: name patterns, temporary names, directory walks.
 
 Used by the one-shot commands, the daemon's scans and the watcher alike, so a file is a
-candidate by the same rule wherever it is seen. (The daemon's scans walk the tree their own
-way, directory by directory: see `tree`.)
+candidate by the same rule wherever it is seen. Patterns match names case-insensitively.
+(The daemon's scans walk the tree their own way, directory by directory: see `tree`.)
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ def is_temporary_name(name: str) -> bool:
 
 
 def matches(path: Path | str, patterns: Iterable[str]) -> bool:
-    """Whether a file's name matches one of the patterns and is not a temporary name."""
+    """Whether a file's name matches one of the patterns, case-insensitively on every
+    system (`*.fits` takes `FLAT_001.FITS` and `x.Fits.fz` from Windows capture software),
+    and is not a temporary name."""
     name = os.path.basename(path)
-    return not is_temporary_name(name) and any(fnmatch.fnmatch(name, p) for p in patterns)
+    if is_temporary_name(name):
+        return False
+    folded = name.casefold()
+    return any(fnmatch.fnmatchcase(folded, p.casefold()) for p in patterns)
 
 
 def walk(

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from flatd.config import Config
 from flatd.discover import walk
-from flatd.frames import Frame, GroupValue, Skip, read_frame
+from flatd.frames import Frame, GroupKey, Skip, read_frame
 from flatd.ledger import Kind, Ledger
 
-GroupKey = tuple[tuple[str, GroupValue], ...]
+__all__ = ["Change", "GroupKey", "Index", "Sequence", "index_paths", "split_sequences"]
+
 Stamp = tuple[int, int]  # (size, mtime_ns)
 
 
@@ -222,6 +223,11 @@ class Index:
     def groups(self) -> dict[GroupKey, list[Frame]]:
         with self._lock:
             return {key: list(frames.values()) for key, frames in self._groups.items()}
+
+    def group_frames(self, group: GroupKey) -> list[Frame]:
+        """The flats held of one group, in O(its size)."""
+        with self._lock:
+            return list(self._groups.get(group, {}).values())
 
     def group_sizes(self) -> dict[GroupKey, int]:
         """Flats held per group, in O(groups): what the status file shows."""

@@ -23,6 +23,7 @@ from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Frame
 from flatd.index import Sequence
+from flatd.reasons import reason_of
 
 log = structlog.get_logger("flatd.pipeline")
 
@@ -62,7 +63,7 @@ def make_master(
     try:
         _fill(result, config, output_dir or config.output.directory, progress, promote)
     except (OSError, ValueError, MemoryError) as exc:
-        result.outcome, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+        result.outcome, result.reason = "failed", reason_of(exc)
     result.seconds = time.perf_counter() - started
     if result.record is not None:
         result.record.duration_s = round(result.seconds, 3)
@@ -118,6 +119,7 @@ def _fill(
     record.qa = assessment.to_dict()
     if config.output.preview:
         _preview(record, combined, frames)
+        _ratio_picture(record, assessment, config.qa.max_change)
     if assessment.flagged:
         log.warning(
             "master_suspect",
@@ -190,7 +192,30 @@ def _preview(
     try:
         write_preview(record.path, combined.data, combined.mask, title, levels)
     except Exception as exc:  # a quicklook must never cost the master
-        log.warning("preview_failed", path=str(record.path), reason=f"{type(exc).__name__}: {exc}")
+        log.warning("preview_failed", path=str(record.path), reason=reason_of(exc))
+
+
+def _ratio_picture(
+    record: masters.MasterRecord, assessment: qa.MasterQA, max_change: float
+) -> None:
+    """What changed since the previous master, beside the master; none (and an older one
+    removed) when there is nothing to compare with."""
+    from flatd.preview import ratio_path, write_ratio_picture
+
+    comparison = assessment.comparison
+    try:
+        if comparison is None or assessment.previous is None:
+            ratio_path(record.path).unlink(missing_ok=True)
+            return
+        title = (
+            f"{record.path.name} / {Path(assessment.previous).name}\n"
+            f"rms {comparison.change_rms:.4f}, {comparison.changed_fraction:.2%} of "
+            f"{qa.BLOCK}x{qa.BLOCK} blocks changed by > {max_change:g}"
+            + (" — QA FLAGGED" if assessment.flagged else "")
+        )
+        write_ratio_picture(record.path, comparison.blocks, comparison.blocks_masked, title)
+    except Exception as exc:  # a picture must never cost the master
+        log.warning("ratio_picture_failed", path=str(record.path), reason=reason_of(exc))
 
 
 def _too_few(result: Result, config: Config) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from astropy.io import fits
 
 from flatd.config import Config
@@ -42,3 +43,11 @@ def frames_of(paths: list[Path]) -> list[Frame]:
 @pytest.fixture
 def frame_writer(tmp_path: Path):
     return lambda name, data=None, **header: write_frame(tmp_path / name, data, **header)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults():
+    """Each test starts from structlog's defaults: a command run in-process configures it
+    to print to pytest's captured stream, which is closed once that test is over."""
+    yield
+    structlog.reset_defaults()

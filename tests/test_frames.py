@@ -29,7 +29,16 @@ def test_a_flat_becomes_a_frame_with_group_date_and_geometry(frame_writer):
     assert frame.shape == (30, 40)
     assert (frame.bitpix, frame.bzero, frame.compression) == (16, 32768.0, "none")
     assert frame.date.isoformat() == "2026-11-23T17:30:00+00:00"
-    assert frame.extras == {"GAIN": 1.4, "XBINNING": 1.0, "YBINNING": 1.0}
+    assert frame.extras == {"GAIN": 1.4}
+    assert frame.binning == (1, 1)
+    assert frame.type_keyword == "IMAGETYP"
+    assert dict(frame.sources) == {
+        "FILTER": "FILTER",
+        "INSTRUME": "INSTRUME",
+        "XBINNING": "XBINNING+YBINNING",
+        "YBINNING": "XBINNING+YBINNING",
+    }
+    assert (frame.date_source, frame.date_note) == ("DATE-OBS", "")
     with fits.open(path) as hdul:
         assert frame.data_offset == hdul[0].fileinfo()["datLoc"]
 
@@ -43,7 +52,11 @@ def test_flat_types_match_case_insensitively(frame_writer, imagetyp):
     ("header", "reason"),
     [
         ({"IMAGETYP": "Bias Frame"}, "IMAGETYP = 'Bias Frame' is not a flat"),
-        ({"IMAGETYP": None}, "no IMAGETYP keyword"),
+        (
+            {"IMAGETYP": None},
+            "no frame type keyword (looked for IMAGETYP, OBSTYPE, FRAME, HIERARCH ESO DPR "
+            "TYPE, DATA-TYP)",
+        ),
         ({"COMBINED": True}, "already combined"),
         ({"FLATDVER": "0.1.0"}, "a flatd master"),
     ],
@@ -54,11 +67,22 @@ def test_non_inputs_are_skipped_with_a_reason(frame_writer, header, reason):
     assert (skip.kind, reason in skip.reason) == ("skipped", True)
 
 
-def test_flat_without_a_group_key_is_rejected(frame_writer):
-    skip = read_frame(frame_writer("f.fits", FILTER=None), CONFIG)
+def test_a_flat_without_a_filter_keyword_is_grouped_as_having_none(frame_writer):
+    frame = read_frame(frame_writer("f.fits", FILTER=None), CONFIG)
+    assert isinstance(frame, Frame)
+    assert dict(frame.group)["FILTER"] == "no-filter"
+    assert dict(frame.sources)["FILTER"] == ""
+
+
+def test_a_flat_without_a_required_key_is_rejected(frame_writer):
+    config = FramesConfig(required=("FILTER",))
+    skip = read_frame(frame_writer("f.fits", FILTER=None), config)
     assert isinstance(skip, Skip)
     assert skip.kind == "rejected"
-    assert skip.reason == "flat without FILTER (frames.group_by)"
+    assert skip.reason == (
+        "flat without FILTER (looked for FILTER, FILTNAME, FILTERS, FILTER1+FILTER2, "
+        "HIERARCH ESO INS FILT1 NAME, FILTER01): frames.required"
+    )
 
 
 def test_broken_files_are_rejected_with_reasons(tmp_path: Path, frame_writer):
@@ -110,9 +134,11 @@ def test_gzip_and_tile_compressed_frames(tmp_path: Path, frame_writer):
 
 
 def test_date_falls_back_to_file_time_and_says_so(frame_writer):
-    frame = read_frame(frame_writer("f.fits", **{"DATE-OBS": "23/11/26"}), CONFIG)
+    frame = read_frame(frame_writer("f.fits", **{"DATE-OBS": "last tuesday"}), CONFIG)
     assert isinstance(frame, Frame)
     assert frame.date_from_header is False
+    assert frame.date_source == ""
+    assert frame.date_note == "DATE-OBS = 'last tuesday' is not a date"
     assert abs(frame.date.timestamp() - time.time()) < 60
 
 

@@ -339,3 +339,27 @@ def test_status_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "r_SIMCAM_1_1" in capsys.readouterr().out
     assert status_command(path, as_json=True, color=False) == 0
     assert json.loads(capsys.readouterr().out)["schema"] == 1
+
+
+VERIFY_REPORT = (
+    "VerifyError: \nVerification reported errors:\nHDU 0:\n    Card 6:\n        Card 'RA' is not "
+    "FITS standard (invalid value string: '15:58:11.37').\nNote: astropy.io.fits uses "
+    "zero-based indexing.\n"
+)
+ONE_LINE = "VerifyError: Card 'RA' is not FITS standard (invalid value string: '15:58:11.37')."
+
+
+def test_reasons_are_one_line_in_the_document_and_the_summary(tmp_path: Path) -> None:
+    board = _board(tmp_path / "status.json")
+    board.add_error("/data/masters/flat_r.fits", VERIFY_REPORT)
+    board.add_skip("/data/x.fits", "first line\nsecond line")
+    document = board.document()
+    assert document["errors"][0]["reason"] == ONE_LINE
+    assert document["skipped"][0]["reason"] == "first line; second line"
+    failed = {**GROUPS[0], "state": "failed", "reason": VERIFY_REPORT}
+    document["groups"] = [failed]
+    text = render_status(document, color=True)
+    group_line = next(line for line in text.splitlines() if "r_SIMCAM_1_1" in line)
+    assert "\033[31mfailed" in group_line and ONE_LINE in group_line
+    assert "combines" not in group_line  # a failed group is not scheduled
+    assert text.count("Note: astropy") == 0

@@ -1,0 +1,20 @@
+"""Why a raw frame (or a whole sequence) cannot be calibrated: one exception type, one line."""
+
+from __future__ import annotations
+
+
+class CalibrationError(Exception):
+    """A raw frame that cannot be calibrated as configured: a mismatched or unreadable master
+    bias or dark, a section outside the image, an unreadable frame. `reason` is one line,
+    fit for a rejection reason in the INPUTS table, the status file and the log; the frame
+    (or sequence) is rejected, never combined uncalibrated."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = " ".join(reason.split())
+        super().__init__(self.reason)
+
+
+class CalibrationUnavailable(CalibrationError):
+    """No master bias or dark fits the sequence *yet* (none taken before it with its shape
+    and binning, or the configured file or directory does not exist): the daemon can wait
+    for one to arrive instead of failing the sequence."""
