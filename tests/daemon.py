@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,35 @@ class FlatdProcess:
 
 def flat_sequence(n: int, filter_name: str = "r", seed: int = 0, shape=(64, 64), **kwargs):
     return simulate_sequence(shape=shape, n_frames=n, filter_name=filter_name, seed=seed, **kwargs)
+
+
+def night(
+    directory: Path,
+    days_ago: float,
+    n_flats: int,
+    seed: int,
+    others: int = 0,
+    directory_time: bool = True,
+) -> list[Path]:
+    """A night directory written `days_ago` (headers and file times alike; the directory's
+    own time too unless not `directory_time`): `n_flats` flats of one sequence and
+    `others` bias frames."""
+    taken = datetime.now(UTC) - timedelta(days=days_ago)
+    seq = flat_sequence(n_flats, seed=seed, shape=(16, 16), start=taken.replace(tzinfo=None))
+    directory.mkdir(parents=True)
+    paths = []
+    for i in range(n_flats):
+        paths.append(directory / f"r_{i:03d}.fits")
+        fits.PrimaryHDU(seq.frames[i], seq.headers[i]).writeto(paths[-1])
+    for i in range(others):
+        bias = seq.headers[0].copy()
+        bias["IMAGETYP"] = "Bias Frame"
+        paths.append(directory / f"bias_{i:03d}.fits")
+        fits.PrimaryHDU(seq.frames[0], bias).writeto(paths[-1])
+    when = taken.timestamp()
+    for path in (*paths, directory) if directory_time else paths:
+        os.utime(path, (when, when))
+    return paths
 
 
 def write_atomically(path: Path, data: np.ndarray, header: fits.Header) -> None:

@@ -15,13 +15,19 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX
-from tests.daemon import FlatdProcess, NotifySocket, flat_sequence, wait_for, write_frames
+from tests.daemon import (
+    FlatdProcess,
+    NotifySocket,
+    flat_sequence,
+    night,
+    wait_for,
+    write_frames,
+)
 from tests.faults.conftest import flat_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,35 +45,6 @@ def daemon(tmp_path: Path):
     yield make
     for process in started:
         process.kill()
-
-
-def night(
-    directory: Path,
-    days_ago: float,
-    n_flats: int,
-    seed: int,
-    others: int = 0,
-    directory_time: bool = True,
-) -> list[Path]:
-    """A night directory written `days_ago` (headers and file times alike; the directory's
-    own time too unless not `directory_time`): `n_flats` flats of one sequence and
-    `others` bias frames."""
-    taken = datetime.now(UTC) - timedelta(days=days_ago)
-    seq = flat_sequence(n_flats, seed=seed, shape=(16, 16), start=taken.replace(tzinfo=None))
-    directory.mkdir(parents=True)
-    paths = []
-    for i in range(n_flats):
-        paths.append(directory / f"r_{i:03d}.fits")
-        paths[-1].write_bytes(flat_bytes(seq.frames[i], seq.headers[i]))
-    for i in range(others):
-        bias = seq.headers[0].copy()
-        bias["IMAGETYP"] = "Bias Frame"
-        paths.append(directory / f"bias_{i:03d}.fits")
-        paths[-1].write_bytes(flat_bytes(seq.frames[0], bias))
-    when = taken.timestamp()
-    for path in (*paths, directory) if directory_time else paths:
-        os.utime(path, (when, when))
-    return paths
 
 
 def indexed(flatd: FlatdProcess) -> Counter:

@@ -21,9 +21,8 @@ from flatd.ingest import Ingest
 from flatd.service import Daemon
 from flatd.tree import Tree
 from flatd.watch import Watcher
-from tests.daemon import DEFAULT_CONFIG, flat_sequence, wait_for
+from tests.daemon import DEFAULT_CONFIG, flat_sequence, night, wait_for
 from tests.faults.conftest import flat_bytes, masters_in
-from tests.test_scale import night
 
 pytestmark = pytest.mark.timeout(60)
 
