@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -97,7 +98,8 @@ def _read(
             incomplete=True,
         )
     signs = raw_signs(cards, overscan_keywords)
-    if signs.is_raw and (calibrate is None or calibrate.raw != "calibrate"):
+    raw = signs is not None and signs.is_raw
+    if signs is not None and raw and (calibrate is None or calibrate.raw != "calibrate"):
         return Skip(path, "rejected", signs.reason(), stat.st_size, stat.st_mtime_ns)
     date = observation_date(cards, config, stat.st_mtime)
     if date.unreadable:
@@ -123,19 +125,37 @@ def _read(
         binning=roles.binning,
         date_source=date.source,
         date_note=date.problem,
-        raw=signs.is_raw,
+        raw=raw,
         overscan=(signs.overscan_keyword or "", signs.overscan_section or "")
-        if signs.is_raw
+        if signs is not None and raw
         else None,
     )
 
 
-def raw_signs(cards: Cards, overscan_keywords: tuple[str, ...]) -> RawSigns:
-    """What the header says about the frame's calibration (`flatd.calibrate.detect`)."""
+def raw_signs(cards: Cards, overscan_keywords: tuple[str, ...]) -> RawSigns | None:
+    """What the header says about the frame's calibration (`flatd.calibrate.detect`), from
+    its detection cards alone; None, at once, when it has no overscan section."""
+    overscan, records = _detection_names(overscan_keywords)
+    if not any(name in cards for name in overscan):
+        return None
     # imported here: flatd.calibrate imports the configuration, which imports this package
     from flatd.calibrate.detect import detect_raw
 
-    return detect_raw(cards, overscan_keywords)
+    found = {name: cards[name] for name in (*overscan, *records) if name in cards}
+    return detect_raw(found, overscan_keywords)
+
+
+@functools.lru_cache(maxsize=16)
+def _detection_names(overscan_keywords: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The reader's names of the overscan keywords and of the calibration records."""
+    from flatd.calibrate.detect import card_name, detection_keywords  # see raw_signs
+
+    def named(names: Iterable[str]) -> tuple[str, ...]:
+        return tuple(f"HIERARCH {n}" if len(n) > 8 or " " in n else n for n in names)
+
+    overscan = [card_name(k) for k in overscan_keywords]
+    records = sorted(detection_keywords(overscan_keywords) - set(overscan))
+    return named(dict.fromkeys(overscan)), named(records)
 
 
 def _image_header(
@@ -213,9 +233,6 @@ def wanted_keywords(
     """The keywords whose values `read_frame` uses; every other card is skipped unparsed.
     The raw-frame records longer than 8 characters (ccdproc's `SUBTRACT_OVERSCAN`) are
     HIERARCH cards in a file, and wanted by that name too."""
-    from flatd.calibrate.detect import detection_keywords  # see raw_signs
-
-    calibration = detection_keywords(overscan_keywords)
     names = {
         *STRUCTURAL,
         *EXTRA_KEYWORDS,
@@ -223,7 +240,6 @@ def wanted_keywords(
         *config.date_keywords,
         *config.time_keywords,
         *every_keyword(config),
-        *calibration,
-        *(f"HIERARCH {name}" for name in calibration if len(name) > 8 or " " in name),
+        *(name for names in _detection_names(overscan_keywords) for name in names),
     }
     return frozenset(name.encode("ascii", "replace") for name in names)
