@@ -160,9 +160,9 @@ class Groups:
             return
         self._libraries_version = version
         groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
-        log.info(
-            "calibration_masters_changed", sources=self._libraries.describe(), groups=len(groups)
-        )
+        sources = [str(s.source) for s in (self._libraries.bias, self._libraries.dark) if s]
+        # no header is read here (the health check's thread): the jobs read what changed
+        log.info("calibration_masters_changed", sources=sources, groups=len(groups))
         now = utcnow()
         for group in groups:
             self._debouncer.arm(group, now)
