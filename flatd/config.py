@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flatd.frames import dialects
+from flatd.hook import command_problems
 
 DEFAULT_SEARCH_PATHS = (Path("config.toml"), Path("/etc/flatd/config.toml"))
 
@@ -185,11 +186,14 @@ class OutputConfig:
     directory: Path = _opt(Path("masters"), relative_path=True)
     latest: bool = _opt(True)
     preview: bool = _opt(True)
+    on_master: tuple[str, ...] = _opt(())
+    hook_timeout_seconds: float = _opt(60.0, minimum=0.0, exclusive_min=True, maximum=3600.0)
 
 
 @dataclass(frozen=True)
 class StatusConfig:
     file: Path = _opt(Path("status.json"), relative_path=True)
+    metrics_file: str = _opt("", relative_path=True)  # "" = no metrics file
 
 
 @dataclass(frozen=True)
@@ -498,6 +502,15 @@ def _check_cross_field(config: Config, problems: list[str], invalid: set[str]) -
 
         problems.extend(settings_problems(config.calibrate))
 
+    if valid("output.on_master"):
+        problems.extend(command_problems(config.output.on_master))
+    metrics = config.status.metrics_file
+    if valid("status.metrics_file") and metrics and not metrics.endswith(".prom"):
+        problems.append(
+            f'status.metrics_file = "{metrics}" must end in .prom (node_exporter\'s textfile '
+            "collector reads only *.prom files)"
+        )
+
 
 # -- FITS keyword names ----------------------------------------------------------------------
 _KEYWORD_CHARACTERS = re.compile(r"[A-Z0-9_-]+")
@@ -631,7 +644,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         config.watch, directories=tuple(resolve(d) for d in config.watch.directories)
     )
     output = dataclasses.replace(config.output, directory=resolve(config.output.directory))
-    status = dataclasses.replace(config.status, file=resolve(config.status.file))
+    metrics = config.status.metrics_file
+    status = dataclasses.replace(
+        config.status,
+        file=resolve(config.status.file),
+        metrics_file=str(resolve(Path(metrics))) if metrics else "",
+    )
     calibrate = dataclasses.replace(
         config.calibrate,
         bias=str(resolve(Path(config.calibrate.bias))) if config.calibrate.bias else "",

@@ -97,6 +97,7 @@ class Groups:
         on_error: Callable[[str, str], None],
         on_change: Callable[[], None],
         on_skipped: Callable[[str, str], None] | None = None,
+        on_outcome: Callable[[Result], None] | None = None,
     ) -> None:
         self._index = index
         self._config = config
@@ -104,6 +105,7 @@ class Groups:
         self._on_error = on_error
         self._on_change = on_change
         self._on_skipped = on_skipped
+        self._on_outcome = on_outcome  # every combination attempted (for the metrics)
         self._states: dict[GroupKey, GroupState] = {}
         self._lock = threading.Lock()
         self._group_locks: dict[GroupKey, threading.Lock] = {}
@@ -279,6 +281,8 @@ class Groups:
                     "combine_started", frames=len(sequence.frames), start=sequence.start.isoformat()
                 )
                 result = self._make_master(sequence)
+                if self._on_outcome is not None and result.outcome != "waiting":
+                    self._on_outcome(result)  # waiting for a master bias: nothing combined
         if result.outcome == "waiting":  # nothing was made or tried: no failure either
             return result
         for frame_path, reason in result.rejected.items():

@@ -142,6 +142,7 @@ def _fill(
     record.qa = assessment.to_dict()
     if config.output.preview:
         _preview(record, combined, frames)
+        _ratio_picture(record, assessment, config.qa.max_change)
     if assessment.flagged:
         log.warning(
             "master_suspect",
@@ -222,6 +223,29 @@ def _preview(
         write_preview(record.path, combined.data, combined.mask, title, levels)
     except Exception as exc:  # a quicklook must never cost the master
         log.warning("preview_failed", path=str(record.path), reason=reason_of(exc))
+
+
+def _ratio_picture(
+    record: masters.MasterRecord, assessment: qa.MasterQA, max_change: float
+) -> None:
+    """What changed since the previous master, beside the master; none (and an older one
+    removed) when there is nothing to compare with."""
+    from flatd.preview import ratio_path, write_ratio_picture
+
+    comparison = assessment.comparison
+    try:
+        if comparison is None or assessment.previous is None:
+            ratio_path(record.path).unlink(missing_ok=True)
+            return
+        title = (
+            f"{record.path.name} / {Path(assessment.previous).name}\n"
+            f"rms {comparison.change_rms:.4f}, {comparison.changed_fraction:.2%} of "
+            f"{qa.BLOCK}x{qa.BLOCK} blocks changed by > {max_change:g}"
+            + (" — QA FLAGGED" if assessment.flagged else "")
+        )
+        write_ratio_picture(record.path, comparison.blocks, comparison.blocks_masked, title)
+    except Exception as exc:  # a picture must never cost the master
+        log.warning("ratio_picture_failed", path=str(record.path), reason=reason_of(exc))
 
 
 def _too_few(result: Result, config: Config) -> bool:

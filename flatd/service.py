@@ -26,9 +26,13 @@ from flatd.calibrate import remove_stale_workspaces
 from flatd.config import Config
 from flatd.discover import walk
 from flatd.groups import Groups
+from flatd.history import MasterHistory
+from flatd.hook import HookResult, HookRunner
 from flatd.index import Index
 from flatd.ingest import Ingest
 from flatd.masters import MasterRecord
+from flatd.metrics import MetricsFile
+from flatd.pipeline import Result
 from flatd.status import StatusBoard
 from flatd.watch import Watcher
 
@@ -45,11 +49,20 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.index = Index(config.sequence.gap_minutes)
+        self.history = MasterHistory()
+        self.metrics = (
+            MetricsFile(Path(config.status.metrics_file)) if config.status.metrics_file else None
+        )
+        self.hook = HookRunner(
+            config.output.on_master,
+            config.output.hook_timeout_seconds,
+            on_result=self._hook_finished,
+        )
         self.board = StatusBoard(
             config.status.file,
             directories=[str(d) for d in config.watch.directories],
             observer="polling" if config.watch.polling else "inotify",
-            snapshot=lambda: (self.index.counts(), self.groups.snapshot()),
+            snapshot=lambda: (self.index.counts(), self.history.annotate(self.groups.snapshot())),
             on_write=self._announce,
         )
         self.groups = Groups(
@@ -59,6 +72,7 @@ class Daemon:
             on_error=self.board.add_error,
             on_change=self.board.mark_changed,
             on_skipped=self.board.add_skip,
+            on_outcome=self._combination_finished,
         )
         self.ingest = Ingest(
             self.index,
@@ -89,6 +103,8 @@ class Daemon:
             log.warning("stale_temporary_removed", path=str(stale))
         for stale in remove_stale_temporaries_of(self.config.status.file):
             log.warning("stale_temporary_removed", path=str(stale))
+        for stale in self.metrics.remove_stale_temporaries() if self.metrics else []:
+            log.warning("stale_temporary_removed", path=str(stale))
         for stale in remove_stale_workspaces(output):  # a crash's calibrated copies
             log.warning("stale_workspace_removed", path=str(stale))
         log.info(
@@ -101,6 +117,8 @@ class Daemon:
         )
         self.board.set_state("running")
         self.board.start()
+        self.hook.start()
+        threading.Thread(target=self._load_history, name="flatd-history", daemon=True).start()
         self._report_problems(self.watcher.start())
         started = time.monotonic()
         scanned = self._scan(self.config.watch.directories)
@@ -141,6 +159,7 @@ class Daemon:
         self.watcher.stop()
         self.ingest.stop()
         self.groups.stop()
+        self.hook.stop()
         self.board.close("stopped")
         log.info("stopped")
 
@@ -207,7 +226,23 @@ class Daemon:
     def _master_written(self, record: MasterRecord) -> None:
         fields = record.to_dict()
         log.info("master_written", **fields)
+        self.history.add(fields)
         self.board.add_master(fields)
+        self.hook.submit(fields)
+
+    def _combination_finished(self, result: Result) -> None:
+        if self.metrics is not None:
+            self.metrics.combination_finished(result.outcome, result.reason, result.seconds)
+
+    def _hook_finished(self, result: HookResult) -> None:
+        if self.metrics is not None:
+            self.metrics.hook_finished(result.outcome)
+
+    def _load_history(self) -> None:
+        """The recent masters on disk of each group, for the page after a restart."""
+        read = self.history.load(self.config.output.directory)
+        log.debug("history_loaded", masters=read)
+        self.board.mark_changed()
 
     def _summary(self) -> str:
         counts = self.index.counts()
@@ -230,6 +265,8 @@ class Daemon:
             self._page_failing = str(exc)
         else:
             self._page_failing = None
+        if self.metrics is not None:
+            self.metrics.write(document)
 
 
 def _settle_seconds(config: Config) -> float:
