@@ -158,18 +158,18 @@ class Inputs:
     originals: list[Frame]  # the sequence's frames as indexed
     rejected: dict[Path, str] = field(default_factory=dict)  # refused here, by indexed path
     provenance: Provenance | None = None
-    _indexed: dict[Path, Frame] = field(default_factory=dict)  # copy's path -> raw frame
+    indexed_frames: dict[Path, Frame] = field(default_factory=dict)  # copy's path -> raw frame
 
     def indexed(self, path: Path) -> Path:
         """The indexed frame's path for a path the engine read (itself for a frame that
         needed no calibration)."""
-        frame = self._indexed.get(path)
+        frame = self.indexed_frames.get(path)
         return frame.path if frame is not None else path
 
     def identify(self, combined: CombineResult) -> CombineResult:
         """`combined` with its rows naming the indexed frames, plus one row per frame
         refused here (not used, with the reason), for the INPUTS table."""
-        if not self._indexed and not self.rejected:
+        if not self.indexed_frames and not self.rejected:
             return combined
         from flatd.combine import FrameStats
 
@@ -231,7 +231,7 @@ def _calibrate(
         originals=frames,
         rejected=rejected,
         provenance=provenance(recipe, done, tool) if done else None,
-        _indexed={copies[f.path].path: f for f in frames if f.path in copies},
+        indexed_frames={copies[f.path].path: f for f in frames if f.path in copies},
     )
 
 
