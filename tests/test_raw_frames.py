@@ -36,6 +36,12 @@ WIDTH, HEIGHT = 96, 64  # image area; the raw readout is 8 + 96 + 32 columns wid
 REFUSED = 'set [calibrate] raw = "calibrate" and a master bias to use it'
 
 
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """Resolved: flatd resolves the config file's directory, and paths are compared as text."""
+    return tmp_path.resolve()
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No ./config.toml or $FLATD_CONFIG leaks in; the logging `main()` sets up leaks out."""
