@@ -22,6 +22,7 @@ import structlog
 
 from flatd import __version__, notify
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
+from flatd.calibrate import remove_stale_workspaces
 from flatd.config import Config
 from flatd.discover import walk
 from flatd.groups import Groups
@@ -79,6 +80,7 @@ class Daemon:
             on_group_changed=self.groups.frame_arrived,
             on_skip=self.groups.note_skip,
             settle_seconds=_settle_seconds(config),
+            calibrate=config.calibrate,
         )
         self.watcher = Watcher(
             config.watch,
@@ -103,6 +105,8 @@ class Daemon:
             log.warning("stale_temporary_removed", path=str(stale))
         for stale in self.metrics.remove_stale_temporaries() if self.metrics else []:
             log.warning("stale_temporary_removed", path=str(stale))
+        for stale in remove_stale_workspaces(output):  # a crash's calibrated copies
+            log.warning("stale_workspace_removed", path=str(stale))
         log.info(
             "starting",
             version=__version__,
@@ -138,6 +142,7 @@ class Daemon:
             if time.monotonic() >= next_reconcile:
                 self._reconcile(self.config.watch.directories)
                 next_reconcile = time.monotonic() + RECONCILE_SECONDS
+            self.groups.check_calibration()  # a new master bias or dark: waiting groups run
             problems = self.watcher.check()
             self._report_problems(problems)
             if not any("observer" in p for p in problems):
