@@ -5,15 +5,13 @@ calibration and combination, whole process against whole process, on the same fi
     ccdproc  CCDData.read -> subtract_overscan(BIASSEC, median, axis 1) -> trim_image(TRIMSEC)
              -> subtract_bias -> write (the guide writes each calibrated flat), then
              ccdproc.combine of those files with the guide's settings, mem_limit 350e6
-    flatd    flatd.calibrate (the same ccdproc steps, float32, into a workspace) then the
-             engine's combine with mem_limit_mb 350, master written
+    flatd    `flatd combine --config` with `[calibrate] raw = "calibrate"` and the master
+             bias: the same ccdproc steps (float32, one frame at a time, into a workspace),
+             then the engine with mem_limit_mb 350, the master written (no preview)
 
 `compare_raw()` takes the runner's measuring functions (`run_child`, `baseline` of
 benchmarks/run.py), so run.py can add it as a case; alone:
 `python benchmarks/raw.py [--repeat N] [--frames N] [--size N]`.
-Until raw frames are wired into `flatd combine`, flatd's side is the script FLATD_RAW below
-(the same stages `flatd combine` will run); it then becomes `flatd combine --config` with
-`[calibrate] raw = "calibrate"` and `bias = ...`.
 """
 
 from __future__ import annotations
@@ -54,29 +52,24 @@ with tempfile.TemporaryDirectory(dir=Path(output).parent) as reduced:
                              mem_limit=350e6, unit="adu")
     master.write(output, overwrite=True)
 """
-FLATD_RAW = f"""
-import sys
-from datetime import UTC, datetime
-from pathlib import Path
-from astropy.io import fits
-from flatd.calibrate import Calibrator, MasterLibraries, Workspace, plan, provenance
-from flatd.combine import combine
-from flatd.config import CalibrateConfig, CombineConfig, FramesConfig
-from flatd.frames import read_frame
-files, bias, output = [Path(f) for f in sys.argv[1:-2]], sys.argv[-2], Path(sys.argv[-1])
-settings = CalibrateConfig(raw="calibrate", bias=bias)
-first = fits.getheader(files[0])
-start = datetime.fromisoformat(first["DATE-OBS"]).replace(tzinfo=UTC)
-recipe = plan(settings, first, start, MasterLibraries.from_settings(settings, Path.cwd()))
-with Workspace(output.parent) as work, Calibrator(recipe) as calibrator:
-    done = [calibrator.calibrate(path, work) for path in files]
-    frames = [read_frame(frame.path, FramesConfig()) for frame in done]
-    result = combine(frames, CombineConfig(mem_limit_mb={MEM_LIMIT_MB}))
-    header = fits.Header()
-    provenance(recipe, done, calibrator.tool).apply(header)
-    fits.PrimaryHDU(result.data, header).writeto(output, overwrite=True)
+FLATD_CONFIG = f"""
+[sequence]
+min_frames = 1
+[combine]
+mem_limit_mb = {MEM_LIMIT_MB}
+[output]
+preview = false
+[calibrate]
+raw = "calibrate"
+bias = "{{bias}}"
+[log]
+format = "json"
+level = "warning"
 """
-FLATD_RAW_IMPORTS = "import flatd.calibrate, flatd.combine, flatd.frames, ccdproc, astropy.io.fits"
+FLATD_RAW_IMPORTS = (
+    "import flatd.cli, flatd.report, flatd.pipeline, flatd.combine, flatd.masters, "
+    "flatd.logs, flatd.calibrate.stage, ccdproc"
+)
 CCDPROC_RAW_IMPORTS = "import numpy, ccdproc, astropy.stats, astropy.nddata"
 
 Runner = Callable[[list[str]], tuple[float, float]]
@@ -116,7 +109,13 @@ def ccdproc_command(files: list[Path], bias: Path, output: Path) -> list[str]:
 
 
 def flatd_command(files: list[Path], bias: Path, output: Path) -> list[str]:
-    return [PYTHON, "-c", FLATD_RAW, *map(str, files), str(bias), str(output)]
+    """`flatd combine --config` with `[calibrate] raw = "calibrate"` and the master bias;
+    the master goes into the directory `output` (fresh for each run, like ccdproc's)."""
+    config = output.with_suffix(".toml")
+    config.write_text(FLATD_CONFIG.format(bias=bias))
+    return [PYTHON, "-m", "flatd", "combine", "--config", str(config), "--output", str(output)] + [
+        str(f) for f in files
+    ]
 
 
 def compare_raw(
@@ -131,11 +130,11 @@ def compare_raw(
     `repeat` alternating runs after a warm-up; the line printed is returned."""
     files, bias = make_raw_frames(n, size)
     flatd_base, ccd_base = baseline(FLATD_RAW_IMPORTS), baseline(CCDPROC_RAW_IMPORTS)
-    run_child(flatd_command(files, bias, work / "flatd-warm.fits"))  # warm the page cache
+    run_child(flatd_command(files, bias, work / "flatd-warm"))  # warm the page cache
     results: dict[str, list[tuple[float, float]]] = {"flatd": [], "ccdproc": []}
     for run in range(repeat):
         results["ccdproc"].append(run_child(ccdproc_command(files, bias, work / "ccdproc.fits")))
-        results["flatd"].append(run_child(flatd_command(files, bias, work / f"flatd-{run}.fits")))
+        results["flatd"].append(run_child(flatd_command(files, bias, work / f"flatd-{run}")))
     f_time = statistics.median(t for t, _ in results["flatd"])
     c_time = statistics.median(t for t, _ in results["ccdproc"])
     f_mem = max(m for _, m in results["flatd"]) - flatd_base
@@ -155,7 +154,8 @@ def agreement(work: Path, n: int = 10, size: int = 4096) -> str:
     import numpy as np
     from astropy.io import fits
 
-    ours = fits.getdata(work / "flatd-0.fits").astype(np.float64)
+    master = next((work / "flatd-0").glob("flat_*.fits"))
+    ours = fits.getdata(master).astype(np.float64)
     guide = fits.getdata(work / "ccdproc.fits").astype(np.float64)
     ratio = ours / (guide / np.median(guide))
     line = f"  masters: rms {np.std(ratio / np.median(ratio) - 1):.2e} apart (twilight, stars)"

@@ -6,10 +6,12 @@ Cases (files made once into `bench-data/` by the simulated camera, with stars):
   B   6 frames of 4096x2048 float32        same
   C  50 frames of 4096x4096 at 350 MB      flatd only: peak RSS above the import baseline
   D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
+  R  10 raw 4096x4096 uint16 + overscan     calibrate + combine vs the guide's ccdproc steps
+                                           (benchmarks/raw.py)
 
 Wall time is measured around each child process (interpreter start included); peak RSS
 comes from the rusage of a small launcher's child, minus the peak of a process that only
-imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases ABCD]`.
+imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases ABCDR]`.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ def scan(n_files: int, sample: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cases", default="ABCD")
+    parser.add_argument("--cases", default="ABCDR")
     args = parser.parse_args()
     # a pip install compiles flatd's bytecode; an editable checkout run with
     # PYTHONDONTWRITEBYTECODE would otherwise recompile it in every run
@@ -270,6 +272,10 @@ def main() -> int:
             memory_only("C 50 x 4096x4096", make_frames("c", 50, (4096, 4096)), work)
         if "D" in args.cases:
             scan(10_000, 1000)
+        if "R" in args.cases:
+            from raw import compare_raw  # benchmarks/raw.py, beside this file
+
+            compare_raw(run_child, baseline, args.repeat, work)
     return 0
 
 

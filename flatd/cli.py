@@ -127,9 +127,15 @@ def _configure_logging(args: argparse.Namespace, config: Config) -> None:
 
 
 def _check_config(config: Config) -> int:
+    """Print the effective configuration; warnings that do not stop `flatd run` (a master
+    bias that is not there yet) go to stderr."""
+    from flatd.calibrate.recipe import settings_notes
+
     source = config.source or "built-in defaults (no config file found)"
     print(f"# effective configuration from {source}")
     print(tomli_w.dumps(config.to_dict()), end="")
+    for note in settings_notes(config.calibrate):
+        print(f"flatd check-config: warning: {note}", file=sys.stderr)
     return EXIT_OK
 
 

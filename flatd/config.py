@@ -222,8 +222,8 @@ class CalibrateConfig:
     trim: bool = _opt(True)
     bias: str = _opt("")
     dark: str = _opt("")
-    overscan_keywords: tuple[str, ...] = _opt(("BIASSEC",), non_empty=True)
-    trim_keywords: tuple[str, ...] = _opt(("TRIMSEC", "DATASEC"), non_empty=True)
+    overscan_keywords: tuple[str, ...] = _opt(("BIASSEC",), non_empty=True, keyword="keyword")
+    trim_keywords: tuple[str, ...] = _opt(("TRIMSEC", "DATASEC"), non_empty=True, keyword="keyword")
 
 
 @dataclass(frozen=True)
@@ -497,6 +497,11 @@ def _check_cross_field(config: Config, problems: list[str], invalid: set[str]) -
                 )
             elif valid("frames.group_by") and key not in frames.group_by:
                 problems.append(f"frames.keywords.{key}: {key} is not in frames.group_by")
+    calibrate_keys = ("raw", "overscan", "bias", "overscan_model", "overscan_degree")
+    if valid(*(f"calibrate.{key}" for key in calibrate_keys)):
+        from flatd.calibrate.recipe import settings_problems  # it imports this module
+
+        problems.extend(settings_problems(config.calibrate))
 
     if valid("output.on_master"):
         problems.extend(command_problems(config.output.on_master))
@@ -646,4 +651,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         file=resolve(config.status.file),
         metrics_file=str(resolve(Path(metrics))) if metrics else "",
     )
-    return dataclasses.replace(config, watch=watch, output=output, status=status)
+    calibrate = dataclasses.replace(
+        config.calibrate,
+        bias=str(resolve(Path(config.calibrate.bias))) if config.calibrate.bias else "",
+        dark=str(resolve(Path(config.calibrate.dark))) if config.calibrate.dark else "",
+    )
+    return dataclasses.replace(
+        config, watch=watch, output=output, status=status, calibrate=calibrate
+    )

@@ -10,7 +10,10 @@ Every sequence that makes no master is one warning event with its reason, once f
 inputs (`too_few_frames`; `combine_failed`). A failed combination is retried once
 (`combine_retry_scheduled`); failing again the same way on the same frames makes it
 `failed`, and it is tried again only when its frames change or flatd restarts
-(`flatd.retries`).
+(`flatd.retries`). Raw frames with no master bias or dark that fits yet leave their
+group `waiting` with that reason (`calibration_waiting`, once), not failed and not
+retried: its job runs again when its frames change or when a master bias or dark
+arrives (`check_calibration`, from the daemon's health check).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import structlog
 
 from flatd import masters
+from flatd.calibrate import MasterLibraries
 from flatd.config import Config
 from flatd.frames import Skip, canonical_group, group_notes
 from flatd.index import GroupKey, Index, Sequence
@@ -112,6 +116,9 @@ class Groups:
         self._too_few_told: dict[GroupKey, dict[Path, frozenset]] = {}  # reported once
         self._notes: dict[GroupKey, list[str]] = {}  # group_notes, as of the last snapshot
         self._notes_stale: set[GroupKey] = set()  # groups whose frames changed since
+        self._waiting_told: dict[Path, tuple[frozenset, str]] = {}  # reported once
+        self._libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+        self._libraries_version = self._libraries.version()
         self._stopping = threading.Event()
         self._scheduling = False
         self._debouncer = Debouncer(self.run)
@@ -136,6 +143,8 @@ class Groups:
         with self._lock:
             self._scheduling = True
         self._debouncer.start()
+        if self._config.calibrate.raw == "calibrate":  # what the bias/dark sources hold
+            log.info("calibration_masters", sources=self._libraries.describe())
         now = utcnow()
         for group, frames in self._index.groups().items():
             newest = max(datetime.fromtimestamp(f.mtime_ns / 1e9, UTC) for f in frames)
@@ -145,6 +154,23 @@ class Groups:
                 state.stable_at = max(now, newest + self._quiet)
             self._debouncer.arm(group, state.stable_at)
         self._on_change()
+
+    def check_calibration(self) -> None:
+        """When a master bias or dark arrived, changed or left, run the job of every group
+        with raw frames now (those whose master is up to date return at once)."""
+        if self._config.calibrate.raw != "calibrate":
+            return
+        version = self._libraries.version()
+        if version == self._libraries_version:
+            return
+        self._libraries_version = version
+        groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
+        sources = [str(s.source) for s in (self._libraries.bias, self._libraries.dark) if s]
+        # no header is read here (the health check's thread): the jobs read what changed
+        log.info("calibration_masters_changed", sources=sources, groups=len(groups))
+        now = utcnow()
+        for group in groups:
+            self._debouncer.arm(group, now)
 
     def stop(self) -> None:
         """Abandon a running combination at its next band and wait for the jobs."""
@@ -175,6 +201,7 @@ class Groups:
         self._failures.keep_only(group, [self._path(s) for s in sequences])
         results = [r for r in map(self._outcome, sequences) if r is not None]
         self._report_too_few(group, [r for r in results if r.outcome == "too_few"])
+        self._report_waiting([r for r in results if r.outcome == "waiting"])
         self._settle(group, sequences, results)
 
     def _outcome(self, sequence: Sequence) -> Result | None:
@@ -209,6 +236,10 @@ class Groups:
             too_few = [r for r in results if r.outcome == "too_few" and r.sequence == newest]
             if too_few:
                 state.state, state.reason = "too_few", too_few[0].reason
+            waiting = [r for r in results if r.outcome == "waiting"]
+            if waiting:  # until a master bias or dark arrives: no time to show
+                state.state, state.reason = "waiting", waiting[-1].reason
+                state.stable_at = retry_at
             if retrying:
                 state.state = "waiting"
                 state.reason = f"retrying after failure: {retrying[-1].reason}"
@@ -253,8 +284,10 @@ class Groups:
                     "combine_started", frames=len(sequence.frames), start=sequence.start.isoformat()
                 )
                 result = self._make_master(sequence)
-                if self._on_outcome is not None:
-                    self._on_outcome(result)
+                if self._on_outcome is not None and result.outcome != "waiting":
+                    self._on_outcome(result)  # waiting for a master bias: nothing combined
+        if result.outcome == "waiting":  # nothing was made or tried: no failure either
+            return result
         for frame_path, reason in result.rejected.items():
             log.warning("frame_rejected", path=str(frame_path), reason=reason)
         if result.outcome == "failed":
@@ -269,7 +302,9 @@ class Groups:
     def _make_master(self, sequence: Sequence) -> Result:
         """`make_master`, with anything it raises (but the daemon stopping) a failure."""
         try:
-            return make_master(sequence, self._config, progress=self._check_stop)
+            return make_master(
+                sequence, self._config, progress=self._check_stop, libraries=self._libraries
+            )
         except Cancelled:
             raise
         except Exception as exc:  # a bug must cost this sequence, not the daemon
@@ -320,6 +355,20 @@ class Groups:
                     reason=one_line(result.reason),
                 )
         self._too_few_told[group] = now
+
+    def _report_waiting(self, results: list[Result]) -> None:
+        """One `calibration_waiting` warning per sequence, set of inputs and reason."""
+        for result in results:
+            path = self._path(result.sequence)
+            told = (result.sequence.identities, result.reason)
+            if self._waiting_told.get(path) != told:
+                self._waiting_told[path] = told
+                log.warning(
+                    "calibration_waiting",
+                    start=result.sequence.start.isoformat(),
+                    frames=len(result.sequence.frames),
+                    reason=one_line(result.reason),
+                )
 
     def _path(self, sequence: Sequence) -> Path:
         return masters.master_path(self._config.output.directory, sequence.group, sequence.start)

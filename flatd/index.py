@@ -350,5 +350,5 @@ def index_paths(paths: Iterable[Path], config: Config, index: Index | None = Non
     for path in walk(
         paths, config.watch.patterns, config.watch.recursive, exclude=[config.output.directory]
     ):
-        index.add(read_frame(path, config.frames))
+        index.add(read_frame(path, config.frames, config.calibrate))
     return index

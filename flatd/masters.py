@@ -34,6 +34,8 @@ from flatd.reasons import one_line, reason_of
 if TYPE_CHECKING:
     from astropy.io import fits
 
+    from flatd.calibrate.provenance import Provenance
+
 log = structlog.get_logger("flatd.masters")
 
 SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
@@ -213,9 +215,12 @@ def write_master(
     *,
     output_dir: Path,
     qa_cards: list[tuple[str, Any, str]] | None = None,
+    calibration: Provenance | None = None,
 ) -> MasterRecord:
     """Write the master of one sequence atomically and return its record. The images
-    are written as they are: big-endian arrays ('>f4') go out without a byte-swap."""
+    are written as they are: big-endian arrays ('>f4') go out without a byte-swap.
+    `calibration` says how raw inputs were calibrated (its cards and HISTORY are added,
+    the raw readout's section cards removed)."""
     from astropy.io import fits
 
     path = master_path(output_dir, group, start)
@@ -223,7 +228,7 @@ def write_master(
     created = datetime.now(UTC)
     first = next(f for f in frames if any(s.path == f.path for s in used))
     qa = qa_cards or []
-    header = _header(first, frames, combined, group, start, created, config, qa)
+    header = _header(first, frames, combined, group, start, created, config, qa, calibration)
     mask = combined.mask.view(np.uint8)
     uncertainty_header = fits.Header(
         [("UTYPE", "StdDevUncertainty", "standard deviation of the mean")]
@@ -246,7 +251,9 @@ def write_master(
             reason=reason_of(exc),
             action="written without the first input's cards",
         )
-        hdul[0].header = _header(None, frames, combined, group, start, created, config, qa)
+        hdul[0].header = _header(
+            None, frames, combined, group, start, created, config, qa, calibration
+        )
         atomic_write(path, lambda fh: hdul.writeto(fh))
     return MasterRecord(
         group=dict(group),
@@ -267,9 +274,11 @@ def _header(
     created: datetime,
     config: Config,
     qa_cards: list[tuple[str, Any, str]],
+    calibration: Provenance | None = None,
 ) -> fits.Header:
     """The master's header: the cards of its `first` input that may be copied (none when
-    `first` is None), then what the master is and how it was made."""
+    `first` is None), then what the master is and how it was made (and, for raw inputs,
+    how they were calibrated)."""
     from astropy.io import fits
 
     verified = _verified_cards(first) if first is not None else []
@@ -311,6 +320,8 @@ def _header(
     )
     for keyword, value, comment in qa_cards:
         header[keyword] = (value, comment)
+    if calibration is not None:  # what was done to the raw inputs comes first in HISTORY
+        calibration.apply(header)
     header.add_history(
         f"flatd {__version__}: {settings.method} of {len(used)} flats scaled "
         f"by 1/{settings.scale}, clipped {settings.sigma_low:g}/"

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 import structlog
 
 from flatd import combine as engine
+from flatd.calibrate import CalibrationUnavailable, MasterLibraries
+from flatd.calibrate.stage import CalibrationPlan, plan_sequence
 from flatd.checks import saturation_level
 from flatd.config import Config, FramesConfig
 from flatd.frames import Skip, group_notes
@@ -28,11 +30,13 @@ log = structlog.get_logger("flatd.report")
 class ScanReport:
     """What `flatd scan` found: the index, each flat's levels, and how the headers were
     read (the keyword of each group key, the notes of each group, the files not taken
-    summarised by reason)."""
+    summarised by reason); for sequences of raw frames, what calibrating them would do
+    (a plan, or why they wait)."""
 
     index: Index
     levels: dict[Path, engine.FrameLevels]
     frames_config: FramesConfig = field(default_factory=FramesConfig)
+    calibration: dict[Sequence, CalibrationPlan | str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         skips = self.index.skips()
@@ -58,6 +62,7 @@ class ScanReport:
                 {
                     "start": seq.start.isoformat(),
                     "end": seq.end.isoformat(),
+                    **self._calibration_dict(seq),
                     "frames": [
                         {
                             "path": str(f.path),
@@ -67,6 +72,7 @@ class ScanReport:
                             "date_note": f.date_note,
                             "shape": list(f.shape),
                             "median": _rounded(self.levels.get(f.path)),
+                            "raw": f.raw,
                         }
                         for f in seq.frames
                     ],
@@ -74,6 +80,23 @@ class ScanReport:
                 for seq in sequences
             ],
         }
+
+    def _calibration_dict(self, sequence: Sequence) -> dict[str, Any]:
+        plan = self.calibration.get(sequence)
+        if plan is None:
+            return {}
+        if isinstance(plan, str):
+            return {"calibration": {"action": "wait", "reason": plan}}
+        return {"calibration": plan.to_dict()}
+
+    def _calibration_lines(self, sequence: Sequence) -> list[str]:
+        plan = self.calibration.get(sequence)
+        if plan is None:
+            return []
+        if isinstance(plan, str):
+            return [f"    calibration: {plan}"]
+        refused = [f"    refused: {p.name}: {reason}" for p, reason in plan.refused.items()]
+        return [f"    calibration: {plan.describe()}", *refused]
 
     def render(self) -> str:
         counts = self.index.counts()
@@ -111,9 +134,10 @@ class ScanReport:
                 f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
                 f"  {len(seq.frames)} frames"
             )
+            lines.extend(self._calibration_lines(seq))
             lines.extend(
                 f"    {f.path.name:<40} {f.date:%H:%M:%S}{'' if f.date_from_header else '*'} "
-                f"median {_level_text(self.levels.get(f.path))}"
+                f"median {_level_text(self.levels.get(f.path))}{'  raw' if f.raw else ''}"
                 for f in seq.frames
             )
         if any(not f.date_from_header for f in frames):
@@ -134,7 +158,22 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
             index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
         else:
             levels[frame.path] = level
-    return ScanReport(index, levels, config.frames)
+    return ScanReport(index, levels, config.frames, _calibration_plans(index, config))
+
+
+def _calibration_plans(index: Index, config: Config) -> dict[Sequence, CalibrationPlan | str]:
+    """What calibrating each sequence of raw frames would do, or why it would wait."""
+    if config.calibrate.raw != "calibrate":
+        return {}
+    libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+    plans: dict[Sequence, CalibrationPlan | str] = {}
+    for sequence in index.sequences():
+        if any(f.raw for f in sequence.frames):
+            try:
+                plans[sequence] = plan_sequence(sequence, config, libraries)
+            except CalibrationUnavailable as exc:
+                plans[sequence] = exc.waiting()
+    return plans
 
 
 def _not_taken(skips: list[Skip]) -> list[tuple[str, str, list[str]]]:
@@ -167,8 +206,9 @@ class CombineSummary:
 
     @property
     def failed(self) -> bool:
-        """Whether `flatd combine` failed: a group failed, or no master was written."""
-        return any(r.outcome == "failed" for r in self.results) or not self.written
+        """Whether `flatd combine` failed: a group failed or waits for a master bias or
+        dark (which a one-shot command cannot wait for), or no master was written."""
+        return any(r.outcome in ("failed", "waiting") for r in self.results) or not self.written
 
     @property
     def written(self) -> list[Result]:
@@ -234,6 +274,7 @@ def combine_paths(
     for skip in index.skips():
         log.info("frame_skipped", path=str(skip.path), kind=skip.kind, reason=skip.reason)
     results = []
+    libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
     line = ProgressLine(sys.stderr) if show_progress else None
     for sequence in index.sequences():
         name = group_slug(sequence.group)
@@ -243,7 +284,7 @@ def combine_paths(
                 line.show(f"{name}: {len(sequence.frames)} frames, measuring")
                 progress = line.for_group(name)
             try:
-                result = _make_master(sequence, config, output_dir, progress)
+                result = _make_master(sequence, config, output_dir, progress, libraries)
             finally:
                 if line is not None:
                     line.clear()
@@ -253,12 +294,18 @@ def combine_paths(
 
 
 def _make_master(
-    sequence: Sequence, config: Config, output_dir: Path | None, progress: engine.Progress | None
+    sequence: Sequence,
+    config: Config,
+    output_dir: Path | None,
+    progress: engine.Progress | None,
+    libraries: MasterLibraries,
 ) -> Result:
     """`make_master`, with anything it raises a failure of this sequence alone (its
     traceback logged at debug level): the other groups are still combined."""
     try:
-        return make_master(sequence, config, output_dir=output_dir, progress=progress)
+        return make_master(
+            sequence, config, output_dir=output_dir, progress=progress, libraries=libraries
+        )
     except Exception as exc:
         log.debug("combine_crashed", exc_info=True)
         return Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
@@ -309,7 +356,8 @@ def _log_result(result: Result) -> None:
     if result.record is not None:
         log.info("master_written", **result.record.to_dict())
         return
-    event = "too_few_frames" if result.outcome == "too_few" else "combine_failed"
+    events = {"too_few": "too_few_frames", "waiting": "calibration_waiting"}
+    event = events.get(result.outcome, "combine_failed")
     log.warning(
         event,
         start=result.sequence.start.isoformat(),

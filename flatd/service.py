@@ -32,6 +32,7 @@ import structlog
 
 from flatd import __version__, notify
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
+from flatd.calibrate import remove_stale_workspaces
 from flatd.config import Config
 from flatd.groups import Groups
 from flatd.history import MasterHistory
@@ -92,6 +93,7 @@ class Daemon:
             on_group_changed=self.groups.frame_arrived,
             on_skip=self.groups.note_skip,
             settle_seconds=_settle_seconds(config),
+            calibrate=config.calibrate,
         )
         self.watcher = Watcher(
             config.watch,
@@ -123,6 +125,8 @@ class Daemon:
             log.warning("stale_temporary_removed", path=str(stale))
         for stale in self.metrics.remove_stale_temporaries() if self.metrics else []:
             log.warning("stale_temporary_removed", path=str(stale))
+        for stale in remove_stale_workspaces(output):  # a crash's calibrated copies
+            log.warning("stale_workspace_removed", path=str(stale))
         log.info(
             "starting",
             version=__version__,
@@ -176,13 +180,16 @@ class Daemon:
 
     def _health(self, tick: float) -> None:
         """One health check: while starting, ask systemd for more time; once running,
-        ping its watchdog — only while every directory that should be watched is."""
+        ping its watchdog — only while every directory that should be watched is — and
+        then look for new calibration masters (a listing of their directories)."""
         problems = self.watcher.check()
         self._report_problems(problems)
         if not self.ready.is_set():
             self._extend_start(tick)
-        elif self.watcher.healthy:
+            return
+        if self.watcher.healthy:
             notify.notify("WATCHDOG=1")
+        self.groups.check_calibration()  # a new master bias or dark: waiting groups run
 
     def _extend_start(self, tick: float) -> None:
         """Ask systemd for more start-up time: the start-up scan of a large archive may

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,12 @@ def write_frame(path: Path, data: np.ndarray | None = None, **header: object) ->
     return path
 
 
-def frames_of(paths: list[Path]) -> list[Frame]:
-    """The frames of `paths`, read with the default settings (all must be frames)."""
-    frames = [read_frame(p, Config().frames) for p in paths]
+def frames_of(paths: list[Path], raw: bool = False) -> list[Frame]:
+    """The frames of `paths`, read with the default settings (all must be frames); `raw`:
+    raw frames are taken as they are (`[calibrate] raw = "calibrate"`, uncalibrated)."""
+    config = Config()
+    calibrate = replace(config.calibrate, raw="calibrate") if raw else config.calibrate
+    frames = [read_frame(p, config.frames, calibrate) for p in paths]
     assert all(isinstance(f, Frame) for f in frames), frames
     return frames  # type: ignore[return-value]
 

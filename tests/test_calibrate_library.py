@@ -139,3 +139,33 @@ def test_undated_master_takes_its_file_time(tmp_path: Path) -> None:
     found = read_master(path, "bias")
     assert not found.date_from_header
     assert abs(found.date.timestamp() - path.stat().st_mtime) < 1
+
+
+def test_binning_is_the_frames_binning_role_eso_hierarch_included(tmp_path: Path) -> None:
+    """ESO's data interface dictionary: `HIERARCH ESO DET WIN1 BINX/BINY`; the frames
+    package's binning role reads it for the masters as for the flats."""
+    path = master(
+        tmp_path / "eso.fits",
+        XBINNING=None,
+        YBINNING=None,
+        **{"HIERARCH ESO DET WIN1 BINX": 2, "HIERARCH ESO DET WIN1 BINY": 2},
+    )
+    assert read_master(path, "bias").binning == (2, 2)
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_a_master_still_being_written_is_not_a_candidate_until_whole(tmp_path: Path) -> None:
+    biases = tmp_path / "biases"
+    whole = master(tmp_path / "whole.fits").read_bytes()
+    biases.mkdir()
+    library = MasterLibrary(biases, "bias")
+    empty = library.version()
+    (biases / "bias.fits").write_bytes(whole[: len(whole) // 2])  # a copy under way
+    half = library.version()
+    with pytest.raises(CalibrationUnavailable, match=r"bias.fits is truncated \(still being"):
+        library.select(SHAPE, (1, 1), START)
+    (biases / "bias.fits").write_bytes(whole)
+    assert len({empty, half, library.version()}) == 3  # each step is a change to look at
+    assert library.select(SHAPE, (1, 1), START).path == biases / "bias.fits"
+    assert library.describe() == f"1 master bias file(s) in {biases}"
+    assert MasterLibrary(tmp_path / "none", "bias").describe().endswith("does not exist (yet)")

@@ -188,3 +188,88 @@ def test_the_fast_card_parser_agrees_with_astropy(card: str):
         expected = None
     if value is not NOT_SIMPLE:
         assert (value, type(value)) == (expected, type(expected))
+
+
+# -- raw frames (issue 12): refused by default, marked when they are to be calibrated -----------
+# IRAF noao.imred.ccdred, `help ccdgeometry`: BIASSEC is the overscan strip, TRIMSEC the part
+# kept, both as 1-based [columns,rows] sections.
+RAW_CARDS = {"BIASSEC": "[33:40,1:24]", "TRIMSEC": "[1:32,1:24]", "BUNIT": "adu"}
+RAW_DATA = np.full((24, 40), 1500, np.uint16)
+
+
+def test_a_raw_flat_is_refused_by_default_saying_what_to_configure(frame_writer):
+    skip = read_frame(frame_writer("raw.fits", RAW_DATA, **RAW_CARDS), CONFIG)
+    assert isinstance(skip, Skip) and skip.kind == "rejected"
+    assert skip.reason.startswith("raw frame: BIASSEC = '[33:40,1:24]' and no overscan/bias")
+    assert skip.reason.endswith('set [calibrate] raw = "calibrate" and a master bias to use it')
+
+
+def test_with_raw_calibrate_a_raw_flat_is_indexed_as_raw(frame_writer):
+    from flatd.config import CalibrateConfig
+
+    path = frame_writer("raw.fits", RAW_DATA, **RAW_CARDS)
+    frame = read_frame(path, CONFIG, CalibrateConfig(raw="calibrate"))
+    assert isinstance(frame, Frame) and frame.raw
+    assert frame.overscan == ("BIASSEC", "[33:40,1:24]")
+    assert frame.shape == (24, 40)  # as read out: the calibration trims it
+    calibrated = read_frame(frame_writer("cal.fits", RAW_DATA), CONFIG)
+    assert isinstance(calibrated, Frame) and not calibrated.raw and calibrated.overscan is None
+
+
+def test_an_overscan_keyword_of_the_config_is_read(frame_writer):
+    from flatd.config import CalibrateConfig
+
+    path = frame_writer("raw.fits", RAW_DATA, BSEC1="[33:40,1:24]")
+    assert isinstance(read_frame(path, CONFIG), Frame)  # BIASSEC only, by default
+    settings = CalibrateConfig(overscan_keywords=("BIASSEC", "BSEC1"))
+    skip = read_frame(path, CONFIG, settings)
+    assert isinstance(skip, Skip) and skip.reason.startswith("raw frame: BSEC1 = ")
+
+
+def test_processed_frames_are_not_raw_whatever_card_records_it(tmp_path: Path):
+    """The records are parsed from the header blocks like any wanted card: IRAF's (`help
+    ccdlist`, example 5) and those ccdproc itself writes, whose long names are HIERARCH
+    cards (`HIERARCH SUBTRACT_OVERSCAN = 'suboscan'`)."""
+    import ccdproc
+    from astropy.nddata import CCDData
+
+    header = fits.Header({**_flat_cards(), **RAW_CARDS})
+    ccd = CCDData(RAW_DATA.astype(np.float32), unit="adu", meta=header)
+    ccd = ccdproc.subtract_overscan(ccd, fits_section=RAW_CARDS["BIASSEC"], median=True)
+    ccd.write(tmp_path / "ccdproc.fits")
+    assert "HIERARCH SUBTRACT_OVERSCAN" in (tmp_path / "ccdproc.fits").read_bytes().decode()
+    iraf = tmp_path / "iraf.fits"
+    fits.PrimaryHDU(
+        RAW_DATA,
+        fits.Header(
+            {**header, "OVERSCAN": "Jun  2 18:18 Overscan section is [33:40,*] with mean=1500"}
+        ),
+    ).writeto(iraf)
+    only_hierarch = tmp_path / "hierarch.fits"
+    only_hierarch.write_bytes((tmp_path / "ccdproc.fits").read_bytes())
+    fits.delval(only_hierarch, "SUBOSCAN")  # the long-named record alone still says it
+    for path in (tmp_path / "ccdproc.fits", only_hierarch, iraf):
+        frame = read_frame(path, CONFIG)
+        assert isinstance(frame, Frame) and not frame.raw, path.name
+
+
+def test_the_binning_role_reads_any_header_mapping():
+    """One rule for the frames' binning and the master biases' (`calibrate.library`): the
+    reader's cards, or an astropy Header's keywords, whose HIERARCH ones lose the prefix."""
+    from flatd.frames import binning_of
+
+    assert binning_of({"CCDSUM": "2 2"}) == (2, 2)
+    assert binning_of({"XBINNING": 3, "YBINNING": 1}) == (3, 1)
+    eso = fits.Header()
+    eso["HIERARCH ESO DET WIN1 BINX"] = 2  # ESO's DICB dictionary: DET WIN1 BINX/BINY
+    eso["HIERARCH ESO DET WIN1 BINY"] = 2
+    assert binning_of({card.keyword: card.value for card in eso.cards}) == (2, 2)
+    assert binning_of({"HIERARCH ESO DET WIN1 BINX": 4}) == (4, 4)
+    assert binning_of({"BINNING": "2x1"}, ("BINNING",)) == (2, 1)
+    assert binning_of({"FILTER": "r"}) is None
+
+
+def _flat_cards() -> dict[str, object]:
+    from tests.conftest import FLAT_HEADER
+
+    return dict(FLAT_HEADER)

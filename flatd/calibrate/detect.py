@@ -97,16 +97,16 @@ def detect_raw(
     values = header_values(cards)
     overscan_keyword = overscan_section = None
     for keyword in overscan_keywords:
-        value = values.get(keyword.upper())
+        value = values.get(card_name(keyword))
         if isinstance(value, str) and value.strip():
-            overscan_keyword, overscan_section = keyword.upper(), value.strip()
+            overscan_keyword, overscan_section = card_name(keyword), value.strip()
             break
     return RawSigns(
         overscan_keyword=overscan_keyword,
         overscan_section=overscan_section,
         bias_removed=tuple(_found(values, BIAS_REMOVAL_RECORDS)) + _calstat(values),
         trimmed=tuple(_found(values, TRIM_RECORDS)),
-        looked_for=tuple(k.upper() for k in overscan_keywords),
+        looked_for=tuple(card_name(k) for k in overscan_keywords),
     )
 
 
@@ -117,12 +117,17 @@ def detection_keywords(
     needs must parse these too."""
     return frozenset(
         {
-            *(k.upper() for k in overscan_keywords),
+            *(card_name(k) for k in overscan_keywords),
             *BIAS_REMOVAL_RECORDS,
             *TRIM_RECORDS,
             CALSTAT,
         }
     )
+
+
+def card_name(keyword: str) -> str:
+    """A keyword as `header_values` names it: upper case, a HIERARCH one without the prefix."""
+    return keyword.upper().removeprefix("HIERARCH ").strip()
 
 
 def header_values(cards: Mapping[str, Any] | Any) -> dict[str, Any]:

@@ -17,4 +17,12 @@ class CalibrationError(Exception):
 class CalibrationUnavailable(CalibrationError):
     """No master bias or dark fits the sequence *yet* (none taken before it with its shape
     and binning, or the configured file or directory does not exist): the daemon can wait
-    for one to arrive instead of failing the sequence."""
+    for one to arrive instead of failing the sequence. `kind` is "bias" or "dark"."""
+
+    def __init__(self, reason: str, kind: str = "bias") -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+    def waiting(self) -> str:
+        """The reason as a sequence's: `waiting for a master bias: <reason>`."""
+        return f"waiting for a master {self.kind}: {self.reason}"

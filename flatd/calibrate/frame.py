@@ -38,11 +38,12 @@ import numpy as np
 from flatd.calibrate.detect import header_values
 from flatd.calibrate.errors import CalibrationError
 from flatd.calibrate.geometry import Geometry, frame_geometry
-from flatd.calibrate.library import MasterFile, binning_of, exposure_of, misfit
+from flatd.calibrate.library import MasterFile, exposure_of, misfit
 from flatd.calibrate.provenance import provenance
 from flatd.calibrate.recipe import FITTED_MODELS, Recipe
 from flatd.calibrate.sections import Section
 from flatd.calibrate.workspace import Workspace
+from flatd.frames import binning_of
 
 # cards of the raw file's structure, not of the frame: never copied to the calibrated file
 STRUCTURAL = frozenset(
@@ -107,7 +108,7 @@ class Calibrator:
         del data
         ccd, level = self._subtract_overscan(ccd, geometry)
         ccd = self._trim(ccd, geometry)
-        binning = binning_of(values)
+        binning = binning_of(values, self.recipe.binning_keywords)
         ccd, bias = self._subtract_bias(ccd, binning)
         ccd, dark, scale = self._subtract_dark(ccd, values, binning)
         record = CalibratedFrame(

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flatd.calibrate.detect import card_name
 from flatd.calibrate.errors import CalibrationError
 from flatd.calibrate.sections import Section, parse_section
 
@@ -102,9 +103,9 @@ def find_section(
     if keywords is None:
         return None
     for keyword in keywords:
-        value = values.get(keyword.upper())
+        value = values.get(card_name(keyword))
         if isinstance(value, str) and value.strip():
-            return parse_section(keyword.upper(), value, image_shape)
+            return parse_section(card_name(keyword), value, image_shape)
     raise CalibrationError(
         f"no {role} section ({', '.join(keywords)}) in the header; {HINTS[role]}"
     )

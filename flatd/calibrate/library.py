@@ -13,6 +13,7 @@ combined, in ADU; a dark also bias-subtracted, with its `EXPTIME`, so that it ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 from flatd.calibrate.detect import detect_raw, header_values
 from flatd.calibrate.errors import CalibrationError, CalibrationUnavailable
+from flatd.frames import binning_of
 
 Kind = Literal["bias", "dark"]
 TYPE_KEYWORDS = ("IMAGETYP", "OBSTYPE", "FRAME", "DATA-TYP")
@@ -29,6 +31,7 @@ TYPE_WORDS: dict[str, tuple[str, ...]] = {"bias": ("bias", "zero"), "dark": ("da
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fit.gz", ".fz")
 ADU_UNITS = frozenset({"", "adu", "count", "counts", "ct", "dn"})
 MAX_LISTED = 3  # candidates named in a "none fits" reason
+FITS_BLOCK = 2880
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def read_master(path: Path, kind: Kind) -> MasterFile:
             header = hdul[hdu].header
             cards = header_values(header)
             shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            _check_whole(path, kind, hdul.fileinfo(hdu))
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise CalibrationError(f"master {kind} {path.name} is unreadable: {exc}") from None
     _check_usable(path, kind, cards)
@@ -85,6 +89,33 @@ class MasterLibrary:
         self.kind = kind
         self._known: dict[Path, tuple[tuple[int, int], MasterFile | str]] = {}
 
+    def version(self) -> tuple[tuple[str, int, int], ...]:
+        """What the source holds now, cheaply (names, sizes and modification times, from
+        the directory listing): it changes when a master arrives, changes or leaves."""
+        try:
+            if not self.source.is_dir():
+                stat = self.source.stat()
+                return ((self.source.name, stat.st_size, stat.st_mtime_ns),)
+            entries = []
+            with os.scandir(self.source) as listing:
+                for entry in listing:
+                    if _candidate_name(entry.name):
+                        with contextlib.suppress(OSError):
+                            stat = entry.stat()
+                            entries.append((entry.name, stat.st_size, stat.st_mtime_ns))
+            return tuple(sorted(entries))
+        except OSError:
+            return ()
+
+    def describe(self) -> str:
+        """One line on what the source holds, for the start-up log and check-config."""
+        if self.source.is_dir():
+            masters = [m for m in self._scan() if isinstance(m, MasterFile)]
+            return f"{len(masters)} master {self.kind} file(s) in {self.source}"
+        if self.source.exists():
+            return f"master {self.kind} {self.source}"
+        return f"master {self.kind} {self.source} does not exist (yet)"
+
     def select(
         self, shape: tuple[int, int], binning: tuple[int, int] | None, before: datetime
     ) -> MasterFile:
@@ -94,7 +125,9 @@ class MasterLibrary:
         if self.source.is_dir():
             return self._select_from_directory(shape, binning, before)
         if not self.source.exists():
-            raise CalibrationUnavailable(f"master {self.kind} {self.source} does not exist (yet)")
+            raise CalibrationUnavailable(
+                f"master {self.kind} {self.source} does not exist (yet)", self.kind
+            )
         master = read_master(self.source, self.kind)
         problem = misfit(master, shape, binning)
         if problem:
@@ -120,7 +153,8 @@ class MasterLibrary:
         binning_text = f"binning {binning[0]}x{binning[1]}" if binning else "any binning"
         raise CalibrationUnavailable(
             f"no master {self.kind} in {self.source} for {_size(shape)}, {binning_text}, "
-            f"taken before {_iso(before)} (yet)" + (f": {listed}" if listed else "")
+            f"taken before {_iso(before)} (yet)" + (f": {listed}" if listed else ""),
+            self.kind,
         )
 
     def _scan(self) -> list[MasterFile | str]:
@@ -128,7 +162,7 @@ class MasterLibrary:
         note for each unreadable one; files of another image type are left out."""
         seen: dict[Path, tuple[tuple[int, int], MasterFile | str]] = {}
         for path in sorted(self.source.iterdir()):
-            if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith("."):
+            if not _candidate_name(path.name):
                 continue
             try:
                 stat = path.stat()
@@ -151,8 +185,24 @@ class MasterLibrary:
             return exc.reason
 
 
+def _check_whole(path: Path, kind: Kind, info: Mapping[str, Any] | None) -> None:
+    """A master still being written (shorter than its header says) is not used yet: the
+    library's version changes when it is complete. (Not checked for gzip files, whose
+    offsets are in the decompressed stream.)"""
+    if info is None or path.name.lower().endswith(".gz"):
+        return
+    end = int(info["datLoc"]) + int(info["datSpan"])
+    if end > path.stat().st_size + FITS_BLOCK - 1:  # the last block's padding may be missing
+        raise CalibrationError(f"master {kind} {path.name} is truncated (still being written?)")
+
+
 class _OtherType(CalibrationError):
     """A file whose image type says it is not this kind of master."""
+
+
+def _candidate_name(name: str) -> bool:
+    """A FITS file's name, not a hidden one (a temporary being written)."""
+    return name.lower().endswith(FITS_SUFFIXES) and not name.startswith(".")
 
 
 def _is_image(hdu: Any) -> bool:
@@ -189,23 +239,6 @@ def misfit(master: MasterFile, shape: tuple[int, int], binning: tuple[int, int] 
             f"frames {binning[0]}x{binning[1]}"
         )
     return ""
-
-
-def binning_of(cards: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(x, y) binning from XBINNING/YBINNING, CCDSUM = '2 2' or BINX/BINY; None if absent.
-    (The frames reader's binning role replaces this once raw frames are wired in.)"""
-    ccdsum = str(cards.get("CCDSUM", "")).split()
-    candidates: list[tuple[Any, Any]] = [
-        (cards.get("XBINNING"), cards.get("YBINNING")),
-        (ccdsum[0], ccdsum[1]) if len(ccdsum) == 2 else (None, None),
-        (cards.get("BINX"), cards.get("BINY")),
-    ]
-    for x, y in candidates:
-        try:
-            return int(x), int(y)
-        except (ValueError, TypeError):
-            continue
-    return None
 
 
 def exposure_of(cards: Mapping[str, Any]) -> float | None:

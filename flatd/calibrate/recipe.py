@@ -11,13 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flatd.calibrate.detect import header_values
 from flatd.calibrate.errors import CalibrationError
 from flatd.calibrate.geometry import frame_geometry
-from flatd.calibrate.library import MasterFile, MasterLibrary, binning_of
-from flatd.config import CalibrateConfig
+from flatd.calibrate.library import MasterFile, MasterLibrary
+from flatd.frames import binning_of
+from flatd.frames.dialects import BINNING_KEYWORDS
+
+if TYPE_CHECKING:
+    from flatd.config import CalibrateConfig
 
 FITTED_MODELS = ("chebyshev", "legendre", "polynomial")
 
@@ -34,6 +38,7 @@ class Recipe:
     trim_keywords: tuple[str, ...]
     bias: MasterFile | None
     dark: MasterFile | None
+    binning_keywords: tuple[str, ...] = BINNING_KEYWORDS  # the frames' (frames.binning_keywords)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -64,11 +69,20 @@ class MasterLibraries:
     @classmethod
     def from_settings(cls, settings: CalibrateConfig, base: Path) -> MasterLibraries:
         """The libraries of `settings`; relative paths are relative to `base` (the config
-        file's directory)."""
+        file's directory; `load_config` has already made them absolute)."""
         return cls(
             bias=MasterLibrary(base / settings.bias, "bias") if settings.bias else None,
             dark=MasterLibrary(base / settings.dark, "dark") if settings.dark else None,
         )
+
+    def version(self) -> tuple[object, ...]:
+        """What the sources hold now (see `MasterLibrary.version`): a new master bias or
+        dark changes it."""
+        return tuple(source.version() if source else None for source in (self.bias, self.dark))
+
+    def describe(self) -> list[str]:
+        """One line per configured source: how many masters it holds, or that it is missing."""
+        return [source.describe() for source in (self.bias, self.dark) if source is not None]
 
 
 def settings_problems(settings: CalibrateConfig) -> list[str]:
@@ -87,15 +101,40 @@ def settings_problems(settings: CalibrateConfig) -> list[str]:
     return problems
 
 
+def settings_notes(settings: CalibrateConfig) -> list[str]:
+    """What `flatd check-config` warns about without refusing the file: a master bias or
+    dark path that does not exist yet (flatd waits for it), masters configured while raw
+    frames are refused. Paths as `load_config` left them (absolute)."""
+    notes = []
+    if settings.raw != "calibrate":
+        named = [key for key in ("bias", "dark") if getattr(settings, key)]
+        if named:
+            keys = " and ".join(f"calibrate.{key}" for key in named)
+            notes.append(
+                f'{keys} not used: calibrate.raw = "reject" refuses raw frames (set "calibrate")'
+            )
+        return notes
+    for key in ("bias", "dark"):
+        path = getattr(settings, key)
+        if path and not Path(path).exists():
+            notes.append(
+                f"calibrate.{key} = {path} does not exist (yet): raw flats wait for a master "
+                f"{key} there"
+            )
+    return notes
+
+
 def plan(
     settings: CalibrateConfig,
     cards: Mapping[str, Any] | Any,
     start: datetime,
     libraries: MasterLibraries,
+    binning_keywords: tuple[str, ...] = BINNING_KEYWORDS,
 ) -> Recipe:
     """The recipe for a sequence whose first raw frame has header `cards` and which starts
-    at `start` (aware). Raises CalibrationError (CalibrationUnavailable while no master
-    fits yet) naming what is wrong."""
+    at `start` (aware); the frames' binning is read from `binning_keywords` (the frames
+    package's binning role). Raises CalibrationError (CalibrationUnavailable while no
+    master fits yet) naming what is wrong."""
     problems = settings_problems(settings)
     if problems:
         raise CalibrationError(problems[0])
@@ -107,7 +146,7 @@ def plan(
         tuple(settings.trim_keywords) if settings.trim else None,
     )
     shape = geometry.shape
-    binning = binning_of(values)
+    binning = binning_of(values, binning_keywords)
     return Recipe(
         overscan=settings.overscan,
         overscan_model=settings.overscan_model,
@@ -117,6 +156,7 @@ def plan(
         trim_keywords=tuple(k.upper() for k in settings.trim_keywords),
         bias=libraries.bias.select(shape, binning, start) if libraries.bias else None,
         dark=libraries.dark.select(shape, binning, start) if libraries.dark else None,
+        binning_keywords=binning_keywords,
     )
 
 

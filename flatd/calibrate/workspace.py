@@ -53,7 +53,10 @@ class Workspace:
             raise
 
     def close(self) -> None:
+        """Remove the workspace, and `.flatd-work` itself once no other one is in it."""
         shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another combination's workspace: it stays
+            self.path.parent.rmdir()
 
     def __enter__(self) -> Workspace:
         return self
@@ -79,6 +82,8 @@ def remove_stale_workspaces(output_directory: Path) -> list[Path]:
         if entry.is_dir() and match and not _running(int(match[1])):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
+    with contextlib.suppress(OSError):  # only when nothing else is left in it
+        root.rmdir()
     return removed
 
 

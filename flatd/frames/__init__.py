@@ -19,7 +19,7 @@ from flatd.frames.dialects import is_flat_type, missing_value
 from flatd.frames.model import Compression, Frame, GroupKey, GroupValue, Skip, SkipKind
 from flatd.frames.notes import group_notes, sources
 from flatd.frames.reader import read_frame, wanted_keywords
-from flatd.frames.roles import canonical_group
+from flatd.frames.roles import binning_of, canonical_group
 
 __all__ = [
     "NOT_SIMPLE",
@@ -29,6 +29,7 @@ __all__ = [
     "GroupValue",
     "Skip",
     "SkipKind",
+    "binning_of",
     "canonical_group",
     "group_notes",
     "is_flat_type",

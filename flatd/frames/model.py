@@ -27,7 +27,9 @@ class Frame:
     keyword that was for each key ("" when the frame has none: the value is then a
     `dialects.missing_value` placeholder). `date_source` names the card(s) the date was
     read from ("" for the file time) and `date_note` says why the header's date was not
-    used, when it was not."""
+    used, when it was not. `raw` marks a raw frame (an overscan section, no record of
+    bias removal: `flatd.calibrate.detect`), indexed only with `[calibrate] raw =
+    "calibrate"`; `overscan` is then (keyword, section), e.g. ("BIASSEC", "[1:8,1:64]")."""
 
     path: Path
     size: int
@@ -49,6 +51,8 @@ class Frame:
     binning: tuple[int, int] | None = None
     date_source: str = ""
     date_note: str = ""
+    raw: bool = False
+    overscan: tuple[str, str] | None = None
 
     @property
     def identity(self) -> tuple[str, int, int]:

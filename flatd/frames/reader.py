@@ -2,7 +2,8 @@
 
 The stages, in order: the raw header blocks (`cards`: only the wanted cards parsed), the
 frame type (`frametype`), the group's roles (`roles`), the image geometry and the file's
-length, the date (`dates`). The same pass records where the image data lies, so the
+length, raw or not (`flatd.calibrate.detect`: a raw flat is refused unless `[calibrate]
+raw = "calibrate"`), the date (`dates`). The same pass records where the image data lies, so the
 engine can read it band by band without opening the file through astropy again, and
 checks the file is long enough to hold its data (a truncated or half-written file is
 never indexed as complete). Indexing costs a few hundredths of a millisecond per file
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -26,7 +28,8 @@ from flatd.frames.model import Compression, Frame, Skip
 from flatd.frames.roles import every_keyword, keywords_for, read_roles
 
 if TYPE_CHECKING:
-    from flatd.config import FramesConfig
+    from flatd.calibrate.detect import RawSigns
+    from flatd.config import CalibrateConfig, FramesConfig
 
 log = structlog.get_logger("flatd.frames")
 
@@ -51,14 +54,20 @@ STRUCTURAL = frozenset(
 )
 
 
-def read_frame(path: Path, config: FramesConfig) -> Frame | Skip:
-    """Classify one file from its header: a usable flat, or why it is not."""
+DEFAULT_OVERSCAN_KEYWORDS = ("BIASSEC",)
+
+
+def read_frame(
+    path: Path, config: FramesConfig, calibrate: CalibrateConfig | None = None
+) -> Frame | Skip:
+    """Classify one file from its header: a usable flat, or why it is not. A raw flat is
+    refused unless `calibrate.raw` is "calibrate" (None: the defaults, which refuse it)."""
     try:
         stat = path.stat()
     except OSError as exc:
         return Skip(path, "rejected", f"cannot stat: {exc.strerror or exc}")
     try:
-        return _read(path, stat, config)
+        return _read(path, stat, config, calibrate)
     except Broken as exc:
         return Skip(path, "rejected", str(exc), stat.st_size, stat.st_mtime_ns, exc.incomplete)
     except EOFError as exc:
@@ -67,10 +76,13 @@ def read_frame(path: Path, config: FramesConfig) -> Frame | Skip:
         return Skip(path, "rejected", f"unreadable: {exc}", stat.st_size, stat.st_mtime_ns)
 
 
-def _read(path: Path, stat: os.stat_result, config: FramesConfig) -> Frame | Skip:
+def _read(
+    path: Path, stat: os.stat_result, config: FramesConfig, calibrate: CalibrateConfig | None
+) -> Frame | Skip:
     if stat.st_size == 0:
         raise Broken("empty file", incomplete=True)
-    cards, hdu, data_offset, compression = _image_header(path, config)
+    overscan_keywords = calibrate.overscan_keywords if calibrate else DEFAULT_OVERSCAN_KEYWORDS
+    cards, hdu, data_offset, compression = _image_header(path, config, overscan_keywords)
     kind = frame_type(cards, config)
     if kind.not_flat:
         return Skip(path, "skipped", kind.not_flat, stat.st_size, stat.st_mtime_ns)
@@ -85,6 +97,10 @@ def _read(path: Path, stat: os.stat_result, config: FramesConfig) -> Frame | Ski
             f"truncated: {data_offset + data_bytes} bytes expected, {stat.st_size} on disk",
             incomplete=True,
         )
+    signs = raw_signs(cards, overscan_keywords)
+    raw = signs is not None and signs.is_raw
+    if signs is not None and raw and (calibrate is None or calibrate.raw != "calibrate"):
+        return Skip(path, "rejected", signs.reason(), stat.st_size, stat.st_mtime_ns)
     date = observation_date(cards, config, stat.st_mtime)
     if date.unreadable:
         _warn_date(path, cards, date)
@@ -109,10 +125,42 @@ def _read(path: Path, stat: os.stat_result, config: FramesConfig) -> Frame | Ski
         binning=roles.binning,
         date_source=date.source,
         date_note=date.problem,
+        raw=raw,
+        overscan=(signs.overscan_keyword or "", signs.overscan_section or "")
+        if signs is not None and raw
+        else None,
     )
 
 
-def _image_header(path: Path, config: FramesConfig) -> tuple[Cards, int, int, Compression]:
+def raw_signs(cards: Cards, overscan_keywords: tuple[str, ...]) -> RawSigns | None:
+    """What the header says about the frame's calibration (`flatd.calibrate.detect`), from
+    its detection cards alone; None, at once, when it has no overscan section."""
+    overscan, records = _detection_names(overscan_keywords)
+    if not any(name in cards for name in overscan):
+        return None
+    # imported here: flatd.calibrate imports the configuration, which imports this package
+    from flatd.calibrate.detect import detect_raw
+
+    found = {name: cards[name] for name in (*overscan, *records) if name in cards}
+    return detect_raw(found, overscan_keywords)
+
+
+@functools.lru_cache(maxsize=16)
+def _detection_names(overscan_keywords: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The reader's names of the overscan keywords and of the calibration records."""
+    from flatd.calibrate.detect import card_name, detection_keywords  # see raw_signs
+
+    def named(names: Iterable[str]) -> tuple[str, ...]:
+        return tuple(f"HIERARCH {n}" if len(n) > 8 or " " in n else n for n in names)
+
+    overscan = [card_name(k) for k in overscan_keywords]
+    records = sorted(detection_keywords(overscan_keywords) - set(overscan))
+    return named(dict.fromkeys(overscan)), named(records)
+
+
+def _image_header(
+    path: Path, config: FramesConfig, overscan_keywords: tuple[str, ...]
+) -> tuple[Cards, int, int, Compression]:
     """The cards of the header that describes the image (the primary header, merged with
     the first extension's when the primary holds no data), the image's HDU, its data
     offset and how it is stored."""
@@ -120,7 +168,7 @@ def _image_header(path: Path, config: FramesConfig) -> tuple[Cards, int, int, Co
         gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[assignment]
-        wanted = wanted_keywords(config)
+        wanted = wanted_keywords(config, overscan_keywords)
         primary, primary_end = read_header(stream, first=True, wanted=wanted)
         compression: Compression = "gzip" if gzipped else "none"
         if int_value(primary, "NAXIS", 0) != 0 or primary.get("EXTEND") is not True:
@@ -179,8 +227,12 @@ def _geometry(cards: Cards, compression: Compression) -> tuple[tuple[int, int], 
 
 
 @functools.lru_cache(maxsize=16)
-def wanted_keywords(config: FramesConfig) -> frozenset[bytes]:
-    """The keywords whose values `read_frame` uses; every other card is skipped unparsed."""
+def wanted_keywords(
+    config: FramesConfig, overscan_keywords: tuple[str, ...] = DEFAULT_OVERSCAN_KEYWORDS
+) -> frozenset[bytes]:
+    """The keywords whose values `read_frame` uses; every other card is skipped unparsed.
+    The raw-frame records longer than 8 characters (ccdproc's `SUBTRACT_OVERSCAN`) are
+    HIERARCH cards in a file, and wanted by that name too."""
     names = {
         *STRUCTURAL,
         *EXTRA_KEYWORDS,
@@ -188,5 +240,6 @@ def wanted_keywords(config: FramesConfig) -> frozenset[bytes]:
         *config.date_keywords,
         *config.time_keywords,
         *every_keyword(config),
+        *(name for names in _detection_names(overscan_keywords) for name in names),
     }
     return frozenset(name.encode("ascii", "replace") for name in names)

@@ -10,7 +10,7 @@ takes `dialects.missing_value(key)`, and says so (its source is "").
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,6 +84,25 @@ def read_roles(cards: Cards, config: FramesConfig) -> Roles:
     return Roles(tuple(values), tuple(sources), binning)
 
 
+def binning_of(
+    cards: Mapping[str, object], keywords: tuple[str, ...] = dialects.BINNING_KEYWORDS
+) -> tuple[int, int] | None:
+    """(x, y) binning by the binning role's keywords (`frames.binning_keywords`) from any
+    header mapping: the reader's cards, or keyword -> value from an astropy Header, which
+    names a HIERARCH card without its prefix. None when no binning keyword can be read."""
+    named = {_reader_name(key): value for key, value in cards.items() if isinstance(key, str)}
+    return _binning(named, _split(keywords))[0]
+
+
+def _reader_name(keyword: str) -> str:
+    """A keyword as the reader names it: `HIERARCH ...` for one that only fits a HIERARCH
+    card (longer than 8 characters, or with spaces)."""
+    keyword = keyword.upper()
+    if keyword.startswith("HIERARCH ") or (len(keyword) <= 8 and " " not in keyword):
+        return keyword
+    return f"HIERARCH {keyword}"
+
+
 def canonical_group(group: GroupKey) -> GroupKey:
     """A group key read back from a master's header, with its values as `read_roles`
     gives them today: older flatd kept a binning written as text (`XBINNING = '2'`) as
@@ -103,11 +122,12 @@ Entries = tuple[tuple[str, tuple[str, ...]], ...]  # (entry as written, its keyw
 def _plan(config: FramesConfig) -> tuple[tuple[tuple[str, Entries], ...], Entries]:
     """Each group key's entries split into their keywords once per configuration."""
 
-    def split(entries: Iterable[str]) -> Entries:
-        return tuple((entry, tuple(entry.split("+"))) for entry in entries)
+    keys = tuple((key, _split(keywords_for(key, config))) for key in config.group_by)
+    return keys, _split(config.binning_keywords)
 
-    keys = tuple((key, split(keywords_for(key, config))) for key in config.group_by)
-    return keys, split(config.binning_keywords)
+
+def _split(entries: Iterable[str]) -> Entries:
+    return tuple((entry, tuple(entry.split("+"))) for entry in entries)
 
 
 def _first(cards: Cards, entries: Entries) -> tuple[GroupValue | None, str]:
