@@ -115,6 +115,7 @@ class SequenceConfig:
     quiet_seconds: float = _opt(300.0, minimum=0.0)
     min_frames: int = _opt(5, minimum=1)
     gap_minutes: float = _opt(120.0, minimum=0.0, exclusive_min=True)
+    keep_days: float = _opt(7.0, minimum=0.0, exclusive_min=True)
 
 
 @dataclass(frozen=True)

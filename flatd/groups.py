@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,6 +114,8 @@ class Groups:
         self._owners: dict[Path, GroupKey] = {}  # master path -> the group it belongs to
         self._failures = Failures(retry_first_seconds(), RETRY_MAX_SECONDS)
         self._too_few_told: dict[GroupKey, dict[Path, frozenset]] = {}  # reported once
+        self._notes: dict[GroupKey, list[str]] = {}  # group_notes, as of the last snapshot
+        self._notes_stale: set[GroupKey] = set()  # groups whose frames changed since
         self._waiting_told: dict[Path, tuple[frozenset, str]] = {}  # reported once
         self._libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
         self._libraries_version = self._libraries.version()
@@ -126,6 +128,7 @@ class Groups:
         """A frame joined, left or changed in `group`: push its job back."""
         now = utcnow()
         with self._lock:
+            self._notes_stale.add(group)
             state = self._state(group)
             state.last_frame_at = now
             if not self._scheduling:
@@ -389,13 +392,45 @@ class Groups:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
-        grouped = self._index.groups()
-        notes = {g: group_notes(frames, self._config.frames) for g, frames in grouped.items()}
+        counts = self._index.group_sizes()
+        notes = self._notes_of(counts)
         with self._lock:
             return [
-                s.to_dict(len(grouped.get(g, ())), notes.get(g))
+                s.to_dict(counts.get(g, 0), notes.get(g))
                 for g, s in sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))
             ]
+
+    def _notes_of(self, groups: Iterable[GroupKey]) -> dict[GroupKey, list[str]]:
+        """Each group's notes, worked out again only for the groups whose frames changed
+        since the last snapshot: a status write must not go over every flat."""
+        groups = list(groups)
+        with self._lock:
+            stale = [g for g in groups if g not in self._notes or g in self._notes_stale]
+            self._notes_stale.difference_update(stale)
+            for gone in set(self._notes) - set(groups):
+                del self._notes[gone]
+        fresh = {g: group_notes(self._index.group_frames(g), self._config.frames) for g in stale}
+        with self._lock:
+            self._notes.update(fresh)
+            return dict(self._notes)
+
+    def settled(self, group: GroupKey) -> bool:
+        """Whether `group` has nothing left to do (its old sequences may leave memory)."""
+        with self._lock:
+            state = self._states.get(group)
+            return state is not None and state.state in ("done", "too_few", "failed")
+
+    def forget(self, sequences: Iterable[Sequence]) -> None:
+        """Sequences that left the index: drop what was remembered of their masters (it is
+        read back from the master's INPUTS if they ever come back)."""
+        for sequence in sequences:
+            path = masters.master_path(
+                self._config.output.directory, sequence.group, sequence.start
+            )
+            self._made.pop(path, None)
+            self._owners.pop(path, None)
+            with self._lock:
+                self._notes_stale.add(sequence.group)
 
     def note_skip(self, skip: Skip) -> None:
         """Rejected files are errors of the status file; skipped ones go to its bounded

@@ -27,6 +27,7 @@ import structlog
 
 from flatd import __version__
 from flatd.atomic import atomic_write_bytes
+from flatd.lock import process_state
 from flatd.reasons import one_line
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "read_status",
     "render_status",
     "status_command",
+    "why_not_running",
 ]
 
 log = structlog.get_logger("flatd.status")
@@ -48,7 +50,7 @@ STALE_SECONDS = 90.0
 MIN_WRITE_INTERVAL = 0.25  # coalesce bursts of changes: at most ~4 writes a second
 RETRY_SECONDS = 1.0
 EXIT_RUNNING, EXIT_NOT_RUNNING = 0, 3
-RUNNING_STATES = ("running", "stopping")
+RUNNING_STATES = ("starting", "running", "stopping")
 
 Snapshot = Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]]
 
@@ -280,35 +282,35 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def daemon_running(document: dict[str, Any] | None, *, now: datetime | None = None) -> bool:
-    """Whether the document describes a live daemon: running or stopping, its pid alive,
-    and updated within the last STALE_SECONDS."""
+    """Whether the document describes a live daemon: starting, running or stopping, its
+    pid still the process that wrote it, and updated within the last STALE_SECONDS."""
+    return not why_not_running(document, now=now)
+
+
+def why_not_running(document: dict[str, Any] | None, *, now: datetime | None = None) -> str:
+    """Why the document does not describe a live daemon ("" when it does): the state it
+    left, its pid gone or now another program's, or no update for too long."""
     if not isinstance(document, dict):
-        return False
+        return "no status document"
     daemon = document.get("daemon")
-    if not isinstance(daemon, dict) or daemon.get("state") not in RUNNING_STATES:
-        return False
+    if not isinstance(daemon, dict):
+        return "no daemon block in the status file"
+    if daemon.get("state") not in RUNNING_STATES:
+        return f"state {daemon.get('state', 'unknown')}"
     pid = daemon.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    if not _pid_alive(pid):
-        return False
+        return "no pid in the status file"
+    now = now or datetime.now(UTC)
     updated = parse_iso(daemon.get("updated_at"))
-    if updated is None:
-        return False
-    age = ((now or datetime.now(UTC)) - updated).total_seconds()
-    return age <= STALE_SECONDS
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but belongs to another user (the flatd user)
-        return True
-    except OSError:
-        return False
-    return True
+    last = f"last update {_ago(now, updated)}" if updated else "never updated"
+    alive = process_state(pid, started_at=parse_iso(daemon.get("started_at")))
+    if alive == "gone":
+        return f"pid {pid} is gone; {last}"
+    if alive == "reused":
+        return f"pid {pid} is now another program; {last}"
+    if updated is None or (now - updated).total_seconds() > STALE_SECONDS:
+        return f"pid {pid} has not updated its status for over {STALE_SECONDS:g} s; {last}"
+    return ""
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -537,15 +539,22 @@ def status_command(path: Path, *, as_json: bool, color: bool) -> int:
         line = f"flatd is not running ({reason} {path})"
         print(line, file=sys.stderr if as_json else sys.stdout)
         return EXIT_NOT_RUNNING
-    running = daemon_running(document)
+    why = why_not_running(document)
+    running = not why
     if as_json:
         print(json.dumps(document, indent=2))
         if not running:
-            print(f"flatd is not running (status file {path})", file=sys.stderr)
+            print(f"flatd is not running ({why}; status file {path})", file=sys.stderr)
         return EXIT_RUNNING if running else EXIT_NOT_RUNNING
     if not running:
-        updated = parse_iso(_dict(document.get("daemon")).get("updated_at"))
-        age = f", last updated {_ago(datetime.now(UTC), updated)}" if updated else ""
-        print(f"flatd is not running (status file {path}{age}); last known status:")
+        daemon = _dict(document.get("daemon"))
+        if daemon.get("state") == "stopped":  # a clean stop: nothing to explain
+            updated = parse_iso(daemon.get("updated_at"))
+            why = f"status file {path}" + (
+                f", last updated {_ago(datetime.now(UTC), updated)}" if updated else ""
+            )
+        else:
+            why = f"{why}; status file {path}"
+        print(f"flatd is not running ({why}); last known status:")
     print(render_status(document, color), end="")
     return EXIT_RUNNING if running else EXIT_NOT_RUNNING

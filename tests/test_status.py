@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from flatd.status import (
     render_status,
     status_command,
     utc_iso,
+    why_not_running,
 )
 
 GROUPS = [
@@ -283,6 +286,24 @@ def test_daemon_running(tmp_path: Path) -> None:
     assert not daemon_running({**doc, "daemon": {**doc["daemon"], "updated_at": stale}})
     assert not daemon_running({**doc, "daemon": {**doc["daemon"], "pid": 2**22 + 12345}})
     assert not daemon_running({})
+    assert daemon_running({**doc, "daemon": {**doc["daemon"], "state": "starting"}})
+
+
+def test_why_not_running_names_a_gone_or_reused_pid(tmp_path: Path) -> None:
+    doc = _document(tmp_path, "running")
+    assert why_not_running(doc) == ""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # what `kill -9` leaves: a status file naming a pid that is gone
+    gone = why_not_running({**doc, "daemon": {**doc["daemon"], "pid": child.pid}})
+    assert gone.startswith(f"pid {child.pid} is gone; last update ") and gone.endswith(" ago")
+    # the pid now belongs to a process that started after the daemon did (here: this one,
+    # under a daemon that claims to have started a day earlier and died)
+    long_ago = utc_iso(datetime.now(UTC) - timedelta(days=1))
+    reused = {**doc, "daemon": {**doc["daemon"], "pid": os.getpid(), "started_at": long_ago}}
+    assert why_not_running(reused).startswith(f"pid {os.getpid()} is now another program")
+    assert why_not_running({**doc, "daemon": {**doc["daemon"], "state": "stopped"}}) == (
+        "state stopped"
+    )
 
 
 def test_render_status_plain(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flatd.lock import is_lock_file
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_frames
 from tests.faults.conftest import masters_in
@@ -44,7 +45,9 @@ def assert_intact(flatd, master: Path, before: str, latest_before: str) -> None:
     assert [
         p
         for p in flatd.masters.rglob("*")
-        if p.is_file() and p != master and p != latest and p.name != "filler.bin"
+        if p.is_file()
+        and p not in (master, latest, flatd.masters / "filler.bin")
+        and not is_lock_file(p)
     ] == []
 
 
