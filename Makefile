@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck browser bench soak clean
+.PHONY: demo test test-fast lint typecheck browser bench bench-scale soak clean
 
 $(STAMP): pyproject.toml flatd/engine/_kernel.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# the daemon on months of data, main against this tree (makes ~9 GB of small files once)
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --acceptance --json bench-data/scale/results.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

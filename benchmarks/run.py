@@ -10,12 +10,14 @@ Cases (files made once into `bench-data/` by the simulated camera, with stars):
   G  A's frames landing in a running daemon: one combination, combine_started to
      master_written in the daemon's own log
   D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
+  R  10 raw 4096x4096 uint16 + overscan     calibrate + combine vs the guide's ccdproc steps
+                                           (benchmarks/raw.py)
 
 Wall time is measured around each child process (interpreter start included), after
 writing out the page cache's dirty pages (flatd fsyncs its master; ccdproc does not, and
 would otherwise leave its writes for flatd's fsync to wait on); peak RSS
 comes from the rusage of a small launcher's child, minus the peak of a process that only
-imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases AEFBCGD]`.
+imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases AEFBCGDR]`.
 """
 
 from __future__ import annotations
@@ -347,7 +349,7 @@ def scan(n_files: int, sample: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cases", default="AEFBCGD")
+    parser.add_argument("--cases", default="AEFBCGDR")
     args = parser.parse_args()
     # a pip install compiles flatd's bytecode; an editable checkout run with
     # PYTHONDONTWRITEBYTECODE would otherwise recompile it in every run
@@ -379,6 +381,10 @@ def main() -> int:
             in_daemon("G 10 x 4096x4096 float32 in the daemon", a, args.repeat, work)
         if "D" in args.cases:
             scan(10_000, 1000)
+        if "R" in args.cases:
+            from raw import compare_raw  # benchmarks/raw.py, beside this file
+
+            compare_raw(run_child, baseline, args.repeat, work)
     return 0
 
 

@@ -2,8 +2,13 @@
 
 Every master, `latest/` entry and status document is written through `atomic_write`: a
 temporary file in the same directory (named so it is recognisable and never matches an
-input pattern), flushed and fsynced, given normal permissions, renamed over the target,
-and the directory fsynced so the rename itself survives a power cut.
+input pattern, and carrying the writer's PID), flushed and fsynced, given normal
+permissions, renamed over the target, and the directory fsynced so the rename itself
+survives a power cut.
+
+Temporaries a crash left behind are removed at start-up (once the daemon holds its
+lock), and only those whose writer is gone: a `flatd combine` writing into the same
+directory keeps its own.
 """
 
 from __future__ import annotations
@@ -11,20 +16,27 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from flatd.lock import process_state
+
 TEMP_PREFIX = ".flatd-tmp-"
 TEMP_SUFFIX = ".part"
+# the writer's PID in a temporary's name: `<name>.pid<PID>.<random>` (atomic_write) or
+# `<name>.<PID>` (latest/'s link); a name with neither is from an older flatd
+_OWNER = re.compile(r"\.pid(\d+)\.[^.]*$|\.(\d+)$")
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
     """Create or replace `path` with what `write(fileobj)` writes, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=TEMP_PREFIX + path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent
+        prefix=f"{TEMP_PREFIX}{path.name}.pid{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
     )
     tmp = Path(tmp_name)
     os.close(fd)
@@ -63,13 +75,39 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
 
 
+def temporary_owner(path: Path) -> int | None:
+    """The PID of the process that wrote a temporary, when its name says."""
+    body = path.name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)]
+    found = _OWNER.search(body)
+    if found is None:
+        return None
+    return int(found.group(1) or found.group(2))
+
+
+def is_stale(path: Path) -> bool:
+    """Whether a temporary's writer is gone: no process has its PID, or the one that has
+    it started after the temporary was made (its ctime, which no writer can set back). A
+    temporary of an older flatd, whose name carries no PID, counts as stale (call this
+    only while holding the lock)."""
+    owner = temporary_owner(path)
+    if owner is None:
+        return True
+    try:
+        written = datetime.fromtimestamp(path.stat().st_ctime, UTC)
+    except FileNotFoundError:
+        return False  # already gone: nothing to remove
+    return process_state(owner, started_at=written) != "alive"
+
+
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporaries a crash left in `directory` (and `latest/`); return what went."""
+    """Delete temporaries a crash left in `directory` (and `latest/`) whose writer is
+    gone; return what went."""
     removed = []
     for candidate in _walk_temporaries(directory):
-        with contextlib.suppress(FileNotFoundError):
-            candidate.unlink()
-            removed.append(candidate)
+        if is_stale(candidate):
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
     return removed
 
 
@@ -87,11 +125,12 @@ def _umask() -> int:
 
 def remove_stale_temporaries_of(path: Path) -> list[Path]:
     """Delete temporaries a crash left while replacing `path` (e.g. the status file, whose
-    directory may be shared, so only this file's own temporaries go); return what went."""
+    directory may be shared, so only this file's own temporaries go) whose writer is
+    gone; return what went."""
     removed = []
     if path.parent.is_dir():
         for candidate in path.parent.glob(f"{TEMP_PREFIX}{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
-            if is_temporary(candidate):
+            if is_temporary(candidate) and is_stale(candidate):
                 with contextlib.suppress(FileNotFoundError):
                     candidate.unlink()
                     removed.append(candidate)

@@ -36,12 +36,8 @@ def odd_frames(frames: list[Frame]) -> dict[Path, str]:
     def shape(f: Frame) -> str:
         return f"{f.shape[1]}x{f.shape[0]}"
 
-    def binning(f: Frame) -> str:
-        return (
-            f"{f.extras.get('XBINNING', '?'):g}x{f.extras.get('YBINNING', '?'):g}"
-            if "XBINNING" in f.extras and "YBINNING" in f.extras
-            else "?"
-        )
+    def binning(f: Frame) -> str:  # whichever keyword the camera writes it in
+        return f"{f.binning[0]}x{f.binning[1]}" if f.binning else "?"
 
     def readout(f: Frame) -> str:
         return (

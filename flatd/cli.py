@@ -14,6 +14,7 @@ from flatd import __version__
 from flatd.config import Config, ConfigError, find_config, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+ONE_SHOT = ("combine", "scan")
 
 
 def main(argv: Seq[str] | None = None) -> int:
@@ -33,7 +34,25 @@ def main(argv: Seq[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(config)
     _configure_logging(args, config)
+    if args.command in ONE_SHOT:
+        return _one_shot(args, config)
     return args.handler(args, config)
+
+
+def _one_shot(args: argparse.Namespace, config: Config) -> int:
+    """Run a one-shot command; whatever it raises ends it with one line and status 1,
+    never a traceback (which `--log-level debug` still shows)."""
+    try:
+        status: int = args.handler(args, config)
+    except Exception as exc:
+        import structlog
+
+        from flatd.reasons import reason_of
+
+        structlog.get_logger("flatd.cli").debug("command_failed", exc_info=True)
+        print(f"flatd {args.command}: failed: {reason_of(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    return status
 
 
 def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
@@ -108,9 +127,15 @@ def _configure_logging(args: argparse.Namespace, config: Config) -> None:
 
 
 def _check_config(config: Config) -> int:
+    """Print the effective configuration; warnings that do not stop `flatd run` (a master
+    bias that is not there yet) go to stderr."""
+    from flatd.calibrate.recipe import settings_notes
+
     source = config.source or "built-in defaults (no config file found)"
     print(f"# effective configuration from {source}")
     print(tomli_w.dumps(config.to_dict()), end="")
+    for note in settings_notes(config.calibrate):
+        print(f"flatd check-config: warning: {note}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -153,6 +178,8 @@ def _combine(args: argparse.Namespace, config: Config) -> int:
         args.paths, config, output_dir=args.output, show_progress=sys.stderr.isatty()
     )
     print(summary.render())
+    if not summary.written:
+        print(f"flatd combine: no master written: {summary.why_no_master()}", file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 

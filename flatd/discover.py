@@ -1,7 +1,8 @@
 """Which paths are candidate frames: name patterns, temporary names, directory walks.
 
-Used by the one-shot commands, the start-up scan and the watcher alike, so a file is a
-candidate by the same rule wherever it is seen.
+Used by the one-shot commands, the daemon's scans and the watcher alike, so a file is a
+candidate by the same rule wherever it is seen. Patterns match names case-insensitively.
+(The daemon's scans walk the tree their own way, directory by directory: see `tree`.)
 """
 
 from __future__ import annotations
@@ -21,36 +22,73 @@ def is_temporary_name(name: str) -> bool:
 
 
 def matches(path: Path | str, patterns: Iterable[str]) -> bool:
-    """Whether a file's name matches one of the patterns and is not a temporary name."""
+    """Whether a file's name matches one of the patterns, case-insensitively on every
+    system (`*.fits` takes `FLAT_001.FITS` and `x.Fits.fz` from Windows capture software),
+    and is not a temporary name."""
     name = os.path.basename(path)
-    return not is_temporary_name(name) and any(fnmatch.fnmatch(name, p) for p in patterns)
+    if is_temporary_name(name):
+        return False
+    folded = name.casefold()
+    return any(fnmatch.fnmatchcase(folded, p.casefold()) for p in patterns)
 
 
 def walk(
     roots: Iterable[Path], patterns: Iterable[str], recursive: bool, exclude: Iterable[Path] = ()
 ) -> Iterator[Path]:
     """Candidate files under `roots` (files given directly are taken as they are), in a
-    stable order; directories in `exclude` (e.g. the output directory) are not entered."""
+    stable order; directories in `exclude` (e.g. the output directory) are not entered.
+    Symbolic links to directories are followed, each directory read once: a second path
+    to one already read (another link, a loop) is not entered again."""
     patterns = tuple(patterns)
-    excluded = {p.resolve() for p in exclude}
+    seen = {identity for p in exclude if (identity := _identity(p)) is not None}
     for root in roots:
         if root.is_file():
             yield root
             continue
-        yield from _walk_directory(root, patterns, recursive, excluded)
+        yield from _walk_directory(root, patterns, recursive, seen)
 
 
 def _walk_directory(
-    root: Path, patterns: tuple[str, ...], recursive: bool, excluded: set[Path]
+    top: Path, patterns: tuple[str, ...], recursive: bool, seen: set[tuple[int, int]]
 ) -> Iterator[Path]:
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        identity = _identity(directory)
+        if identity is None or identity in seen:
+            continue
+        seen.add(identity)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        subdirectories = []
+        for entry in entries:
+            if _is_dir(entry):
+                if recursive and not entry.name.startswith("."):
+                    subdirectories.append(Path(entry.path))
+            elif matches(entry.name, patterns) and _is_file(entry):
+                yield Path(entry.path)
+        pending += reversed(subdirectories)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            if recursive and not entry.name.startswith(".") and path.resolve() not in excluded:
-                yield from _walk_directory(path, patterns, recursive, excluded)
-        elif entry.is_file() and matches(entry.name, patterns):
-            yield path
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False

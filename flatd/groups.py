@@ -4,15 +4,23 @@ Every frame that joins a group pushes its job back to `now + quiet_seconds`. Whe
 job runs it makes a master of each of the group's sequences whose inputs differ from
 those of the master already on disk (read back from its INPUTS table, so a restart
 redoes nothing and finishes what a crash interrupted). One combination runs at a time
-(the memory limit is per combination); a group's runs never overlap; a failure is
-retried later with a growing delay.
+(the memory limit is per combination); a group's runs never overlap.
+
+Every sequence that makes no master is one warning event with its reason, once for its
+inputs (`too_few_frames`; `combine_failed`). A failed combination is retried once
+(`combine_retry_scheduled`); failing again the same way on the same frames makes it
+`failed`, and it is tried again only when its frames change or flatd restarts
+(`flatd.retries`). Raw frames with no master bias or dark that fits yet leave their
+group `waiting` with that reason (`calibration_waiting`, once), not failed and not
+retried: its job runs again when its frames change or when a master bias or dark
+arrives (`check_calibration`, from the daemon's health check).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,22 +29,26 @@ from typing import Any
 import structlog
 
 from flatd import masters
+from flatd.calibrate import MasterLibraries
 from flatd.config import Config
-from flatd.frames import Skip
+from flatd.frames import Skip, canonical_group, group_notes
 from flatd.index import GroupKey, Index, Sequence
 from flatd.pipeline import Result, make_master
+from flatd.reasons import one_line, reason_of
+from flatd.retries import Failures
 from flatd.schedule import Debouncer, utcnow
 
 log = structlog.get_logger("flatd.groups")
 
 RETRY_FIRST_SECONDS = 30.0
 RETRY_MAX_SECONDS = 1800.0
-RETRY_ENV = "FLATD_RETRY_SECONDS"  # first retry delay; for tests and drills, not a config key
+RETRY_ENV = "FLATD_RETRY_SECONDS"  # the retry's delay; for tests and drills, not a config key
+GIVEN_UP = "tried again when its frames change or flatd restarts"
 
 
 def retry_first_seconds() -> float:
-    """The delay before the first retry of a failed combination: `$FLATD_RETRY_SECONDS`
-    when it is a positive number, else 30 s (doubling up to 30 min after that)."""
+    """The delay before the retry of a failed combination: `$FLATD_RETRY_SECONDS` when it
+    is a positive number, else 30 s."""
     try:
         value = float(os.environ.get(RETRY_ENV, ""))
     except ValueError:
@@ -57,9 +69,8 @@ class GroupState:
     latest_master: str | None = None
     reason: str = ""
     rejected: dict[str, str] = field(default_factory=dict)
-    failures: int = 0
 
-    def to_dict(self, frames: int) -> dict[str, Any]:
+    def to_dict(self, frames: int, notes: list[str] | None = None) -> dict[str, Any]:
         return {
             "group": dict(self.group),
             "name": masters.group_slug(self.group),
@@ -68,8 +79,9 @@ class GroupState:
             "stable_at": _iso(self.stable_at),
             "last_frame_at": _iso(self.last_frame_at),
             "latest_master": self.latest_master,
-            "reason": self.reason,
-            "rejected": [{"path": p, "reason": r} for p, r in self.rejected.items()],
+            "reason": one_line(self.reason),
+            "rejected": [{"path": p, "reason": one_line(r)} for p, r in self.rejected.items()],
+            "notes": notes or [],
         }
 
 
@@ -85,6 +97,7 @@ class Groups:
         on_error: Callable[[str, str], None],
         on_change: Callable[[], None],
         on_skipped: Callable[[str, str], None] | None = None,
+        on_outcome: Callable[[Result], None] | None = None,
     ) -> None:
         self._index = index
         self._config = config
@@ -92,12 +105,20 @@ class Groups:
         self._on_error = on_error
         self._on_change = on_change
         self._on_skipped = on_skipped
+        self._on_outcome = on_outcome  # every combination attempted (for the metrics)
         self._states: dict[GroupKey, GroupState] = {}
         self._lock = threading.Lock()
         self._group_locks: dict[GroupKey, threading.Lock] = {}
         self._combine_lock = threading.Lock()
         self._made: dict[Path, frozenset] = {}
         self._owners: dict[Path, GroupKey] = {}  # master path -> the group it belongs to
+        self._failures = Failures(retry_first_seconds(), RETRY_MAX_SECONDS)
+        self._too_few_told: dict[GroupKey, dict[Path, frozenset]] = {}  # reported once
+        self._notes: dict[GroupKey, list[str]] = {}  # group_notes, as of the last snapshot
+        self._notes_stale: set[GroupKey] = set()  # groups whose frames changed since
+        self._waiting_told: dict[Path, tuple[frozenset, str]] = {}  # reported once
+        self._libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+        self._libraries_version = self._libraries.version()
         self._stopping = threading.Event()
         self._scheduling = False
         self._debouncer = Debouncer(self.run)
@@ -107,6 +128,7 @@ class Groups:
         """A frame joined, left or changed in `group`: push its job back."""
         now = utcnow()
         with self._lock:
+            self._notes_stale.add(group)
             state = self._state(group)
             state.last_frame_at = now
             if not self._scheduling:
@@ -121,6 +143,8 @@ class Groups:
         with self._lock:
             self._scheduling = True
         self._debouncer.start()
+        if self._config.calibrate.raw == "calibrate":  # what the bias/dark sources hold
+            log.info("calibration_masters", sources=self._libraries.describe())
         now = utcnow()
         for group, frames in self._index.groups().items():
             newest = max(datetime.fromtimestamp(f.mtime_ns / 1e9, UTC) for f in frames)
@@ -130,6 +154,23 @@ class Groups:
                 state.stable_at = max(now, newest + self._quiet)
             self._debouncer.arm(group, state.stable_at)
         self._on_change()
+
+    def check_calibration(self) -> None:
+        """When a master bias or dark arrived, changed or left, run the job of every group
+        with raw frames now (those whose master is up to date return at once)."""
+        if self._config.calibrate.raw != "calibrate":
+            return
+        version = self._libraries.version()
+        if version == self._libraries_version:
+            return
+        self._libraries_version = version
+        groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
+        sources = [str(s.source) for s in (self._libraries.bias, self._libraries.dark) if s]
+        # no header is read here (the health check's thread): the jobs read what changed
+        log.info("calibration_masters_changed", sources=sources, groups=len(groups))
+        now = utcnow()
+        for group in groups:
+            self._debouncer.arm(group, now)
 
     def stop(self) -> None:
         """Abandon a running combination at its next band and wait for the jobs."""
@@ -149,61 +190,88 @@ class Groups:
                 log.warning("combine_abandoned", reason="daemon stopping")
             except Exception as exc:  # never let a job die silently in the pool
                 log.exception("combine_crashed")
-                reason = f"combination crashed: {type(exc).__name__}: {exc}"
+                reason = f"combination crashed: {reason_of(exc)}"
                 self._on_error(masters.group_slug(group), reason)
-                self._failed(group, reason)
+                self._set(group, state="failed", reason=f"{reason}; {GIVEN_UP}", stable_at=None)
             self._on_change()
 
     def _run(self, group: GroupKey) -> None:
         self._set(group, state="pending")
-        results = [
-            self._combine(seq) for seq in self._index.sequences(group) if self._needs_master(seq)
-        ]
-        state = self._state(group)
-        failed = [r for r in results if r.outcome == "failed"]
-        if failed:
-            self._failed(group, failed[-1].reason)
-            return
         sequences = self._index.sequences(group)
+        self._failures.keep_only(group, [self._path(s) for s in sequences])
+        results = [r for r in map(self._outcome, sequences) if r is not None]
+        self._report_too_few(group, [r for r in results if r.outcome == "too_few"])
+        self._report_waiting([r for r in results if r.outcome == "waiting"])
+        self._settle(group, sequences, results)
+
+    def _outcome(self, sequence: Sequence) -> Result | None:
+        """What becomes of one sequence now: None when its master is up to date."""
+        minimum = self._config.sequence.min_frames
+        if len(sequence.frames) < minimum:
+            reason = f"{len(sequence.frames)} frame(s), sequence.min_frames = {minimum}"
+            return Result(sequence, "too_few", reason=reason)
+        if not self._needs_master(sequence):
+            return None
+        path = self._path(sequence)
+        standing = self._failures.given_up(path, sequence.identities)
+        if standing is not None:  # failed twice on these very frames: told once already
+            return Result(sequence, "failed", reason=standing)
+        return self._combine(sequence)
+
+    def _settle(self, group: GroupKey, sequences: list[Sequence], results: list[Result]) -> None:
+        """The group's state after a run: failed (a sequence given up), waiting for a
+        retry, too few (its newest sequence) or done; a pending retry is armed."""
         newest = sequences[-1] if sequences else None
+        failed = [r for r in results if r.outcome == "failed"]
+        hopeless = [r for r in failed if self._given_up(r.sequence)]
+        retrying = [r for r in failed if r not in hopeless]
+        retry_at = self._retry_at(retrying[-1].sequence) if retrying else None
         with self._lock:
-            state.failures = 0
-            state.state = "done"
-            state.reason = ""
-            if newest is not None and len(newest.frames) < self._config.sequence.min_frames:
-                state.state = "too_few"
-                state.reason = (
-                    f"{len(newest.frames)} frame(s), sequence.min_frames = "
-                    f"{self._config.sequence.min_frames}"
-                )
+            state = self._state(group)
             for result in results:
                 state.rejected.update({str(p): r for p, r in result.rejected.items()})
-                if result.outcome == "too_few" and result.sequence == newest:
-                    state.state, state.reason = "too_few", result.reason
                 if result.record is not None:
                     state.latest_master = str(result.record.path)
+            state.state, state.reason, state.stable_at = "done", "", retry_at or state.stable_at
+            too_few = [r for r in results if r.outcome == "too_few" and r.sequence == newest]
+            if too_few:
+                state.state, state.reason = "too_few", too_few[0].reason
+            waiting = [r for r in results if r.outcome == "waiting"]
+            if waiting:  # until a master bias or dark arrives: no time to show
+                state.state, state.reason = "waiting", waiting[-1].reason
+                state.stable_at = retry_at
+            if retrying:
+                state.state = "waiting"
+                state.reason = f"retrying after failure: {retrying[-1].reason}"
+            if hopeless:
+                state.state, state.stable_at = "failed", retry_at
+                state.reason = f"{hopeless[-1].reason}; {GIVEN_UP}"
+        if retry_at is not None and not self._stopping.is_set():
+            self._debouncer.arm(group, retry_at)
+
+    def _retry_at(self, sequence: Sequence) -> datetime:
+        delay = self._failures.retry_seconds(self._path(sequence)) or retry_first_seconds()
+        return utcnow() + timedelta(seconds=delay)
 
     def _needs_master(self, sequence: Sequence) -> bool:
-        if len(sequence.frames) < self._config.sequence.min_frames:
-            return False
-        path = masters.master_path(self._config.output.directory, sequence.group, sequence.start)
+        path = self._path(sequence)
         if path not in self._made and path.exists():
             try:
                 owner, rows = masters.read_master(path, [key for key, _ in sequence.group])
                 self._made[path] = frozenset(
                     (row["PATH"], int(row["SIZE"]), int(row["MTIME_NS"])) for row in rows
                 )
-                if owner is not None:
-                    self._owners.setdefault(path, owner)
+                if owner is not None:  # as today's frames say it (binning '2' -> 2)
+                    self._owners.setdefault(path, canonical_group(owner))
             except (OSError, KeyError, ValueError) as exc:
-                log.warning("master_unreadable", path=str(path), reason=str(exc))
+                log.warning("master_unreadable", path=str(path), reason=reason_of(exc))
         made = self._made.get(path) == sequence.identities
         if made:
             self._set(sequence.group, latest_master=str(path))
         return not made
 
     def _combine(self, sequence: Sequence) -> Result:
-        path = masters.master_path(self._config.output.directory, sequence.group, sequence.start)
+        path = self._path(sequence)
         with self._combine_lock:
             if self._stopping.is_set():
                 raise Cancelled
@@ -215,19 +283,95 @@ class Groups:
                 log.info(
                     "combine_started", frames=len(sequence.frames), start=sequence.start.isoformat()
                 )
-                result = make_master(sequence, self._config, progress=self._check_stop)
-        if result.outcome != "failed":
-            self._made[path] = sequence.identities
+                result = self._make_master(sequence)
+                if self._on_outcome is not None and result.outcome != "waiting":
+                    self._on_outcome(result)  # waiting for a master bias: nothing combined
+        if result.outcome == "waiting":  # nothing was made or tried: no failure either
+            return result
         for frame_path, reason in result.rejected.items():
             log.warning("frame_rejected", path=str(frame_path), reason=reason)
+        if result.outcome == "failed":
+            self._failed(path, result, certain=bool(taken))
+            return result
+        self._made[path] = sequence.identities
+        self._failures.succeeded(path)
         if result.record is not None:
             self._on_master(result.record)
-        elif result.outcome == "too_few":
-            log.warning("too_few_frames", reason=result.reason)
-        else:
-            log.error("combine_failed", reason=result.reason)
-            self._on_error(str(path), result.reason)
         return result
+
+    def _make_master(self, sequence: Sequence) -> Result:
+        """`make_master`, with anything it raises (but the daemon stopping) a failure."""
+        try:
+            return make_master(
+                sequence, self._config, progress=self._check_stop, libraries=self._libraries
+            )
+        except Cancelled:
+            raise
+        except Exception as exc:  # a bug must cost this sequence, not the daemon
+            log.exception("combine_crashed")
+            return Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
+
+    def _failed(self, path: Path, result: Result, *, certain: bool) -> None:
+        """Record a failed combination: one warning event, retried once or given up."""
+        sequence = result.sequence
+        reason = one_line(result.reason)
+        verdict = self._failures.record(
+            path, sequence.group, sequence.identities, reason, certain=certain
+        )
+        self._on_error(str(path), reason)
+        if verdict.given_up:
+            log.warning(
+                "combine_failed",
+                path=str(path),
+                reason=reason,
+                attempts=verdict.attempts,
+                retry=GIVEN_UP,
+            )
+        else:
+            log.warning(
+                "combine_retry_scheduled",
+                path=str(path),
+                reason=reason,
+                attempts=verdict.attempts,
+                retry_seconds=verdict.retry_seconds,
+            )
+
+    def _given_up(self, sequence: Sequence) -> bool:
+        return self._failures.given_up(self._path(sequence), sequence.identities) is not None
+
+    def _report_too_few(self, group: GroupKey, results: list[Result]) -> None:
+        """One `too_few_frames` warning per sequence and set of inputs, however often the
+        group's job runs."""
+        told = self._too_few_told.get(group, {})
+        now: dict[Path, frozenset] = {}
+        for result in results:
+            path = self._path(result.sequence)
+            now[path] = result.sequence.identities
+            if told.get(path) != now[path]:
+                log.warning(
+                    "too_few_frames",
+                    start=result.sequence.start.isoformat(),
+                    frames=len(result.sequence.frames),
+                    reason=one_line(result.reason),
+                )
+        self._too_few_told[group] = now
+
+    def _report_waiting(self, results: list[Result]) -> None:
+        """One `calibration_waiting` warning per sequence, set of inputs and reason."""
+        for result in results:
+            path = self._path(result.sequence)
+            told = (result.sequence.identities, result.reason)
+            if self._waiting_told.get(path) != told:
+                self._waiting_told[path] = told
+                log.warning(
+                    "calibration_waiting",
+                    start=result.sequence.start.isoformat(),
+                    frames=len(result.sequence.frames),
+                    reason=one_line(result.reason),
+                )
+
+    def _path(self, sequence: Sequence) -> Path:
+        return masters.master_path(self._config.output.directory, sequence.group, sequence.start)
 
     def _claim(self, path: Path, group: GroupKey) -> str:
         """Make sure `path` is not another group's master: distinct header values can make
@@ -246,30 +390,47 @@ class Groups:
         if self._stopping.is_set():
             raise Cancelled
 
-    def _failed(self, group: GroupKey, reason: str) -> None:
-        with self._lock:
-            state = self._state(group)
-            state.failures += 1
-            delay = min(retry_first_seconds() * 2 ** (state.failures - 1), RETRY_MAX_SECONDS)
-            state.state, state.reason = "waiting", f"retrying after failure: {reason}"
-            state.stable_at = utcnow() + timedelta(seconds=delay)
-        if not self._stopping.is_set():
-            log.warning(
-                "combine_retry_scheduled",
-                retry_seconds=delay,
-                failures=state.failures,
-                reason=reason,
-            )
-            self._debouncer.arm(group, state.stable_at)
-
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
-        counts = {group: len(frames) for group, frames in self._index.groups().items()}
+        counts = self._index.group_sizes()
+        notes = self._notes_of(counts)
         with self._lock:
             return [
-                s.to_dict(counts.get(g, 0))
+                s.to_dict(counts.get(g, 0), notes.get(g))
                 for g, s in sorted(self._states.items(), key=lambda kv: masters.group_slug(kv[0]))
             ]
+
+    def _notes_of(self, groups: Iterable[GroupKey]) -> dict[GroupKey, list[str]]:
+        """Each group's notes, worked out again only for the groups whose frames changed
+        since the last snapshot: a status write must not go over every flat."""
+        groups = list(groups)
+        with self._lock:
+            stale = [g for g in groups if g not in self._notes or g in self._notes_stale]
+            self._notes_stale.difference_update(stale)
+            for gone in set(self._notes) - set(groups):
+                del self._notes[gone]
+        fresh = {g: group_notes(self._index.group_frames(g), self._config.frames) for g in stale}
+        with self._lock:
+            self._notes.update(fresh)
+            return dict(self._notes)
+
+    def settled(self, group: GroupKey) -> bool:
+        """Whether `group` has nothing left to do (its old sequences may leave memory)."""
+        with self._lock:
+            state = self._states.get(group)
+            return state is not None and state.state in ("done", "too_few", "failed")
+
+    def forget(self, sequences: Iterable[Sequence]) -> None:
+        """Sequences that left the index: drop what was remembered of their masters (it is
+        read back from the master's INPUTS if they ever come back)."""
+        for sequence in sequences:
+            path = masters.master_path(
+                self._config.output.directory, sequence.group, sequence.start
+            )
+            self._made.pop(path, None)
+            self._owners.pop(path, None)
+            with self._lock:
+                self._notes_stale.add(sequence.group)
 
     def note_skip(self, skip: Skip) -> None:
         """Rejected files are errors of the status file; skipped ones go to its bounded

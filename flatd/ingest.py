@@ -22,7 +22,7 @@ from typing import Literal
 
 import structlog
 
-from flatd.config import FramesConfig
+from flatd.config import CalibrateConfig, FramesConfig
 from flatd.frames import Frame, Skip, read_frame
 from flatd.index import GroupKey, Index
 
@@ -53,9 +53,11 @@ class Ingest:
         settle_seconds: float = 1.0,
         incomplete_seconds: float = 15.0,
         recheck_seconds: float = 0.25,
+        calibrate: CalibrateConfig | None = None,
     ) -> None:
         self._index = index
         self._frames_config = frames_config
+        self._calibrate = calibrate  # whether raw frames are refused or indexed
         self._on_group_changed = on_group_changed
         self._on_skip = on_skip
         self._settle = settle_seconds
@@ -99,7 +101,7 @@ class Ingest:
     def ingest_now(self, path: Path) -> Frame | Skip | None:
         """Read one file synchronously (the start-up scan); a file that looks
         incomplete is handed to the worker to be looked at again."""
-        item = read_frame(path, self._frames_config)
+        item = read_frame(path, self._frames_config, self._calibrate)
         if isinstance(item, Skip) and item.incomplete:
             self.submit(path, "changed")
             return None
@@ -154,7 +156,7 @@ class Ingest:
         if entry.hint == "changed" and not self._stood_still(entry, current, now):
             entry.due = now + self._recheck
             return False
-        item = read_frame(path, self._frames_config)
+        item = read_frame(path, self._frames_config, self._calibrate)
         if isinstance(item, Skip) and item.incomplete:
             if not self._stood_still(entry, current, now, self._incomplete):
                 entry.hint = "changed"

@@ -21,15 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import structlog
 
 from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
+from flatd.cards import COMMENTARY, checked_cards
 from flatd.config import Config
 from flatd.engine import CombineResult
 from flatd.frames import Frame, GroupValue
+from flatd.reasons import one_line, reason_of
 
 if TYPE_CHECKING:
     from astropy.io import fits
+
+    from flatd.calibrate.provenance import Provenance
+
+log = structlog.get_logger("flatd.masters")
 
 SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
 MAX_VALUE_LENGTH = 32
@@ -75,7 +82,56 @@ STRUCTURAL_KEYWORDS = {
     "NCOMBINE",
     "FLATDVER",
 }
-STRUCTURAL_PREFIXES = ("NAXIS", "ZNAXIS", "ZTILE", "ZNAME", "ZVAL", "TTYPE", "TFORM", "TUNIT")
+STRUCTURAL_PREFIXES = (
+    "NAXIS",
+    "ZNAXIS",
+    "ZTILE",
+    "ZNAME",
+    "ZVAL",
+    "TTYPE",
+    "TFORM",
+    "TUNIT",
+    "TNULL",
+    "TSCAL",
+    "TZERO",
+    "TDISP",
+    "TDIM",
+)
+# What a master says it is: no pipeline takes it for a raw flat, and flatd's own frame-type
+# rule refuses it (besides COMBINED = T and FLATDVER, which every master also has).
+MASTER_IMAGE_TYPE = "MASTERFLAT"
+# Keywords that say what kind of frame a file is (IRAF/most capture programs, LCO/Gemini/
+# Lowell, INDI/KStars, ESO's HIERARCH ESO DPR TYPE, Subaru): a master sets each one the
+# first input had to MASTER_IMAGE_TYPE, and never copies the input's value.
+FRAME_TYPE_KEYWORDS = frozenset({"IMAGETYP", "OBSTYPE", "FRAME", "ESO DPR TYPE", "DATA-TYP"})
+# Cards that describe one exposure, not the combination of many: a master does not copy
+# them from its first input (SEQSTART/SEQEND and the INPUTS table say when and what).
+SINGLE_EXPOSURE_KEYWORDS = frozenset(
+    {
+        # how long
+        *("EXPTIME", "EXPOSURE", "EXPOSED", "TELAPSE", "ELAPTIME", "ONTIME", "LIVETIME"),
+        "DARKTIME",
+        # when
+        *("DATE-OBS", "DATE-BEG", "DATE-AVG", "DATE-END", "TIME-OBS", "TIME-BEG", "TIME-END"),
+        *("UT", "UTC", "UTC-OBS", "UTCSTART", "UTCEND", "UTSTART", "UTEND", "TSTART", "TSTOP"),
+        *("MJD-OBS", "MJD-BEG", "MJD-AVG", "MJD-END", "JD", "JD-OBS", "HJD", "BJD", "LST", "ST"),
+        # where the telescope pointed
+        *("RA", "DEC", "OBJCTRA", "OBJCTDEC", "RA_OBJ", "DEC_OBJ", "TELRA", "TELDEC", "HA"),
+        *("OBJCTHA", "AIRMASS", "SECZ", "ZD", "ALT", "AZ", "ALTITUDE", "AZIMUTH", "ELEVATIO"),
+        *("OBJCTALT", "OBJCTAZ", "CENTALT", "CENTAZ", "MOONANGL", "MOONALT", "SUNALT"),
+        # the conditions of that moment
+        *("CCD-TEMP", "CCDTEMP", "FOCUSPOS", "FOCPOS", "FOCTEMP", "AMBTEMP", "HUMIDITY"),
+        "PRESSURE",
+        # that file's own name and number
+        *("FILENAME", "ORIGFILE", "ORIGNAME", "FRAMENUM", "FRAMENO", "EXPNUM"),
+    }
+)
+# The WCS of one pointing (FITS 4.0 section 8, SIP distortion): a master is in pixels.
+WCS_KEYWORD = re.compile(
+    r"(WCSAXES|WCSNAME|CTYPE\d+|CRVAL\d+|CRPIX\d+|CDELT\d+|CROTA\d+|CUNIT\d+|CD\d+_\d+"
+    r"|PC\d+_\d+|PV\d+_\d+|PS\d+_\d+|LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|EPOCH"
+    r"|[AB]P?_ORDER|[AB]P?_\d+_\d+|[AB]_DMAX)[A-Z]?"
+)
 
 
 @dataclass
@@ -159,16 +215,20 @@ def write_master(
     *,
     output_dir: Path,
     qa_cards: list[tuple[str, Any, str]] | None = None,
+    calibration: Provenance | None = None,
 ) -> MasterRecord:
     """Write the master of one sequence atomically and return its record. The images
-    are written as they are: big-endian arrays ('>f4') go out without a byte-swap."""
+    are written as they are: big-endian arrays ('>f4') go out without a byte-swap.
+    `calibration` says how raw inputs were calibrated (its cards and HISTORY are added,
+    the raw readout's section cards removed)."""
     from astropy.io import fits
 
     path = master_path(output_dir, group, start)
     used = [s for s in combined.stats if s.used]
     created = datetime.now(UTC)
     first = next(f for f in frames if any(s.path == f.path for s in used))
-    header = _header(first, frames, combined, group, start, created, config, qa_cards or [])
+    qa = qa_cards or []
+    header = _header(first, frames, combined, group, start, created, config, qa, calibration)
     mask = combined.mask.view(np.uint8)
     uncertainty_header = fits.Header(
         [("UTYPE", "StdDevUncertainty", "standard deviation of the mean")]
@@ -182,7 +242,19 @@ def write_master(
         ]
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: hdul.writeto(fh))
+    try:
+        atomic_write(path, lambda fh: hdul.writeto(fh))
+    except fits.VerifyError as exc:  # not expected: every copied card was verified
+        log.warning(
+            "master_header_refused",
+            path=str(path),
+            reason=reason_of(exc),
+            action="written without the first input's cards",
+        )
+        hdul[0].header = _header(
+            None, frames, combined, group, start, created, config, qa, calibration
+        )
+        atomic_write(path, lambda fh: hdul.writeto(fh))
     return MasterRecord(
         group=dict(group),
         path=path,
@@ -194,7 +266,7 @@ def write_master(
 
 
 def _header(
-    first: Frame,
+    first: Frame | None,
     frames: list[Frame],
     combined: CombineResult,
     group: Any,
@@ -202,25 +274,22 @@ def _header(
     created: datetime,
     config: Config,
     qa_cards: list[tuple[str, Any, str]],
+    calibration: Provenance | None = None,
 ) -> fits.Header:
+    """The master's header: the cards of its `first` input that may be copied (none when
+    `first` is None), then what the master is and how it was made (and, for raw inputs,
+    how they were calibrated)."""
     from astropy.io import fits
 
-    source = _input_header(first)
-    header = fits.Header()
-    for card in source.cards:
-        keyword = card.keyword
-        if keyword in STRUCTURAL_KEYWORDS or keyword.startswith(STRUCTURAL_PREFIXES):
-            continue
-        if keyword in ("COMMENT", "HISTORY", ""):
-            continue
-        with contextlib.suppress(ValueError, fits.VerifyError):
-            header.append(card)
+    verified = _verified_cards(first) if first is not None else []
+    header = fits.Header([card for card in verified if copied(card.keyword, config)])
     settings = config.combine
     used = [s for s in combined.stats if s.used]
     ends = [f.date for f in frames]
-    header["BUNIT"] = ("adu", "ratio, normalised to median 1")
+    header["BUNIT"] = ("", "dimensionless: response normalised to median 1")
+    _say_master(header, {card.keyword.upper() for card in verified}, config)
     for key, value in dict(group).items():
-        header[key] = value
+        _set_checked(header, key, value)
     header.update(
         [
             ("COMBINED", True, "combined by flatd from the INPUTS frames"),
@@ -252,6 +321,8 @@ def _header(
     )
     for keyword, value, comment in qa_cards:
         header[keyword] = (value, comment)
+    if calibration is not None:  # what was done to the raw inputs comes first in HISTORY
+        calibration.apply(header)
     header.add_history(
         f"flatd {__version__}: {settings.method} of {len(used)} flats scaled "
         f"by 1/{settings.scale}, clipped {settings.sigma_low:g}/"
@@ -260,14 +331,65 @@ def _header(
     return header
 
 
-def _input_header(frame: Frame) -> fits.Header:
+def _verified_cards(first: Frame) -> list[fits.Card]:
+    """The first input's cards that can be written (`flatd.cards`); each one dropped is a
+    debug event naming it and why."""
+    kept, dropped = checked_cards(first.path, first.hdu)
+    for card in dropped:
+        log.debug(
+            "header_card_dropped",
+            path=str(first.path),
+            keyword=card.keyword,
+            card=card.card,
+            reason=card.reason,
+        )
+    return kept
+
+
+def copied(keyword: str, config: Config) -> bool:
+    """Whether a master copies an input card with this (astropy) keyword: not the data's
+    layout (`STRUCTURAL_KEYWORDS`), not COMMENT/HISTORY/blank cards, not what one exposure
+    alone says (`SINGLE_EXPOSURE_KEYWORDS`, the WCS of its pointing), not what kind of
+    frame it is (a master says that itself: `MASTER_IMAGE_TYPE`)."""
+    keyword = keyword.upper()
+    return not (
+        keyword in STRUCTURAL_KEYWORDS
+        or keyword.startswith(STRUCTURAL_PREFIXES)
+        or keyword in COMMENTARY
+        or keyword in SINGLE_EXPOSURE_KEYWORDS
+        or WCS_KEYWORD.fullmatch(keyword)
+        or keyword in frame_type_keywords(config)
+    )
+
+
+def frame_type_keywords(config: Config) -> frozenset[str]:
+    """The keywords that say what kind of frame a file is, as astropy names them (a
+    HIERARCH card without its prefix): flatd's defaults and the configured ones."""
+    configured = {k.upper().removeprefix("HIERARCH ").strip() for k in config.frames.type_keywords}
+    return frozenset({*FRAME_TYPE_KEYWORDS, *configured})
+
+
+def _say_master(header: fits.Header, present: set[str], config: Config) -> None:
+    """IMAGETYP, and every other frame-type keyword the first input had (`present`), say
+    MASTERFLAT: no pipeline takes that for a raw flat, and flatd's own rule refuses it."""
+    header["IMAGETYP"] = (MASTER_IMAGE_TYPE, "a master flat made by flatd, not a raw flat")
+    for keyword in sorted(frame_type_keywords(config) & present - {"IMAGETYP"}):
+        name = f"HIERARCH {keyword}" if len(keyword) > 8 or " " in keyword else keyword
+        header[name] = MASTER_IMAGE_TYPE
+
+
+def _set_checked(header: fits.Header, key: str, value: Any) -> None:
+    """Set a group key's card, unless astropy cannot write it (then say so, in debug)."""
     from astropy.io import fits
 
     try:
-        with fits.open(frame.path, lazy_load_hdus=True) as hdul:
-            return hdul[frame.hdu].header.copy()
-    except (OSError, IndexError, ValueError):
-        return fits.Header()
+        card = fits.Card(key, value)
+        card.verify("exception")
+        fits.Card.fromstring(card.image).verify("exception")
+    except Exception as exc:  # a hostile value must cost its card, never the master
+        log.debug("group_card_dropped", keyword=key, value=repr(value), reason=one_line(exc))
+        return
+    header[key] = value
 
 
 def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTableHDU:

@@ -1,5 +1,12 @@
-"""One sequence to one published master: frame checks, the engine, the master's QA, the
-write, the preview and `latest/`.
+"""One sequence to one published master. The stages, in order:
+
+    calibration   raw frames calibrated with ccdproc into a workspace (`flatd.calibrate.
+                  stage`; a sequence of calibrated frames passes through untouched)
+    checks        frames unlike the others, too faint, too bright, saturated (`checks`)
+    engine        levels, then the combination (`combine`)
+    QA            the master against its inputs and its predecessor (`qa`)
+    write         the master, atomically, its INPUTS naming the indexed (raw) files
+                  (`masters`), the preview, `latest/`
 
 The one place where the stages meet for a single sequence, so that `flatd combine` and
 the daemon make masters in exactly the same way.
@@ -11,21 +18,24 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
 from flatd import checks, engine, masters, qa
+from flatd.calibrate import CalibrationUnavailable, MasterLibraries
+from flatd.calibrate.stage import Inputs, calibrated_inputs
 from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Frame
 from flatd.index import Sequence
+from flatd.reasons import reason_of
 
 log = structlog.get_logger("flatd.pipeline")
 
-Outcome = Literal["done", "too_few", "failed"]
+Outcome = Literal["done", "too_few", "failed", "waiting"]  # waiting: for a master bias/dark
 
 
 @dataclass
@@ -52,16 +62,27 @@ def make_master(
     output_dir: Path | None = None,
     progress: engine.Progress | None = None,
     promote: Callable[[masters.MasterRecord], bool] | None = None,
+    libraries: MasterLibraries | None = None,
 ) -> Result:
-    """Check, combine and write one sequence. Never raises for bad data: a failure is an
-    outcome with its reason (the caller logs it and carries on). `promote` may veto
-    moving `latest/` to the new master (QA's veto comes first)."""
+    """Calibrate, check, combine and write one sequence. Never raises for bad data: a
+    failure is an outcome with its reason (the caller logs it and carries on); no master
+    bias or dark for its raw frames yet is the outcome "waiting". `promote` may veto
+    moving `latest/` to the new master (QA's veto comes first). `libraries` are the master
+    biases and darks (kept by the daemon between sequences; by default from the config)."""
     started = time.perf_counter()
     result = Result(sequence, "failed")
+    output = output_dir or config.output.directory
+    libraries = libraries or MasterLibraries.from_settings(config.calibrate, Path.cwd())
     try:
-        _fill(result, config, output_dir or config.output.directory, progress, promote)
+        with calibrated_inputs(sequence, config, output, libraries) as inputs:
+            try:
+                _fill(result, inputs, config, output, progress, promote)
+            finally:
+                _name_indexed_frames(result, inputs)
+    except CalibrationUnavailable as exc:
+        result.outcome, result.reason = "waiting", exc.waiting()
     except (OSError, ValueError, MemoryError) as exc:
-        result.outcome, result.reason = "failed", f"{type(exc).__name__}: {exc}"
+        result.outcome, result.reason = "failed", reason_of(exc)
     result.seconds = time.perf_counter() - started
     if result.record is not None:
         result.record.duration_s = round(result.seconds, 3)
@@ -70,13 +91,14 @@ def make_master(
 
 def _fill(
     result: Result,
+    inputs: Inputs,
     config: Config,
     output_dir: Path,
     progress: engine.Progress | None,
     promote: Callable[[masters.MasterRecord], bool] | None,
 ) -> None:
-    frames = list(result.sequence.frames)
-    result.rejected = checks.odd_frames(frames)
+    frames = inputs.frames  # calibrated copies of raw frames, until the engine is done
+    result.rejected = {**inputs.rejected, **checks.odd_frames(frames)}
     if _too_few(result, config):
         return
     levels = _measure(frames, result, config)
@@ -91,6 +113,7 @@ def _fill(
         min_response=config.qa.min_response,
         progress=progress,
     )
+    combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
     result.stats = combined.stats
     group = result.sequence.group
     previous = _previous_master(output_dir, group)
@@ -110,10 +133,12 @@ def _fill(
         config,
         output_dir=output_dir,
         qa_cards=assessment.header_cards(),
+        calibration=inputs.provenance,
     )
     record.qa = assessment.to_dict()
     if config.output.preview:
         _preview(record, combined, frames)
+        _ratio_picture(record, assessment, config.qa.max_change)
     if assessment.flagged:
         log.warning(
             "master_suspect",
@@ -127,6 +152,13 @@ def _fill(
         masters.promote_latest(record.path, group, output_dir)
         record.promoted = True
     result.record, result.outcome = record, "done"
+
+
+def _name_indexed_frames(result: Result, inputs: Inputs) -> None:
+    """The result's rejections and rows by the indexed frames' paths (the raw files rather
+    than their calibrated copies), however far the sequence went."""
+    result.rejected = {inputs.indexed(p): reason for p, reason in result.rejected.items()}
+    result.stats = [replace(s, path=inputs.indexed(s.path)) for s in result.stats]
 
 
 def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, engine.FrameLevels]:
@@ -192,7 +224,30 @@ def _preview(
     try:
         write_preview(record.path, combined.data, combined.mask, title, levels)
     except Exception as exc:  # a quicklook must never cost the master
-        log.warning("preview_failed", path=str(record.path), reason=f"{type(exc).__name__}: {exc}")
+        log.warning("preview_failed", path=str(record.path), reason=reason_of(exc))
+
+
+def _ratio_picture(
+    record: masters.MasterRecord, assessment: qa.MasterQA, max_change: float
+) -> None:
+    """What changed since the previous master, beside the master; none (and an older one
+    removed) when there is nothing to compare with."""
+    from flatd.preview import ratio_path, write_ratio_picture
+
+    comparison = assessment.comparison
+    try:
+        if comparison is None or assessment.previous is None:
+            ratio_path(record.path).unlink(missing_ok=True)
+            return
+        title = (
+            f"{record.path.name} / {Path(assessment.previous).name}\n"
+            f"rms {comparison.change_rms:.4f}, {comparison.changed_fraction:.2%} of "
+            f"{qa.BLOCK}x{qa.BLOCK} blocks changed by > {max_change:g}"
+            + (" — QA FLAGGED" if assessment.flagged else "")
+        )
+        write_ratio_picture(record.path, comparison.blocks, comparison.blocks_masked, title)
+    except Exception as exc:  # a picture must never cost the master
+        log.warning("ratio_picture_failed", path=str(record.path), reason=reason_of(exc))
 
 
 def _too_few(result: Result, config: Config) -> bool:

@@ -1,5 +1,15 @@
 """Quicklook PNGs beside each master: the flat with a robust stretch, and the guide's plot
-of each input frame's level in sequence order (rejected frames marked).
+of each input frame's level in sequence order (rejected frames marked); and, when the
+master has a previous one, the picture of what changed: their ratio (`_ratio.png`).
+
+The stretch is taken over the pixels that are not masked, so a dead column or block does
+not wash out the dust donuts the picture is for; masked pixels are drawn in magenta (a
+binned pixel holding any masked one), which no grey level can be mistaken for.
+
+The ratio picture is drawn from the ratio already averaged in blocks (`qa.compare` reads
+the previous master in steps of rows and keeps 1/64 of the image), stretched symmetrically
+around 1 so that a new dust donut, a moved filter or a shutter pattern stands out against
+the noise; it does not know or care how the previous master was chosen.
 
 matplotlib's object API on the Agg canvas (no pyplot, so no global state: previews may be
 drawn from several worker threads at once), imported only when a preview is drawn.
@@ -17,10 +27,20 @@ import numpy as np
 from flatd.atomic import atomic_write_bytes
 
 PREVIEW_MAX_PIXELS = 1024  # the image is binned down to about this many pixels a side
+MASKED_COLOUR = "#ff00ff"
+STRETCH_PERCENTILES = (0.5, 99.5)
+RATIO_STRETCH_PERCENTILE = 99.5  # of |ratio - 1|: the half-width of the symmetric stretch
+RATIO_MIN_HALF_WIDTH = 1e-3  # never stretch pure noise wider than this
+RATIO_SUFFIX = "_ratio.png"
 
 
 def preview_path(master: Path) -> Path:
     return master.with_suffix(".png")
+
+
+def ratio_path(master: Path) -> Path:
+    """`flat_<group>_<start>_ratio.png` beside the master."""
+    return master.with_name(master.stem + RATIO_SUFFIX)
 
 
 def write_preview(
@@ -50,16 +70,44 @@ def write_preview(
 
 
 def _draw_image(figure, axes, data: np.ndarray, mask: np.ndarray | None) -> None:
-    small = _binned(np.where(mask, np.nan, data) if mask is not None and mask.any() else data)
-    finite = small[np.isfinite(small)]
-    low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    from matplotlib import colormaps
+
+    small, masked = display_image(data, mask)
+    low, high = stretch(small, masked)
     shown = axes.imshow(
-        small, origin="lower", cmap="gray", vmin=low, vmax=high, interpolation="nearest"
+        np.ma.masked_array(small, masked | ~np.isfinite(small)),
+        origin="lower",
+        cmap=colormaps["gray"].with_extremes(bad=MASKED_COLOUR),
+        vmin=low,
+        vmax=high,
+        interpolation="nearest",
     )
-    axes.set_title(f"master flat (stretch {low:.3f} .. {high:.3f})", fontsize=10)
+    n_masked = int(np.count_nonzero(mask)) if mask is not None else 0
+    note = f"; {n_masked} masked pixels in magenta" if n_masked else ""
+    axes.set_title(f"master flat (stretch {low:.3f} .. {high:.3f}{note})", fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="relative response")
+
+
+def display_image(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The master binned for display (each binned pixel the mean of its pixels that are
+    neither masked nor non-finite), and where a binned pixel holds any masked pixel."""
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= mask.astype(bool)
+    values = np.where(bad, np.nan, data) if bad.any() else data
+    return _binned(values), _binned_any(bad)
+
+
+def stretch(small: np.ndarray, masked: np.ndarray) -> tuple[float, float]:
+    """The display range: the STRETCH_PERCENTILES of the binned values, masked pixels left
+    out (their binned pixels are the mean of the good pixels around them, if any)."""
+    finite = small[np.isfinite(small)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(finite, STRETCH_PERCENTILES))
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
 
 
 def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) -> None:
@@ -105,11 +153,74 @@ def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) ->
 
 
 def _binned(data: np.ndarray) -> np.ndarray:
-    factor = max(1, int(np.ceil(max(data.shape) / PREVIEW_MAX_PIXELS)))
-    if factor == 1:
+    blocks = _blocks(data)
+    if blocks is None:
         return np.asarray(data, dtype=np.float32)
-    ny, nx = (s // factor * factor for s in data.shape)
-    blocks = data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
     with warnings.catch_warnings():  # an all-masked block is NaN, and says so
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(blocks, axis=(1, 3), dtype=np.float32)
+        return np.asarray(np.nanmean(blocks, axis=(1, 3), dtype=np.float32))
+
+
+def _binned_any(flags: np.ndarray) -> np.ndarray:
+    blocks = _blocks(flags)
+    return flags if blocks is None else np.asarray(blocks.any(axis=(1, 3)))
+
+
+def _blocks(data: np.ndarray) -> np.ndarray | None:
+    """`data` as (ny, factor, nx, factor) blocks for binning to PREVIEW_MAX_PIXELS a side
+    (the last partial rows and columns left out); None when it is small enough."""
+    factor = max(1, int(np.ceil(max(data.shape) / PREVIEW_MAX_PIXELS)))
+    if factor == 1:
+        return None
+    ny, nx = (s // factor * factor for s in data.shape)
+    return data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
+
+
+# -- what changed: the ratio to the previous master -------------------------------------------
+def write_ratio_picture(
+    master: Path, deviation: np.ndarray, masked: np.ndarray, title: str
+) -> Path:
+    """Draw `1 + deviation` (new/previous, one value per block, NaN where unusable) into
+    `<master stem>_ratio.png`, atomically; blocks in `masked` are drawn in MASKED_COLOUR."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    ratio, hidden = ratio_image(deviation, masked)
+    half = ratio_half_width(ratio[~hidden])
+    figure = Figure(figsize=(7.5, 6.2))
+    axes = figure.subplots()
+    shown = axes.imshow(
+        np.ma.masked_array(ratio, hidden),
+        origin="lower",
+        cmap=colormaps["RdBu_r"].with_extremes(bad=MASKED_COLOUR),
+        vmin=1.0 - half,
+        vmax=1.0 + half,
+        interpolation="nearest",
+    )
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="new / previous")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    path = ratio_path(master)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def ratio_image(deviation: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio as drawn (binned further when larger than PREVIEW_MAX_PIXELS a side), and
+    what is drawn apart: masked blocks, and blocks with no usable ratio."""
+    values = _binned(np.asarray(deviation, dtype=np.float32) + np.float32(1.0))
+    flags = _binned_any(np.asarray(masked, dtype=bool))
+    return values, flags | ~np.isfinite(values)
+
+
+def ratio_half_width(ratio: np.ndarray) -> float:
+    """The symmetric stretch: 1 ± the RATIO_STRETCH_PERCENTILE of |ratio - 1| (over the
+    values drawn, not those drawn apart)."""
+    finite = np.abs(ratio[np.isfinite(ratio)] - 1.0)
+    if not finite.size:
+        return RATIO_MIN_HALF_WIDTH
+    return max(float(np.percentile(finite, RATIO_STRETCH_PERCENTILE)), RATIO_MIN_HALF_WIDTH)

@@ -11,7 +11,7 @@ flags the master.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,21 @@ class MasterQA:
     changed_fraction: float | None = None  # of BLOCKxBLOCK blocks beyond max_change
     flagged: bool = False
     reason: str = ""
+    masked_pixels: int = 0  # pixels set in MASK (dead, weak or never finite)
+    # the block map behind change_rms/changed_fraction (not part of the record)
+    comparison: Comparison | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {
+            k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in self.__dict__.items()
+            if k != "comparison"
+        }
 
     def header_cards(self) -> list[tuple[str, Any, str]]:
-        cards = [
-            ("QAMASK", self.masked_fraction, "fraction of pixels masked"),
+        cards: list[tuple[str, Any, str]] = [
+            ("QAMASK", self.masked_pixels, "number of pixels set in MASK"),
+            ("QAMASKFR", self.masked_fraction, "fraction of pixels set in MASK"),
             ("QAFLAG", self.flagged, "master differs from the previous one"),
         ]
         optional = [
@@ -63,7 +71,8 @@ def assess(
 ) -> MasterQA:
     """Measure a normalised master (and compare it with `previous` when there is one);
     `used_levels` are the used inputs' levels in electrons (ADU times gain)."""
-    masked_fraction = float(mask.mean()) if mask.size else 0.0
+    masked_pixels = int(np.count_nonzero(mask))
+    masked_fraction = masked_pixels / mask.size if mask.size else 0.0
     sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
     noise = float(np.median(sampled)) if sampled.size else None
     expected = (
@@ -72,9 +81,9 @@ def assess(
         else None
     )
     if previous is None or not previous.exists():
-        return MasterQA(masked_fraction, noise, expected)
+        return MasterQA(masked_fraction, noise, expected, masked_pixels=masked_pixels)
     try:
-        change_rms, changed = compare(data, mask, previous, max_change)
+        comparison = compare(data, mask, previous, max_change)
     except (OSError, ValueError) as exc:
         return MasterQA(
             masked_fraction,
@@ -82,7 +91,9 @@ def assess(
             expected,
             str(previous),
             reason=f"previous master unreadable: {exc}",
+            masked_pixels=masked_pixels,
         )
+    change_rms, changed = comparison.change_rms, comparison.changed_fraction
     reasons = []
     if change_rms > max_change:
         reasons.append(f"rms change {change_rms:.4f} > qa.max_change {max_change:g}")
@@ -97,32 +108,52 @@ def assess(
         changed,
         bool(reasons),
         "; ".join(reasons),
+        masked_pixels,
+        comparison,
     )
 
 
-def compare(
-    data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float
-) -> tuple[float, float]:
-    """Robust rms of new/previous - 1, and the fraction of blocks changed by more than
-    `max_change`; the previous master is read in steps of rows."""
+@dataclass(frozen=True)
+class Comparison:
+    """A master against the previous one: the measures QA judges by, and the ratio
+    averaged in BLOCKxBLOCK blocks (what they were counted on), for the ratio picture."""
+
+    change_rms: float
+    changed_fraction: float
+    blocks: np.ndarray  # mean of new/previous - 1 per block; NaN where mostly masked
+    blocks_masked: np.ndarray  # blocks holding any masked or non-finite pixel
+
+
+def compare(data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float) -> Comparison:
+    """Robust rms of new/previous - 1, the fraction of blocks changed by more than
+    `max_change`, and the block map they were counted on (1/BLOCK² of the image's size);
+    the previous master is read in steps of rows."""
     from astropy.io import fits
 
     with fits.open(previous, memmap=False, lazy_load_hdus=True) as hdul:
         old = hdul[0]
         if old.shape != data.shape:
             raise ValueError(f"shape {old.shape} differs from {data.shape}")
-        deviations, changed_blocks, blocks = [], 0, 0
+        deviations, binned_steps, masked_steps = [], [], []
         step = ROWS_PER_STEP // BLOCK * BLOCK
         for y0 in range(0, data.shape[0], step):
             ratio = data[y0 : y0 + step] / old.section[y0 : y0 + step, :] - 1.0
-            ratio[mask[y0 : y0 + step] | ~np.isfinite(ratio)] = np.nan
+            bad = mask[y0 : y0 + step] | ~np.isfinite(ratio)
+            ratio[bad] = np.nan
             deviations.append(ratio[::4, ::4].ravel())  # a sample is enough for a robust rms
-            binned = _block_mean(ratio)
-            changed_blocks += int(np.sum(np.abs(binned) > max_change))
-            blocks += int(np.sum(np.isfinite(binned)))
+            binned_steps.append(_block_mean(ratio))
+            masked_steps.append(_block_any(bad))
     sample = np.concatenate(deviations)
     change_rms = float(_nan_mad_std(sample))
-    return change_rms, changed_blocks / blocks if blocks else 0.0
+    blocks = np.concatenate(binned_steps) if binned_steps else np.empty((0, 0))
+    changed_blocks = int(np.sum(np.abs(blocks) > max_change))
+    counted = int(np.sum(np.isfinite(blocks)))
+    return Comparison(
+        change_rms,
+        changed_blocks / counted if counted else 0.0,
+        blocks,
+        np.concatenate(masked_steps) if masked_steps else np.empty((0, 0), bool),
+    )
 
 
 def _nan_mad_std(sample: np.ndarray) -> np.floating:
@@ -130,11 +161,18 @@ def _nan_mad_std(sample: np.ndarray) -> np.floating:
     return np.nanmedian(np.abs(sample - np.nanmedian(sample))) * 1.482602218505602
 
 
+def _blocks_of(values: np.ndarray) -> np.ndarray:
+    """`values` as (ny, BLOCK, nx, BLOCK) blocks, the last partial rows and columns left out."""
+    ny, nx = values.shape[0] // BLOCK * BLOCK, values.shape[1] // BLOCK * BLOCK
+    return values[:ny, :nx].reshape(ny // BLOCK, BLOCK, nx // BLOCK, BLOCK)
+
+
+def _block_any(flags: np.ndarray) -> np.ndarray:
+    return np.asarray(_blocks_of(flags).any(axis=(1, 3)))
+
+
 def _block_mean(ratio: np.ndarray) -> np.ndarray:
-    ny, nx = ratio.shape[0] // BLOCK * BLOCK, ratio.shape[1] // BLOCK * BLOCK
-    if ny == 0 or nx == 0:
-        return np.empty(0)
-    blocks = ratio[:ny, :nx].reshape(ny // BLOCK, BLOCK, nx // BLOCK, BLOCK)
+    blocks = _blocks_of(ratio)
     counts = np.sum(np.isfinite(blocks), axis=(1, 3))
     sums = np.nansum(blocks, axis=(1, 3))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -3,52 +3,76 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
 from flatd import engine
+from flatd.calibrate import CalibrationUnavailable, MasterLibraries
+from flatd.calibrate.stage import CalibrationPlan, plan_sequence
 from flatd.checks import saturation_level
-from flatd.config import Config
-from flatd.frames import Skip
+from flatd.config import Config, FramesConfig
+from flatd.frames import Skip, group_notes
+from flatd.frames import sources as frame_sources
 from flatd.index import Index, Sequence, index_paths
 from flatd.masters import group_slug
 from flatd.pipeline import Result, make_master
+from flatd.reasons import one_line, reason_of
 
 log = structlog.get_logger("flatd.report")
 
 
 @dataclass
 class ScanReport:
+    """What `flatd scan` found: the index, each flat's levels, and how the headers were
+    read (the keyword of each group key, the notes of each group, the files not taken
+    summarised by reason); for sequences of raw frames, what calibrating them would do
+    (a plan, or why they wait)."""
+
     index: Index
     levels: dict[Path, engine.FrameLevels]
+    frames_config: FramesConfig = field(default_factory=FramesConfig)
+    calibration: dict[Sequence, CalibrationPlan | str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        skips = self.index.skips()
         return {
             "index": self.index.counts(),
             "groups": [self._group(key, seqs) for key, seqs in _by_group(self.index)],
-            "skipped": [_skip_dict(s) for s in self.index.skips() if s.kind == "skipped"],
-            "rejected": [_skip_dict(s) for s in self.index.skips() if s.kind == "rejected"],
+            "skipped": [_skip_dict(s) for s in skips if s.kind == "skipped"],
+            "rejected": [_skip_dict(s) for s in skips if s.kind == "rejected"],
+            "not_taken": [
+                {"kind": kind, "reason": reason, "count": len(paths), "examples": paths[:3]}
+                for kind, reason, paths in _not_taken(skips)
+            ],
         }
 
     def _group(self, key: Any, sequences: list[Sequence]) -> dict[str, Any]:
+        frames = [f for seq in sequences for f in seq.frames]
         return {
             "group": dict(key),
             "name": group_slug(key),
+            "keywords": frame_sources(frames),
+            "notes": group_notes(frames, self.frames_config, len(sequences)),
             "sequences": [
                 {
                     "start": seq.start.isoformat(),
                     "end": seq.end.isoformat(),
+                    **self._calibration_dict(seq),
                     "frames": [
                         {
                             "path": str(f.path),
                             "date": f.date.isoformat(),
                             "date_from_header": f.date_from_header,
+                            "date_source": f.date_source,
+                            "date_note": f.date_note,
                             "shape": list(f.shape),
                             "median": _rounded(self.levels.get(f.path)),
+                            "raw": f.raw,
                         }
                         for f in seq.frames
                     ],
@@ -57,6 +81,23 @@ class ScanReport:
             ],
         }
 
+    def _calibration_dict(self, sequence: Sequence) -> dict[str, Any]:
+        plan = self.calibration.get(sequence)
+        if plan is None:
+            return {}
+        if isinstance(plan, str):
+            return {"calibration": {"action": "wait", "reason": plan}}
+        return {"calibration": plan.to_dict()}
+
+    def _calibration_lines(self, sequence: Sequence) -> list[str]:
+        plan = self.calibration.get(sequence)
+        if plan is None:
+            return []
+        if isinstance(plan, str):
+            return [f"    calibration: {plan}"]
+        refused = [f"    refused: {p.name}: {reason}" for p, reason in plan.refused.items()]
+        return [f"    calibration: {plan.describe()}", *refused]
+
     def render(self) -> str:
         counts = self.index.counts()
         lines = [
@@ -64,27 +105,44 @@ class ScanReport:
             f"{counts['skipped']} skipped, {counts['rejected']} rejected"
         ]
         for key, sequences in _by_group(self.index):
-            n = sum(len(s.frames) for s in sequences)
-            lines.append(
-                f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {n} frames "
-                f"in {len(sequences)} sequence(s)"
+            lines.extend(self._render_group(key, sequences))
+        skips = self.index.skips()
+        if skips:
+            lines.append("\nnot taken:")
+            lines.extend(
+                f"  {len(paths)} file{'s' if len(paths) != 1 else ''} {kind}: {reason}"
+                for kind, reason, paths in _not_taken(skips)
             )
-            for seq in sequences:
-                lines.append(
-                    f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
-                    f"  {len(seq.frames)} frames"
-                )
-                lines.extend(
-                    f"    {f.path.name:<40} {f.date:%H:%M:%S}  "
-                    f"median {_level_text(self.levels.get(f.path))}"
-                    for f in seq.frames
-                )
-        for kind in ("rejected", "skipped"):
-            skips = [s for s in self.index.skips() if s.kind == kind]
-            if skips:
-                lines.append(f"\n{kind}:")
-                lines.extend(f"  {s.path}: {s.reason}" for s in skips)
+        rejected = [s for s in skips if s.kind == "rejected"]
+        if rejected:
+            lines.append("\nrejected:")
+            lines.extend(f"  {s.path}: {s.reason}" for s in rejected)
         return "\n".join(lines)
+
+    def _render_group(self, key: Any, sequences: list[Sequence]) -> list[str]:
+        frames = [f for seq in sequences for f in seq.frames]
+        lines = [
+            f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {len(frames)} frames "
+            f"in {len(sequences)} sequence(s)",
+            f"  read from: {_describe_sources(frame_sources(frames))}",
+        ]
+        lines.extend(
+            f"  note: {note}" for note in group_notes(frames, self.frames_config, len(sequences))
+        )
+        for seq in sequences:
+            lines.append(
+                f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
+                f"  {len(seq.frames)} frames"
+            )
+            lines.extend(self._calibration_lines(seq))
+            lines.extend(
+                f"    {f.path.name:<40} {f.date:%H:%M:%S}{'' if f.date_from_header else '*'} "
+                f"median {_level_text(self.levels.get(f.path))}{'  raw' if f.raw else ''}"
+                for f in seq.frames
+            )
+        if any(not f.date_from_header for f in frames):
+            lines.append("    (* dated by the file's time)")
+        return lines
 
 
 def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
@@ -100,7 +158,45 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
             index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
         else:
             levels[frame.path] = level
-    return ScanReport(index, levels)
+    return ScanReport(index, levels, config.frames, _calibration_plans(index, config))
+
+
+def _calibration_plans(index: Index, config: Config) -> dict[Sequence, CalibrationPlan | str]:
+    """What calibrating each sequence of raw frames would do, or why it would wait."""
+    if config.calibrate.raw != "calibrate":
+        return {}
+    libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+    plans: dict[Sequence, CalibrationPlan | str] = {}
+    for sequence in index.sequences():
+        if any(f.raw for f in sequence.frames):
+            try:
+                plans[sequence] = plan_sequence(sequence, config, libraries)
+            except CalibrationUnavailable as exc:
+                plans[sequence] = exc.waiting()
+    return plans
+
+
+def _not_taken(skips: list[Skip]) -> list[tuple[str, str, list[str]]]:
+    """Skipped and rejected files by (kind, reason), most frequent first; the reasons
+    name the keywords looked for ("no frame type keyword (looked for IMAGETYP, ...)")."""
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    for skip in skips:
+        by_reason.setdefault((skip.kind, skip.reason), []).append(str(skip.path))
+    ordered = sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0]))
+    return [(kind, reason, paths) for (kind, reason), paths in ordered]
+
+
+def _describe_sources(sources: dict[str, str]) -> str:
+    """`type IMAGETYP, FILTER FILTER1+FILTER2, XBINNING/YBINNING CCDSUM, INSTRUME none`."""
+    parts = []
+    for key, source in sources.items():
+        if key == "YBINNING" and sources.get("XBINNING") == source:
+            continue
+        name = (
+            "XBINNING/YBINNING" if key == "XBINNING" and sources.get("YBINNING") == source else key
+        )
+        parts.append(f"{name} {source or 'none'}")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -110,14 +206,42 @@ class CombineSummary:
 
     @property
     def failed(self) -> bool:
-        return any(r.outcome == "failed" for r in self.results)
+        """Whether `flatd combine` failed: a group failed or waits for a master bias or
+        dark (which a one-shot command cannot wait for), or no master was written."""
+        return any(r.outcome in ("failed", "waiting") for r in self.results) or not self.written
+
+    @property
+    def written(self) -> list[Result]:
+        return [r for r in self.results if r.record is not None]
+
+    def why_no_master(self) -> str:
+        """Why no master was written at all, in one line ("" when some was)."""
+        if self.written:
+            return ""
+        counts = self.index.counts()
+        if counts["frames"] == 0:
+            return "no files matching watch.patterns in the paths given"
+        if counts["flats"] == 0:
+            skips = Counter(_reason_kind(s.reason) for s in self.index.skips())
+            reasons = ", ".join(f"{kind} ({n})" for kind, n in skips.most_common(5))
+            return f"{counts['frames']} files, none a flat: {reasons}"
+        outcomes = "; ".join(
+            f"{group_slug(r.sequence.group)} {r.sequence.start:%Y-%m-%d %H:%M}: {r.reason}"
+            for r in self.results[:3]
+        )
+        more = f"; and {len(self.results) - 3} more" if len(self.results) > 3 else ""
+        return (
+            f"{counts['flats']} flats in {len(self.results)} sequence(s), none combined: "
+            f"{outcomes}{more}"
+        )
 
     def render(self) -> str:
         header = ("group", "sequence start", "used", "rejected", "median levels", "master", "s")
         rows = [_summary_row(r) for r in self.results]
         lines = [_table(header, rows)] if rows else ["no flat sequences found"]
         notes = [
-            f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: {r.reason}"
+            f"  {r.sequence.frames[0].path.parent}: {group_slug(r.sequence.group)}: "
+            f"{one_line(r.reason)}"
             for r in self.results
             if r.outcome != "done"
         ]
@@ -150,6 +274,7 @@ def combine_paths(
     for skip in index.skips():
         log.info("frame_skipped", path=str(skip.path), kind=skip.kind, reason=skip.reason)
     results = []
+    libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
     line = ProgressLine(sys.stderr) if show_progress else None
     for sequence in index.sequences():
         name = group_slug(sequence.group)
@@ -159,13 +284,31 @@ def combine_paths(
                 line.show(f"{name}: {len(sequence.frames)} frames, measuring")
                 progress = line.for_group(name)
             try:
-                result = make_master(sequence, config, output_dir=output_dir, progress=progress)
+                result = _make_master(sequence, config, output_dir, progress, libraries)
             finally:
                 if line is not None:
                     line.clear()
             _log_result(result)
         results.append(result)
     return CombineSummary(results, index)
+
+
+def _make_master(
+    sequence: Sequence,
+    config: Config,
+    output_dir: Path | None,
+    progress: engine.Progress | None,
+    libraries: MasterLibraries,
+) -> Result:
+    """`make_master`, with anything it raises a failure of this sequence alone (its
+    traceback logged at debug level): the other groups are still combined."""
+    try:
+        return make_master(
+            sequence, config, output_dir=output_dir, progress=progress, libraries=libraries
+        )
+    except Exception as exc:
+        log.debug("combine_crashed", exc_info=True)
+        return Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
 
 
 class ProgressLine:
@@ -209,16 +352,24 @@ class ProgressLine:
 
 
 def _log_result(result: Result) -> None:
+    """One event per sequence: `master_written`, or a warning with the reason why not."""
     if result.record is not None:
         log.info("master_written", **result.record.to_dict())
-    elif result.outcome == "too_few":
-        log.warning("too_few_frames", reason=result.reason, frames=len(result.sequence.frames))
-    else:
-        log.error(
-            "combine_failed",
-            reason=result.reason,
-            frames=[str(f.path) for f in result.sequence.frames],
-        )
+        return
+    events = {"too_few": "too_few_frames", "waiting": "calibration_waiting"}
+    event = events.get(result.outcome, "combine_failed")
+    log.warning(
+        event,
+        start=result.sequence.start.isoformat(),
+        frames=len(result.sequence.frames),
+        reason=one_line(result.reason),
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without its particulars: `truncated: 6976 bytes expected, ...` ->
+    `truncated`."""
+    return reason.split(": ", 1)[0] if ": " in reason else reason
 
 
 def _summary_row(result: Result) -> tuple[str, ...]:

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+Key = TypeVar("Key", bound=Hashable)
 
-class Debouncer:
+
+class Debouncer(Generic[Key]):
     """Runs `job(key)` once no `arm(key, ...)` has pushed it back past its time."""
 
-    def __init__(self, job: Callable[[Hashable], None], workers: int = 4) -> None:
+    def __init__(self, job: Callable[[Key], None], workers: int = 4) -> None:
         self._job = job
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -32,7 +35,7 @@ class Debouncer:
     def start(self) -> None:
         self._scheduler.start()
 
-    def arm(self, key: Hashable, at: datetime) -> None:
+    def arm(self, key: Key, at: datetime) -> None:
         """(Re)set `key`'s one job to run at `at`."""
         self._scheduler.add_job(
             self._job, "date", run_date=at, args=[key], id=_job_id(key), replace_existing=True

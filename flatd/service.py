@@ -1,12 +1,21 @@
-"""`flatd run`: the daemon. The only place where watch, ingest, index, groups, status and
-systemd notification are wired together.
+"""`flatd run`: the daemon. The only place where watch, ingest, index, tree, groups, status
+and systemd notification are wired together.
 
-Start-up has no gap: the observer starts first (its events wait in the ingest queue),
-then the watched directories are scanned, then the queued events are processed — a file
-that lands during the scan is seen either way, and a file seen twice is indexed once.
-READY=1 follows. A health check every few seconds re-watches lost directories and
-pings the systemd watchdog only while healthy; a reconcile scan every few minutes (and
-at once after an inotify queue overflow) is the second net under the events.
+Threads (docs/architecture.md has the whole table): the main thread runs the health loop
+and nothing else — it pings systemd's watchdog on time whatever the other threads are
+doing; `flatd-scan` (`tree.Scanner`) does every directory scan, the start-up scan first;
+`flatd-ingest` reads new files; APScheduler's workers combine.
+
+Start-up has no gap: the lock is taken (one daemon per output and status file), the
+observer starts, the roots are watched, then the scanner reads the warm directories and
+lists the cold ones while the events of new files wait in the ingest queue; then the
+queued events are processed — a file that lands during the scan is seen either way, and
+a file seen twice is indexed once. Until then the state is `starting` and systemd hears
+`EXTEND_TIMEOUT_USEC=` every few seconds, so a long start is never killed by its start
+timeout; READY=1 follows the scan. A health check every few seconds re-watches lost
+directories and pings the systemd watchdog only while healthy; a reconcile scan every ten
+minutes (and at once after an inotify queue overflow) is the second net under the
+events, followed by the housekeeping that lets old sequences leave memory.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -22,19 +32,26 @@ import structlog
 
 from flatd import __version__, engine, notify
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
+from flatd.calibrate import remove_stale_workspaces
 from flatd.config import Config
-from flatd.discover import walk
 from flatd.groups import Groups
+from flatd.history import MasterHistory
+from flatd.hook import HookResult, HookRunner
 from flatd.index import Index
 from flatd.ingest import Ingest
+from flatd.lock import AlreadyRunning, InstanceLock
 from flatd.masters import MasterRecord
+from flatd.metrics import MetricsFile
+from flatd.pipeline import Result
 from flatd.status import StatusBoard
+from flatd.tree import Scanner, ScanTally, Tree
 from flatd.watch import Watcher
 
 log = structlog.get_logger("flatd.service")
 
 HEALTH_SECONDS = 5.0
 RECONCILE_SECONDS = 600.0
+EXTEND_SECONDS = 30.0  # each EXTEND_TIMEOUT_USEC= gives the start-up this long to send the next
 EXIT_OK, EXIT_FATAL = 0, 1
 
 
@@ -43,12 +60,22 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.index = Index(config.sequence.gap_minutes)
+        self.index = Index(config.sequence.gap_minutes, config.sequence.keep_days)
+        self.lock = InstanceLock.for_daemon(config.output.directory, config.status.file)
+        self.history = MasterHistory()
+        self.metrics = (
+            MetricsFile(Path(config.status.metrics_file)) if config.status.metrics_file else None
+        )
+        self.hook = HookRunner(
+            config.output.on_master,
+            config.output.hook_timeout_seconds,
+            on_result=self._hook_finished,
+        )
         self.board = StatusBoard(
             config.status.file,
             directories=[str(d) for d in config.watch.directories],
             observer="polling" if config.watch.polling else "inotify",
-            snapshot=lambda: (self.index.counts(), self.groups.snapshot()),
+            snapshot=lambda: (self.index.counts(), self.history.annotate(self.groups.snapshot())),
             on_write=self._announce,
         )
         self.groups = Groups(
@@ -58,6 +85,7 @@ class Daemon:
             on_error=self.board.add_error,
             on_change=self.board.mark_changed,
             on_skipped=self.board.add_skip,
+            on_outcome=self._combination_finished,
         )
         self.ingest = Ingest(
             self.index,
@@ -65,28 +93,40 @@ class Daemon:
             on_group_changed=self.groups.frame_arrived,
             on_skip=self.groups.note_skip,
             settle_seconds=_settle_seconds(config),
+            calibrate=config.calibrate,
         )
         self.watcher = Watcher(
             config.watch,
             self.ingest.submit,
-            on_directory=self._rescan_later,
-            on_overflow=self._rescan_later_all,
+            on_directory=self._directory_changed,
+            on_overflow=self._overflowed,
             exclude=(config.output.directory,),
         )
+        self.tree = Tree(config, self.index, self.ingest, self.watcher)
+        self.scanner = Scanner(
+            self.tree, on_started=self._scan_done, after_reconcile=self._housekeeping
+        )
+        self.ready = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._rescan: set[Path] = set()
-        self._rescan_lock = threading.Lock()
         self._last_problems: list[str] = []
+        self._page_failing: str | None = None
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
+        """Take the lock (AlreadyRunning if another daemon holds it: nothing is written
+        then), clean up after a crash, start watching, and start the start-up scan."""
+        self.lock.acquire()
         output = self.config.output.directory
         output.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temporaries(output):
             log.warning("stale_temporary_removed", path=str(stale))
         for stale in remove_stale_temporaries_of(self.config.status.file):
             log.warning("stale_temporary_removed", path=str(stale))
+        for stale in self.metrics.remove_stale_temporaries() if self.metrics else []:
+            log.warning("stale_temporary_removed", path=str(stale))
+        for stale in remove_stale_workspaces(output):  # a crash's calibrated copies
+            log.warning("stale_workspace_removed", path=str(stale))
         log.info(
             "starting",
             version=__version__,
@@ -94,18 +134,37 @@ class Daemon:
             directories=[str(d) for d in self.config.watch.directories],
             observer=self.watcher.observer_name,
             output=str(output),
+            keep_days=self.config.sequence.keep_days,
         )
         engine.log_choice()
-        self.board.set_state("running")
+        self.board.set_state("starting")
         self.board.start()
+        self._extend_start(HEALTH_SECONDS)
+        self.hook.start()
+        threading.Thread(target=self._load_history, name="flatd-history", daemon=True).start()
         self._report_problems(self.watcher.start())
-        started = time.monotonic()
-        scanned = self._scan(self.config.watch.directories)
+        self.scanner.start()
+
+    def _scan_done(self, tally: ScanTally, seconds: float) -> None:
+        """The start-up scan is over (on the scanner's thread): process the queued events,
+        arm the groups, tell systemd."""
         self.ingest.start()
         self.groups.start()
+        self.board.set_state("running")
         counts = self.index.counts()
-        log.info("ready", scanned=scanned, seconds=round(time.monotonic() - started, 3), **counts)
+        log.info(
+            "ready",
+            scanned=tally.files,
+            read=tally.read,
+            listed_only=tally.listed,
+            directories=tally.directories,
+            watched=len(self.watcher.watched()),
+            seconds=round(seconds, 3),
+            **counts,
+        )
         notify.notify("READY=1\nSTATUS=" + self._summary())
+        self.ready.set()
+        self._wake.set()
 
     def serve(self) -> None:
         """Run the health loop until `request_stop()`."""
@@ -113,18 +172,34 @@ class Daemon:
         tick = min(HEALTH_SECONDS, interval / 2) if interval else HEALTH_SECONDS
         next_reconcile = time.monotonic() + RECONCILE_SECONDS
         while not self._stop.is_set():
+            self._health(tick)
             self._wake.wait(tick)
             self._wake.clear()
-            if self._stop.is_set():
-                break
-            self._rescan_requested()
-            if time.monotonic() >= next_reconcile:
-                self._reconcile(self.config.watch.directories)
+            if self.ready.is_set() and time.monotonic() >= next_reconcile:
+                self.scanner.reconcile()
                 next_reconcile = time.monotonic() + RECONCILE_SECONDS
-            problems = self.watcher.check()
-            self._report_problems(problems)
-            if not any("observer" in p for p in problems):
-                notify.notify("WATCHDOG=1")
+
+    def _health(self, tick: float) -> None:
+        """One health check: while starting, ask systemd for more time; once running,
+        ping its watchdog — only while every directory that should be watched is — and
+        then look for new calibration masters (a listing of their directories)."""
+        problems = self.watcher.check()
+        self._report_problems(problems)
+        if not self.ready.is_set():
+            self._extend_start(tick)
+            return
+        if self.watcher.healthy:
+            notify.notify("WATCHDOG=1")
+        self.groups.check_calibration()  # a new master bias or dark: waiting groups run
+
+    def _extend_start(self, tick: float) -> None:
+        """Ask systemd for more start-up time: the start-up scan of a large archive may
+        outlast `TimeoutStartSec=`; this is repeated every tick until READY=1."""
+        extend = max(EXTEND_SECONDS, 3 * tick)
+        files = self.index.counts()["frames"]
+        notify.notify(
+            f"EXTEND_TIMEOUT_USEC={int(extend * 1e6)}\nSTATUS=starting: {files} files scanned"
+        )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -135,59 +210,36 @@ class Daemon:
         notify.notify("STOPPING=1")
         self.board.set_state("stopping")
         self.watcher.stop()
+        self.scanner.stop()
         self.ingest.stop()
         self.groups.stop()
+        self.hook.stop()
         self.board.close("stopped")
+        self.lock.release()
         log.info("stopped")
 
-    # -- scanning ----------------------------------------------------------------------
-    def _files(self, roots: list[Path] | tuple[Path, ...]) -> list[Path]:
-        return list(
-            walk(
-                [r for r in roots if r.is_dir()],
-                self.config.watch.patterns,
-                self.config.watch.recursive,
-                exclude=[self.config.output.directory],
+    # -- what the other threads ask for ----------------------------------------------
+    def _directory_changed(self, directory: Path) -> None:
+        self.scanner.rescan(directory)
+
+    def _overflowed(self) -> None:
+        log.warning("event_queue_overflow", action="reconciling watched directories")
+        self.scanner.reconcile()
+
+    def _housekeeping(self) -> None:
+        """After a reconcile (on the scanner's thread): sequences older than keep_days
+        leave memory once their group is settled."""
+        horizon = datetime.now(UTC) - timedelta(days=self.config.sequence.keep_days)
+        gone = self.index.forget(horizon, self.groups.settled)
+        if gone:
+            self.groups.forget(gone)
+            log.info(
+                "sequences_forgotten",
+                sequences=len(gone),
+                frames=sum(len(s.frames) for s in gone),
+                before=horizon.isoformat(),
             )
-        )
-
-    def _scan(self, roots: tuple[Path, ...]) -> int:
-        paths = self._files(roots)
-        for path in paths:
-            self.ingest.ingest_now(path)
-        return len(paths)
-
-    def _reconcile(self, roots: list[Path] | tuple[Path, ...]) -> None:
-        """Compare the disk with the index and hand every difference to ingest."""
-        on_disk = set()
-        for path in self._files(roots):
-            on_disk.add(path)
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            if not self.index.knows(path, stat.st_size, stat.st_mtime_ns):
-                self.ingest.submit(path, "changed")
-        for path in self.index.paths():
-            if path not in on_disk and any(path.is_relative_to(r) for r in roots):
-                self.ingest.submit(path, "deleted")
-
-    def _rescan_later(self, directory: Path) -> None:
-        with self._rescan_lock:
-            self._rescan.add(directory)
-        self._wake.set()
-
-    def _rescan_later_all(self) -> None:
-        log.warning("event_queue_overflow", action="rescanning watched directories")
-        for directory in self.config.watch.directories:
-            self._rescan_later(directory)
-
-    def _rescan_requested(self) -> None:
-        with self._rescan_lock:
-            roots, self._rescan = sorted(self._rescan), set()
-        if roots:
-            log.info("rescanning", directories=[str(r) for r in roots])
-            self._reconcile(roots)
+            self.board.mark_changed()
 
     # -- reporting ---------------------------------------------------------------------
     def _report_problems(self, problems: list[str]) -> None:
@@ -203,29 +255,48 @@ class Daemon:
     def _master_written(self, record: MasterRecord) -> None:
         fields = record.to_dict()
         log.info("master_written", **fields)
+        self.history.add(fields)
         self.board.add_master(fields)
+        self.hook.submit(fields)
+
+    def _combination_finished(self, result: Result) -> None:
+        if self.metrics is not None:
+            self.metrics.combination_finished(result.outcome, result.reason, result.seconds)
+
+    def _hook_finished(self, result: HookResult) -> None:
+        if self.metrics is not None:
+            self.metrics.hook_finished(result.outcome)
+
+    def _load_history(self) -> None:
+        """The recent masters on disk of each group, for the page after a restart."""
+        read = self.history.load(self.config.output.directory)
+        log.debug("history_loaded", masters=read)
+        self.board.mark_changed()
 
     def _summary(self) -> str:
         counts = self.index.counts()
         return (
-            f"{counts['flats']} flats in {len(self.index.groups())} groups, "
+            f"{counts['flats']} flats in {len(self.index.group_sizes())} groups, "
             f"{counts['rejected']} rejected"
         )
 
     def _announce(self, document: dict) -> None:
         states = [g["state"] for g in document.get("groups", [])]
         busy = sum(s in ("pending", "combining") for s in states)
-        notify.notify(f"STATUS={self._summary()}; {busy} combining/pending")
+        if self.ready.is_set():
+            notify.notify(f"STATUS={self._summary()}; {busy} combining/pending")
         try:  # the observer's page beside the status file; a failure never stops the daemon
             from flatd import page
 
             page.write_page(document, self.config.status.file, self.config.output.directory)
         except Exception as exc:
-            if getattr(self, "_page_failing", None) != str(exc):
+            if self._page_failing != str(exc):
                 log.warning("page_write_failed", reason=f"{type(exc).__name__}: {exc}")
             self._page_failing = str(exc)
         else:
             self._page_failing = None
+        if self.metrics is not None:
+            self.metrics.write(document)
 
 
 def _settle_seconds(config: Config) -> float:
@@ -235,12 +306,21 @@ def _settle_seconds(config: Config) -> float:
 
 
 def run(config: Config) -> int:
-    """`flatd run`: serve until SIGTERM/SIGINT; 0 after a clean stop, 1 on a fatal error."""
+    """`flatd run`: serve until SIGTERM/SIGINT; 0 after a clean stop, 1 on a fatal error
+    (another daemon holding the output directory or the status file is one)."""
     engine.tune_allocator()
     daemon = Daemon(config)
     _install_signal_handlers(daemon)
     try:
         daemon.start()
+    except AlreadyRunning as exc:  # the other daemon's files are left exactly as they are
+        log.error("already_running", pid=exc.pid, lock=str(exc.path), reason=str(exc))
+        return EXIT_FATAL
+    except Exception:
+        log.exception("fatal_error")
+        _shutdown_quietly(daemon)
+        return EXIT_FATAL
+    try:
         daemon.serve()
     except Exception:
         log.exception("fatal_error")

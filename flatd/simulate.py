@@ -14,6 +14,9 @@ at different positions in every frame (the telescope tracks, or dithers, during 
 their peaks are kept below saturation so that the QA's saturated-pixel limit does not reject
 the frames. Everything is deterministic from `seed`; frame i has its own sub-seed, so frames
 can be made one at a time (the CLI does) and memory stays bounded for 4096x4096 frames.
+
+`flatd simulate --raw` reads the same frames out as a raw camera would (`simulate_raw`):
+uint16 with a bias level, overscan and prescan, and the master bias (and dark) beside them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -557,6 +561,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ISO8601",
         help="UTC time of the first frame (default: 2026-11-23T17:30:00)",
     )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="write raw frames as the camera reads them out: uint16 with a bias level, a "
+        "prescan, an overscan strip carrying the bias's row pattern, BIASSEC/TRIMSEC/"
+        "DATASEC cards; and the master bias into OUTDIR/calibration/",
+    )
+    parser.add_argument(
+        "--dark",
+        action="store_true",
+        help="with --raw: hot pixels' dark current in the frames, and a master dark too",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing per file")
 
 
@@ -568,6 +584,9 @@ def run(args: argparse.Namespace) -> int:
     write = _writer(args.write_mode, pace)
     cadence = 30.0
     start = args.start or DEFAULT_START
+    if args.dark and not args.raw:
+        print("flatd simulate: --dark needs --raw", file=sys.stderr)
+        return 2
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -588,6 +607,7 @@ def run(args: argparse.Namespace) -> int:
 
     cameras = []
     try:
+        detector = _raw_detector(args, start, say) if args.raw else None
         for k, filter_name in enumerate(args.filters):
             camera = _Camera(
                 (ny, nx),
@@ -607,10 +627,12 @@ def run(args: argparse.Namespace) -> int:
                 cadence,
             )
             cameras.append(camera)
+            source = _readout(camera, detector, args.seed + 1000 * k)
+            prefix = "flat" if detector is None else "raw"
             for i in range(camera.n_frames):
                 pause()
-                path = outdir / file_name("flat", filter_name, i, args.compress)
-                write(path, fits_bytes(camera.frame(i), camera.header(i), args.compress))
+                path = outdir / file_name(prefix, filter_name, i, args.compress)
+                write(path, fits_bytes(source.frame(i), source.header(i), args.compress))
                 say(f"wrote {path}  level {camera.levels[i]:.0f}")
         for j in range(args.broken):
             pause()
@@ -619,15 +641,39 @@ def run(args: argparse.Namespace) -> int:
             write(path, broken_bytes(header))
             say(f"wrote {path}  (truncated)")
         if args.truth:
-            (outdir / "truth").mkdir(exist_ok=True)
-            for camera in cameras:
-                path = outdir / "truth" / f"true_flat_{sanitise(camera.filter_name)}.fits"
-                content = fits_bytes(
-                    camera.true_flat.astype(np.float32), truth_header(camera.filter_name)
-                )
-                write_atomic(path, content)
-                say(f"wrote {path}  true flat")
+            _write_truths(cameras, outdir / "truth", say)
     except OSError as exc:
         print(f"flatd simulate: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_truths(cameras: list[_Camera], directory: Path, say: Callable[[str], None]) -> None:
+    """Each camera's true flat as directory/true_flat_<filter>.fits (IMAGETYP TRUTH)."""
+    directory.mkdir(exist_ok=True)
+    for camera in cameras:
+        path = directory / f"true_flat_{sanitise(camera.filter_name)}.fits"
+        content = fits_bytes(camera.true_flat.astype(np.float32), truth_header(camera.filter_name))
+        write_atomic(path, content)
+        say(f"wrote {path}  true flat")
+
+
+def _raw_detector(args: argparse.Namespace, start: datetime, say: Callable[[str], None]) -> Any:
+    """The raw camera's readout, its master bias (and dark) written to OUTDIR/calibration/
+    first: they were taken in the afternoon, before the flats."""
+    from flatd.simulate_raw import MASTERS_BEFORE, RawDetector, write_masters
+
+    detector = RawDetector(args.shape, args.seed, dark_current=args.dark)
+    for path in write_masters(detector, args.outdir / "calibration", start - MASTERS_BEFORE):
+        if path is not None:
+            say(f"wrote {path}  master")
+    return detector
+
+
+def _readout(camera: _Camera, detector: Any, seed: int) -> Any:
+    """What writes the frames: the calibrated camera itself, or its raw readout."""
+    if detector is None:
+        return camera
+    from flatd.simulate_raw import RawCamera
+
+    return RawCamera(camera, detector, seed)

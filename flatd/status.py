@@ -27,6 +27,8 @@ import structlog
 
 from flatd import __version__
 from flatd.atomic import atomic_write_bytes
+from flatd.lock import process_state
+from flatd.reasons import one_line
 
 __all__ = [
     "EXIT_NOT_RUNNING",
@@ -38,6 +40,7 @@ __all__ = [
     "read_status",
     "render_status",
     "status_command",
+    "why_not_running",
 ]
 
 log = structlog.get_logger("flatd.status")
@@ -47,7 +50,7 @@ STALE_SECONDS = 90.0
 MIN_WRITE_INTERVAL = 0.25  # coalesce bursts of changes: at most ~4 writes a second
 RETRY_SECONDS = 1.0
 EXIT_RUNNING, EXIT_NOT_RUNNING = 0, 3
-RUNNING_STATES = ("running", "stopping")
+RUNNING_STATES = ("starting", "running", "stopping")
 
 Snapshot = Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]]
 
@@ -140,9 +143,11 @@ class StatusBoard:
         self.mark_changed()
 
     def add_error(self, path: str, reason: str) -> None:
-        """Record a problem with a file (or, with an empty path, with the daemon).
-        An immediate repeat of the newest error only refreshes its time and count."""
+        """Record a problem with a file (or, with an empty path, with the daemon), its
+        reason on one line. An immediate repeat of the newest error only refreshes its
+        time and count."""
         now = utc_iso()
+        reason = one_line(reason)
         with self._lock:
             newest = self._errors[0] if self._errors else None
             if newest is not None and newest["path"] == path and newest["reason"] == reason:
@@ -156,23 +161,25 @@ class StatusBoard:
     def add_skip(self, path: str, reason: str) -> None:
         """Record a file that is not an input (not a flat, flatd's own output) with its
         reason: counted in `index`, the newest kept in `skipped` (bounded)."""
+        entry = {"path": path, "reason": one_line(reason), "at": utc_iso()}
         with self._lock:
-            self._skipped.insert(0, {"path": path, "reason": reason, "at": utc_iso()})
+            self._skipped.insert(0, entry)
             del self._skipped[self._history :]
         self.mark_changed()
 
     # -- the document ------------------------------------------------------------------------
     def document(self) -> dict[str, Any]:
         """The current status document (a fresh copy; `updated_at` is now)."""
+        snapshot: tuple[dict[str, Any], list[dict[str, Any]]] | None
         try:
             index, groups = self._snapshot()
-            index, groups = dict(index), list(groups)
+            snapshot = dict(index), list(groups)
         except Exception:
             log.exception("status_snapshot_failed")
-            index = groups = None
+            snapshot = None
         with self._lock:
-            if index is not None and groups is not None:
-                self._index, self._groups = index, groups
+            if snapshot is not None:
+                self._index, self._groups = snapshot
             self._daemon["updated_at"] = utc_iso()
             return {
                 "schema": SCHEMA,
@@ -275,35 +282,35 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def daemon_running(document: dict[str, Any] | None, *, now: datetime | None = None) -> bool:
-    """Whether the document describes a live daemon: running or stopping, its pid alive,
-    and updated within the last STALE_SECONDS."""
+    """Whether the document describes a live daemon: starting, running or stopping, its
+    pid still the process that wrote it, and updated within the last STALE_SECONDS."""
+    return not why_not_running(document, now=now)
+
+
+def why_not_running(document: dict[str, Any] | None, *, now: datetime | None = None) -> str:
+    """Why the document does not describe a live daemon ("" when it does): the state it
+    left, its pid gone or now another program's, or no update for too long."""
     if not isinstance(document, dict):
-        return False
+        return "no status document"
     daemon = document.get("daemon")
-    if not isinstance(daemon, dict) or daemon.get("state") not in RUNNING_STATES:
-        return False
+    if not isinstance(daemon, dict):
+        return "no daemon block in the status file"
+    if daemon.get("state") not in RUNNING_STATES:
+        return f"state {daemon.get('state', 'unknown')}"
     pid = daemon.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    if not _pid_alive(pid):
-        return False
+        return "no pid in the status file"
+    now = now or datetime.now(UTC)
     updated = parse_iso(daemon.get("updated_at"))
-    if updated is None:
-        return False
-    age = ((now or datetime.now(UTC)) - updated).total_seconds()
-    return age <= STALE_SECONDS
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but belongs to another user (the flatd user)
-        return True
-    except OSError:
-        return False
-    return True
+    last = f"last update {_ago(now, updated)}" if updated else "never updated"
+    alive = process_state(pid, started_at=parse_iso(daemon.get("started_at")))
+    if alive == "gone":
+        return f"pid {pid} is gone; {last}"
+    if alive == "reused":
+        return f"pid {pid} is now another program; {last}"
+    if updated is None or (now - updated).total_seconds() > STALE_SECONDS:
+        return f"pid {pid} has not updated its status for over {STALE_SECONDS:g} s; {last}"
+    return ""
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -332,22 +339,38 @@ MAX_ERRORS_SHOWN = 10
 MAX_MASTERS_SHOWN = 10
 
 
+class _Paint:
+    """ANSI colours for a terminal, or plain text."""
+
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def __call__(self, text: str, name: str | None) -> str:
+        return f"{_COLORS[name]}{text}{_RESET}" if self.color and name else text
+
+    def state(self, text: str) -> str:
+        return self(text, _STATE_COLORS.get(text))
+
+
 def render_status(document: dict[str, Any], color: bool, *, now: datetime | None = None) -> str:
     """A human summary of a status document (ANSI colours only when `color`)."""
     now = now or datetime.now(UTC)
+    paint = _Paint(color)
+    lines = [
+        *_daemon_lines(document, paint, now),
+        "",
+        *_group_lines(document, paint, now),
+        *_master_lines(document, paint, now),
+        *_error_lines(document, paint, now),
+    ]
+    return "\n".join(lines) + "\n"
 
-    def paint(text: str, name: str | None) -> str:
-        return f"{_COLORS[name]}{text}{_RESET}" if color and name else text
 
-    def state(text: str) -> str:
-        return paint(text, _STATE_COLORS.get(text))
-
-    lines: list[str] = []
+def _daemon_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
     daemon = _dict(document.get("daemon"))
     dstate = str(daemon.get("state", "unknown"))
     started = parse_iso(daemon.get("started_at"))
     updated = parse_iso(daemon.get("updated_at"))
-    head = f"flatd {state(dstate)}"
     facts = [f"pid {daemon.get('pid', '?')}"]
     if daemon.get("version"):
         facts.append(f"version {daemon['version']}")
@@ -361,8 +384,7 @@ def render_status(document: dict[str, Any], color: bool, *, now: datetime | None
         facts.append(f"started {_ago(now, started)}")
     if dstate != "stopped" or not updated:
         facts.append(f"updated {_ago(now, updated)}" if updated else "never updated")
-    lines.append(f"{head} ({', '.join(facts)})")
-
+    lines = [f"flatd {paint.state(dstate)} ({', '.join(facts)})"]
     watch = _dict(document.get("watch"))
     directories = watch.get("directories") or []
     if directories or watch.get("observer"):
@@ -373,11 +395,14 @@ def render_status(document: dict[str, Any], color: bool, *, now: datetime | None
     index = _dict(document.get("index"))
     if index:
         lines.append("index: " + ", ".join(f"{v} {k}" for k, v in index.items()))
+    return lines
 
+
+def _group_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
     groups = [g for g in document.get("groups") or [] if isinstance(g, dict)]
-    lines.append("")
-    lines.append(paint("groups", "bold") + ("" if groups else ": none yet"))
+    lines = [paint("groups", "bold") + ("" if groups else ": none yet")]
     rows = []
+    notes: dict[int, list[str]] = {}  # row -> the group's notes, one line each
     for group in groups:
         gstate = str(group.get("state", "?"))
         rejected = group.get("rejected")
@@ -385,53 +410,62 @@ def render_status(document: dict[str, Any], color: bool, *, now: datetime | None
         if isinstance(rejected, list) and rejected:
             frames += f", {len(rejected)} rejected"
         rows.append((_group_name(group), gstate, frames, _group_detail(group, gstate, now)))
+        notes[len(rows) - 1] = [str(n) for n in group.get("notes") or [] if n]
     if rows:
         wname = max(len(r[0]) for r in rows)
         wstate = max(len(r[1]) for r in rows)
         wframes = max(len(r[2]) for r in rows)
-        for name, gstate, frames, detail in rows:
+        for number, (name, gstate, frames, detail) in enumerate(rows):
             pad = " " * (wstate - len(gstate))
             lines.append(
-                f"  {name:<{wname}}  {state(gstate)}{pad}  {frames:>{wframes}}"
+                f"  {name:<{wname}}  {paint.state(gstate)}{pad}  {frames:>{wframes}}"
                 + (f"  {detail}" if detail else "")
             )
+            lines.extend(f"    note: {note}" for note in notes[number])
+    return lines
 
+
+def _master_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
     masters = [m for m in document.get("masters") or [] if isinstance(m, dict)]
-    if masters:
-        lines.append("")
-        lines.append(paint("latest masters", "bold"))
-        for master in masters[:MAX_MASTERS_SHOWN]:
-            created = parse_iso(master.get("created_at"))
-            extra = []
-            if master.get("n_frames") is not None:
-                extra.append(f"{master['n_frames']} frames")
-            if master.get("n_rejected"):
-                extra.append(f"{master['n_rejected']} rejected")
-            if created:
-                extra.append(_ago(now, created))
-            qa = master.get("qa")
-            if isinstance(qa, dict) and qa.get("flagged"):
-                extra.append(paint("QA flagged", "red"))
-                if master.get("promoted") is False:
-                    extra.append("not promoted to latest/")
-            lines.append(f"  {master.get('path', '?')}  ({', '.join(extra)})")
-        if len(masters) > MAX_MASTERS_SHOWN:
-            lines.append(f"  … and {len(masters) - MAX_MASTERS_SHOWN} older")
+    if not masters:
+        return []
+    lines = ["", paint("latest masters", "bold")]
+    for master in masters[:MAX_MASTERS_SHOWN]:
+        created = parse_iso(master.get("created_at"))
+        extra = []
+        if master.get("n_frames") is not None:
+            extra.append(f"{master['n_frames']} frames")
+        if master.get("n_rejected"):
+            extra.append(f"{master['n_rejected']} rejected")
+        if created:
+            extra.append(_ago(now, created))
+        qa = master.get("qa")
+        if isinstance(qa, dict) and qa.get("flagged"):
+            extra.append(paint("QA flagged", "red"))
+            if master.get("promoted") is False:
+                extra.append("not promoted to latest/")
+        lines.append(f"  {master.get('path', '?')}  ({', '.join(extra)})")
+    if len(masters) > MAX_MASTERS_SHOWN:
+        lines.append(f"  … and {len(masters) - MAX_MASTERS_SHOWN} older")
+    return lines
 
+
+def _error_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
     errors = [e for e in document.get("errors") or [] if isinstance(e, dict)]
-    if errors:
-        lines.append("")
-        lines.append(paint(f"recent errors ({len(errors)})", "red"))
-        for error in errors[:MAX_ERRORS_SHOWN]:
-            at = parse_iso(error.get("at"))
-            when = _ago(now, at) if at else "?"
-            count = error.get("count", 1)
-            times = f" (×{count})" if isinstance(count, int) and count > 1 else ""
-            where = f"{error['path']}: " if error.get("path") else ""
-            lines.append(f"  {when}: {where}{paint(str(error.get('reason', '?')), 'red')}{times}")
-        if len(errors) > MAX_ERRORS_SHOWN:
-            lines.append(f"  … and {len(errors) - MAX_ERRORS_SHOWN} older")
-    return "\n".join(lines) + "\n"
+    if not errors:
+        return []
+    lines = ["", paint(f"recent errors ({len(errors)})", "red")]
+    for error in errors[:MAX_ERRORS_SHOWN]:
+        at = parse_iso(error.get("at"))
+        when = _ago(now, at) if at else "?"
+        count = error.get("count", 1)
+        times = f" (×{count})" if isinstance(count, int) and count > 1 else ""
+        where = f"{error['path']}: " if error.get("path") else ""
+        reason = one_line(error.get("reason", "?"))
+        lines.append(f"  {when}: {where}{paint(reason, 'red')}{times}")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"  … and {len(errors) - MAX_ERRORS_SHOWN} older")
+    return lines
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -455,7 +489,7 @@ def _group_detail(group: dict[str, Any], gstate: str, now: datetime) -> str:
     elif gstate == "combining":
         parts.append("combining now")
     if group.get("reason") and gstate not in ("done",):
-        parts.append(str(group["reason"]))
+        parts.append(one_line(group["reason"]))
     if group.get("latest_master"):
         parts.append(f"latest {Path(str(group['latest_master'])).name}")
     return "; ".join(parts)
@@ -505,15 +539,22 @@ def status_command(path: Path, *, as_json: bool, color: bool) -> int:
         line = f"flatd is not running ({reason} {path})"
         print(line, file=sys.stderr if as_json else sys.stdout)
         return EXIT_NOT_RUNNING
-    running = daemon_running(document)
+    why = why_not_running(document)
+    running = not why
     if as_json:
         print(json.dumps(document, indent=2))
         if not running:
-            print(f"flatd is not running (status file {path})", file=sys.stderr)
+            print(f"flatd is not running ({why}; status file {path})", file=sys.stderr)
         return EXIT_RUNNING if running else EXIT_NOT_RUNNING
     if not running:
-        updated = parse_iso(_dict(document.get("daemon")).get("updated_at"))
-        age = f", last updated {_ago(datetime.now(UTC), updated)}" if updated else ""
-        print(f"flatd is not running (status file {path}{age}); last known status:")
+        daemon = _dict(document.get("daemon"))
+        if daemon.get("state") == "stopped":  # a clean stop: nothing to explain
+            updated = parse_iso(daemon.get("updated_at"))
+            why = f"status file {path}" + (
+                f", last updated {_ago(datetime.now(UTC), updated)}" if updated else ""
+            )
+        else:
+            why = f"{why}; status file {path}"
+        print(f"flatd is not running ({why}); last known status:")
     print(render_status(document, color), end="")
     return EXIT_RUNNING if running else EXIT_NOT_RUNNING

@@ -1,22 +1,42 @@
-"""The watchdog side: which directories are watched, and turning events into path hints.
+"""The watchdog side: one watch per directory that can still receive frames, and events
+turned into path hints.
+
+Each directory is watched on its own, non-recursively, because the scanner decides which
+ones need it: the roots always, and the directories that changed inside
+`sequence.keep_days` — not the months of older night directories a recursive inotify watch
+would cover (one kernel watch per directory, counted against
+`fs.inotify.max_user_watches`, and a walk of the whole tree at start-up). Watches are
+scheduled with `follow_symlink`, so a symlinked directory is watched at its target while
+events keep the path it was found under; the scanner never watches one directory twice.
+With inotify all watches share one inotify instance; each costs watchdog one idle thread
+(~22 kB), a few dozen of them in a normal week.
 
 The handler does nothing but note a path and a hint (closed / changed / deleted) with
-`Ingest.submit`, so it is O(1) and cannot die on a bad file (an exception in a watchdog
-handler silently kills the observer's dispatch thread). inotify by default; the polling
-observer for network mounts. `check()` is the health check the service runs every few
-seconds: it re-watches a directory that was deleted and recreated (inotify forgets it)
-or that did not exist at start-up, and reports what it could not watch.
+`Ingest.submit`, or name a directory that appeared, moved or went, so it is O(1) and
+cannot die on a bad file (an exception in a watchdog handler silently kills the observer's
+dispatch thread).
+
+`check()` is the health check the service runs every few seconds: it re-watches a root
+that was deleted and recreated (inotify forgets it) or whose symlink now points
+elsewhere, retries watches that failed, and reports what is not watched. A watch that
+failed for lack of inotify resources (`ENOSPC` past `fs.inotify.max_user_watches`, `EMFILE`
+past `max_user_instances`) makes the watcher unhealthy: the daemon then stops pinging
+systemd's watchdog, because it is deaf to part of its tree.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -43,8 +63,20 @@ INOTIFY_EVENTS = [
     FileDeletedEvent,
     DirCreatedEvent,
     DirMovedEvent,
+    DirDeletedEvent,
 ]
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+MAX_PROBLEMS = 10  # failed watches reported one by one; past that, how many more
+RESOURCE_ERRORS = {
+    errno.ENOSPC: "the inotify watch limit is reached (fs.inotify.max_user_watches)",
+    errno.EMFILE: "the inotify instance limit is reached (fs.inotify.max_user_instances)",
+    errno.ENOMEM: "the kernel has no memory left for inotify watches",
+}
+ADVICE = (
+    "raise it (e.g. `sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512`"
+    " and the same in /etc/sysctl.d/) or set [watch] polling = true; until then flatd is "
+    "deaf to new files there and stops pinging systemd's watchdog"
+)
 
 
 class _Handler(FileSystemEventHandler):
@@ -71,7 +103,7 @@ class _OverflowHandler(logging.Handler):
 
 
 class Watcher:
-    """Watches the configured directories and hands path hints to `submit`."""
+    """Watches the directories it is asked to and hands path hints to `submit`."""
 
     def __init__(
         self,
@@ -87,77 +119,185 @@ class Watcher:
         self._on_directory = on_directory
         self._exclude = tuple({q for p in exclude for q in (p.absolute(), p.resolve())})
         self._overflow_handler = _OverflowHandler(on_overflow)
-        self._observer = self._new_observer()
-        self._watches: dict[Path, ObservedWatch | None] = dict.fromkeys(config.directories)
+        self._observer: BaseObserver | None = None
+        self._broken = ""  # why the observer could not be made, if it could not
+        self._lock = threading.RLock()
+        self._watches: dict[Path, ObservedWatch] = {}
+        self._identity: dict[Path, tuple[int, int]] = {}  # root -> (st_dev, st_ino) watched
+        self._failed: dict[Path, str] = {}  # directory -> why it cannot be watched
 
     @property
     def observer_name(self) -> str:
         return "polling" if self._config.polling else "inotify"
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        return self._config.directories
+
+    def start(self) -> list[str]:
+        """Start the observer and watch the roots; return what cannot be watched yet."""
+        logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow_handler)
+        try:
+            self._observer = self._new_observer()
+            self._observer.start()
+        except OSError as exc:
+            self._observer = None
+            self._broken = f"cannot start the {self.observer_name} observer: {_explain(exc)}"
+            if exc.errno in RESOURCE_ERRORS:
+                self._broken += f"; {ADVICE}"
+            log.error("watch_failed", reason=self._broken)
+        return self.check(initial=True)
 
     def _new_observer(self) -> BaseObserver:
         if self._config.polling:
             return PollingObserver(timeout=self._config.poll_interval_seconds)
         return Observer()
 
-    def start(self) -> list[str]:
-        """Start watching; return the directories that cannot be watched yet."""
-        logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow_handler)
-        self._observer.start()
-        return self.check(initial=True)
-
     def stop(self) -> None:
         logging.getLogger(OVERFLOW_LOGGER).removeHandler(self._overflow_handler)
-        self._observer.stop()
-        if self._observer.is_alive():
-            self._observer.join(timeout=5)
+        if self._observer is not None:
+            self._observer.stop()
+            if self._observer.is_alive():
+                self._observer.join(timeout=5)
+
+    # -- the scanner asks ----------------------------------------------------------------
+    def watch(self, directory: Path) -> bool:
+        """Watch `directory` (not its subdirectories); False when it cannot be."""
+        with self._lock:
+            if directory in self._watches:
+                return True
+            if self._observer is None:
+                return False
+            try:
+                self._watches[directory] = self._observer.schedule(
+                    _Handler(self),
+                    str(directory),
+                    recursive=False,
+                    event_filter=None if self._config.polling else INOTIFY_EVENTS,
+                    follow_symlink=True,
+                )
+            except OSError as exc:
+                self._watch_failed(directory, exc)
+                return False
+            if self._failed.pop(directory, None) is not None:
+                log.info("watch_recovered", directory=str(directory))
+        log.debug("watch_added", directory=str(directory), observer=self.observer_name)
+        return True
+
+    def unwatch(self, directory: Path) -> None:
+        """Stop watching `directory` (it went cold or went away)."""
+        with self._lock:
+            self._failed.pop(directory, None)
+            watch = self._watches.pop(directory, None)
+            if watch is not None and self._observer is not None:
+                self._observer.unschedule(watch)
+                log.debug("watch_removed", directory=str(directory))
+
+    def watching(self, directory: Path) -> bool:
+        with self._lock:
+            return directory in self._watches
+
+    def watched(self) -> set[Path]:
+        with self._lock:
+            return set(self._watches)
+
+    def _watch_failed(self, directory: Path, exc: OSError) -> None:
+        reason = f"cannot watch {directory}: {_explain(exc)}"
+        if exc.errno in RESOURCE_ERRORS:
+            reason += f"; {ADVICE}"
+        if self._failed.get(directory) != reason:
+            log.error("watch_failed", directory=str(directory), reason=reason)
+        self._failed[directory] = reason
+
+    # -- health ----------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        """False while the observer is dead or a watch failed for lack of inotify resources."""
+        with self._lock:
+            if self._observer is None or not self._observer.is_alive():
+                return False
+            return not any(ADVICE in reason for reason in self._failed.values())
 
     def check(self, initial: bool = False) -> list[str]:
-        """Re-watch directories that (re)appeared, asking for a scan of each (files may
-        have landed while it was not watched); return what is not being watched."""
+        """Re-watch roots that (re)appeared or were re-pointed and retry failed watches,
+        asking for a scan of each (files may have landed meanwhile); return what is not
+        being watched."""
+        if self._observer is None:
+            return [self._broken]
         problems = []
         if not self._observer.is_alive():
             problems.append("the file observer thread has stopped")
-        alive = {e.watch for e in self._observer.emitters if e.is_alive()}
-        for directory, watch in self._watches.items():
-            if watch is not None and watch in alive and directory.is_dir():
-                continue
-            if watch is not None:
-                self._observer.unschedule(watch)
-                self._watches[directory] = None
-                log.warning("watch_lost", directory=str(directory))
-            if not directory.is_dir():
-                problems.append(f"watched directory {directory} does not exist")
-                continue
-            self._watches[directory] = self._schedule(directory)
-            if not initial:
-                self._on_directory(directory)
+        with self._lock:  # no watch is added meanwhile, which would look dead
+            alive = {e.watch for e in self._observer.emitters if e.is_alive()}
+            problems += [p for p in (self._check_root(r, alive, initial) for r in self.roots) if p]
+            self._forget_dead(alive)
+        for directory in self._retry_failed():
+            self._on_directory(directory)
+        with self._lock:
+            failed = [r for d, r in sorted(self._failed.items()) if d not in self.roots]
+        problems += failed[:MAX_PROBLEMS]
+        if len(failed) > MAX_PROBLEMS:
+            problems.append(f"and {len(failed) - MAX_PROBLEMS} more directories cannot be watched")
         return problems
 
-    def _schedule(self, directory: Path) -> ObservedWatch | None:
-        event_filter = None if self._config.polling else INOTIFY_EVENTS
+    def _check_root(self, root: Path, alive: set[ObservedWatch], initial: bool) -> str:
         try:
-            watch = self._observer.schedule(
-                _Handler(self),
-                str(directory),
-                recursive=self._config.recursive,
-                event_filter=event_filter,
-            )
-        except OSError as exc:
-            log.error("watch_failed", directory=str(directory), reason=str(exc))
-            return None
+            stat = root.stat()
+        except OSError:
+            stat = None
+        with self._lock:
+            watch = self._watches.get(root)
+            identity = (stat.st_dev, stat.st_ino) if stat is not None else None
+            if watch is not None and watch in alive and identity == self._identity.get(root):
+                return ""
+            if watch is not None:
+                self.unwatch(root)
+                log.warning("watch_lost", directory=str(root))
+            if stat is None or not root.is_dir():
+                return f"watched directory {root} does not exist"
+            if not self.watch(root):
+                return self._failed.get(root, f"cannot watch {root}")
+            assert identity is not None
+            self._identity[root] = identity
         log.info(
             "watching",
-            directory=str(directory),
+            directory=str(root),
             observer=self.observer_name,
             recursive=self._config.recursive,
+            target=str(root.resolve()) if root.is_symlink() else None,
         )
-        return watch
+        if not initial:
+            self._on_directory(root)
+        return ""
 
+    def _forget_dead(self, alive: set[ObservedWatch]) -> None:
+        """Watches of subdirectories stop when their directory is deleted: drop them (the
+        deletion itself reached the parent's watch, and the scanner)."""
+        with self._lock:
+            dead = [d for d, w in self._watches.items() if w not in alive and d not in self.roots]
+        for directory in dead:
+            self.unwatch(directory)
+
+    def _retry_failed(self) -> list[Path]:
+        """Try the failed watches again; return those that now work. A directory that went
+        away meanwhile is no longer a failure."""
+        with self._lock:
+            failed = [d for d in self._failed if d not in self.roots]
+        recovered = []
+        for directory in failed:
+            if not directory.is_dir():
+                with self._lock:
+                    self._failed.pop(directory, None)
+            elif self.watch(directory):
+                recovered.append(directory)
+        return recovered
+
+    # -- events -----------------------------------------------------------------------------
     def on_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, DirCreatedEvent | DirMovedEvent):
-            target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
-            if not self._excluded(target):
-                self._on_directory(Path(_text(target)))
+        if isinstance(event, DirCreatedEvent | DirMovedEvent | DirDeletedEvent):
+            self._directory(event.src_path)
+            if isinstance(event, DirMovedEvent):
+                self._directory(event.dest_path)
             return
         if isinstance(event, FileMovedEvent):
             self._note(event.src_path, "deleted")
@@ -171,12 +311,28 @@ class Watcher:
 
     def _note(self, raw_path: str | bytes, hint: Hint) -> None:
         path = _text(raw_path)
-        if matches(path, self._config.patterns) and not self._excluded(path):
+        if self._excluded(path):
+            return
+        if matches(path, self._config.patterns):
             self._submit(Path(path), hint)
+        elif hint != "deleted" and os.path.islink(path):
+            self._directory(path)  # a symlink appeared: to a directory, it is one to scan
+
+    def _directory(self, raw_path: str | bytes) -> None:
+        if not raw_path or self._excluded(raw_path):
+            return
+        path = Path(_text(raw_path))
+        if self._config.recursive or path in self.roots:
+            self._on_directory(path)
 
     def _excluded(self, raw_path: str | bytes) -> bool:
         path = Path(_text(raw_path))
         return any(path.is_relative_to(root) for root in self._exclude)
+
+
+def _explain(exc: OSError) -> str:
+    known = RESOURCE_ERRORS.get(exc.errno or 0)
+    return f"{known} ({errno.errorcode.get(exc.errno or 0, exc.errno)})" if known else str(exc)
 
 
 def _text(path: str | bytes) -> str:

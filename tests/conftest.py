@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from astropy.io import fits
 
 from flatd.config import Config
@@ -32,9 +34,12 @@ def write_frame(path: Path, data: np.ndarray | None = None, **header: object) ->
     return path
 
 
-def frames_of(paths: list[Path]) -> list[Frame]:
-    """The frames of `paths`, read with the default settings (all must be frames)."""
-    frames = [read_frame(p, Config().frames) for p in paths]
+def frames_of(paths: list[Path], raw: bool = False) -> list[Frame]:
+    """The frames of `paths`, read with the default settings (all must be frames); `raw`:
+    raw frames are taken as they are (`[calibrate] raw = "calibrate"`, uncalibrated)."""
+    config = Config()
+    calibrate = replace(config.calibrate, raw="calibrate") if raw else config.calibrate
+    frames = [read_frame(p, config.frames, calibrate) for p in paths]
     assert all(isinstance(f, Frame) for f in frames), frames
     return frames  # type: ignore[return-value]
 
@@ -42,3 +47,11 @@ def frames_of(paths: list[Path]) -> list[Frame]:
 @pytest.fixture
 def frame_writer(tmp_path: Path):
     return lambda name, data=None, **header: write_frame(tmp_path / name, data, **header)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults():
+    """Each test starts from structlog's defaults: a command run in-process configures it
+    to print to pytest's captured stream, which is closed once that test is over."""
+    yield
+    structlog.reset_defaults()

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,12 @@ class FlatdProcess:
         watch: str = "",
         extra: str = "",
         env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """`prefix`: a command the daemon runs under (e.g. `unshare ...`), which must
+        exec it, so that `proc.pid` stays the daemon's."""
         self.root = root
+        self.prefix = prefix
         (root / "incoming").mkdir(parents=True, exist_ok=True)
         self.config = root / "config.toml"
         self.config.write_text(
@@ -91,7 +96,7 @@ class FlatdProcess:
 
     def start(self, wait_ready: bool = True) -> FlatdProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flatd", "run", "--config", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "flatd", "run", "--config", str(self.config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -153,6 +158,35 @@ def flat_sequence(n: int, filter_name: str = "r", seed: int = 0, shape=(64, 64),
     return simulate_sequence(shape=shape, n_frames=n, filter_name=filter_name, seed=seed, **kwargs)
 
 
+def night(
+    directory: Path,
+    days_ago: float,
+    n_flats: int,
+    seed: int,
+    others: int = 0,
+    directory_time: bool = True,
+) -> list[Path]:
+    """A night directory written `days_ago` (headers and file times alike; the directory's
+    own time too unless not `directory_time`): `n_flats` flats of one sequence and
+    `others` bias frames."""
+    taken = datetime.now(UTC) - timedelta(days=days_ago)
+    seq = flat_sequence(n_flats, seed=seed, shape=(16, 16), start=taken.replace(tzinfo=None))
+    directory.mkdir(parents=True)
+    paths = []
+    for i in range(n_flats):
+        paths.append(directory / f"r_{i:03d}.fits")
+        fits.PrimaryHDU(seq.frames[i], seq.headers[i]).writeto(paths[-1])
+    for i in range(others):
+        bias = seq.headers[0].copy()
+        bias["IMAGETYP"] = "Bias Frame"
+        paths.append(directory / f"bias_{i:03d}.fits")
+        fits.PrimaryHDU(seq.frames[0], bias).writeto(paths[-1])
+    when = taken.timestamp()
+    for path in (*paths, directory) if directory_time else paths:
+        os.utime(path, (when, when))
+    return paths
+
+
 def write_atomically(path: Path, data: np.ndarray, header: fits.Header) -> None:
     """A camera that writes under a temporary name and renames into place."""
     temp = path.with_name(f".{path.name}.tmp123")
@@ -205,17 +239,24 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
+        self.received: list[tuple[float, str]] = []  # (time.monotonic(), message)
         self._running = True
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         while self._running:
             try:
-                self.messages.append(self.sock.recv(4096).decode())
+                message = self.sock.recv(4096).decode()
+                self.received.append((time.monotonic(), message))
+                self.messages.append(message)
             except TimeoutError:
                 continue
             except OSError:
                 return
+
+    def times_of(self, line: str) -> list[float]:
+        """When each datagram holding `line` (e.g. "WATCHDOG=1") arrived."""
+        return [t for t, m in list(self.received) if line in m.split("\n")]
 
     def close(self) -> None:
         self._running = False

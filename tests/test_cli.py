@@ -4,13 +4,17 @@ through `main([...])`, and once as a real `python -m flatd` process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from astropy.io import fits
 
 from flatd import report
@@ -23,10 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ./config.toml or $FLATD_CONFIG of the developer's leaks into a test."""
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No ./config.toml or $FLATD_CONFIG of the developer's leaks into a test, and the
+    logging `main()` sets up (on pytest's captured stderr, closed after the test) does not
+    leak out of it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FLATD_CONFIG", raising=False)
+    root = logging.getLogger()
+    handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    warnings.showwarning = showwarning
+    structlog.reset_defaults()
 
 
 def write_config(path: Path, text: str = "") -> Path:
@@ -172,10 +185,112 @@ def test_combine_usage_errors(tmp_path: Path, capsys) -> None:
     assert exc.value.code == 2
 
 
-def test_combine_of_nothing(tmp_path: Path, capsys) -> None:
+def test_combine_of_nothing_says_no_master_was_written(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
-    assert main(combine_args(tmp_path, tmp_path / "empty")) == 0
-    assert "no flat sequences found" in capsys.readouterr().out
+    assert main(combine_args(tmp_path, tmp_path / "empty")) == 1
+    out, err = capsys.readouterr()
+    assert "no flat sequences found" in out
+    assert err.splitlines()[-1] == (
+        "flatd combine: no master written: no files matching watch.patterns in the paths given"
+    )
+
+
+def test_combine_where_every_file_is_refused_exits_1_and_says_why(tmp_path: Path, capsys) -> None:
+    refused = tmp_path / "refused"
+    header = simulate_sequence((8, 8), 1).headers[0]
+    refused.mkdir()
+    pixels = np.zeros((8, 8), np.float32)
+    header["IMAGETYP"] = "Light Frame"
+    for i in range(3):
+        (refused / f"light_{i}.fits").write_bytes(fits_bytes(pixels, header))
+    del header["IMAGETYP"]
+    for i in range(2):
+        (refused / f"untyped_{i}.fits").write_bytes(fits_bytes(pixels, header))
+    (refused / "broken.fits").write_bytes(b"not a FITS file at all" * 200)
+    assert main(combine_args(tmp_path, refused)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("flatd combine: no master written: 6 files, none a flat: ")
+    # each reason once, with how many files it refused (the words are frames.py's)
+    assert "'Light Frame'" in last and "(3)" in last and "(2)" in last
+    assert "not a FITS file" in last and last.endswith("(1)")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("flat_*"))
+
+
+def test_combine_with_too_few_frames_everywhere_exits_1(tmp_path: Path, capsys) -> None:
+    write_sequence(simulate_sequence((16, 16), 2, filter_name="i", seed=3), tmp_path / "few")
+    assert main(combine_args(tmp_path, tmp_path / "few")) == 1
+    out, err = capsys.readouterr()
+    assert "too few" in out
+    assert err.splitlines()[-1].startswith(
+        "flatd combine: no master written: 2 flats in 1 sequence(s), none combined: "
+        "i_SIMCAM_1_1 2026-11-23 17:30: 2 usable frame(s), sequence.min_frames = 5"
+    )
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    warnings_ = [e for e in events if e["level"] == "warning"]
+    assert [e["event"] for e in warnings_] == ["too_few_frames"]
+    assert "sequence.min_frames = 5" in warnings_[0]["reason"]
+
+
+def test_combine_with_an_iraf_header_card_writes_its_master(tmp_path: Path, capsys) -> None:
+    """Issue 10: `RA = 15:58:11.37` (unquoted, as IRAF-era headers have it) in the first
+    input ended `flatd combine` in a traceback; now the card is fixed or left out."""
+    seq = simulate_sequence((16, 16), 5, seed=9, stars=False, cosmic_rays=False)
+    paths = write_sequence(seq, tmp_path / "iraf")
+    for path in paths:
+        content = path.read_bytes()
+        at = content.index(b"OBSERVER= ")
+        card = b"RA      = 15:58:11.37".ljust(80) + b"TELRA   = 15:58:11.37 / not quoted".ljust(80)
+        path.write_bytes(content[:at] + card + content[at + 160 :])
+    assert main(combine_args(tmp_path, tmp_path / "iraf")) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    master = tmp_path / "out" / "flat_r_SIMCAM_1_1_20261123T173000.fits"
+    assert fits.getheader(master)["NCOMBINE"] == 5 and str(master) in out
+
+
+def test_combine_never_ends_in_a_traceback_when_a_master_write_raises(
+    tmp_path: Path, night: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report_text = "\nVerification reported errors:\nHDU 0:\n    Card 6:\n        Card 'RA' is not "
+    report_text += "FITS standard (invalid value string: '15:58:11.37').\nNote: astropy.io.fits "
+    report_text += "uses zero-based indexing.\n"
+
+    def refuse(self, *args, **kwargs):
+        raise fits.VerifyError(report_text)
+
+    monkeypatch.setattr(fits.HDUList, "writeto", refuse)
+    assert main(combine_args(tmp_path, night)) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    reason = "VerifyError: Card 'RA' is not FITS standard (invalid value string: '15:58:11.37')."
+    assert f"r_SIMCAM_1_1: combination crashed: {reason}" in out
+    assert "flatd combine: no master written" in err
+    failed = [json.loads(line) for line in err.splitlines() if '"combine_failed"' in line]
+    assert len(failed) == 2 and all(e["level"] == "warning" for e in failed)
+    assert all(reason in e["reason"] and "\n" not in e["reason"] for e in failed)
+
+
+def test_a_command_that_raises_says_what_failed_and_exits_1(
+    tmp_path: Path, night: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("the index is on fire\nsecond line")
+
+    monkeypatch.setattr(report, "index_paths", broken)
+    for command in ("combine", "scan"):
+        args = combine_args(tmp_path, night)
+        args[0] = command
+        if command == "scan":
+            args.remove("--output")
+            args.remove(str(tmp_path / "out"))
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.splitlines()[-1] == (
+            f"flatd {command}: failed: RuntimeError: the index is on fire; second line"
+        )
 
 
 def test_scan_json(tmp_path: Path, night: Path, capsys) -> None:

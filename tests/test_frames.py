@@ -29,7 +29,16 @@ def test_a_flat_becomes_a_frame_with_group_date_and_geometry(frame_writer):
     assert frame.shape == (30, 40)
     assert (frame.bitpix, frame.bzero, frame.compression) == (16, 32768.0, "none")
     assert frame.date.isoformat() == "2026-11-23T17:30:00+00:00"
-    assert frame.extras == {"GAIN": 1.4, "XBINNING": 1.0, "YBINNING": 1.0}
+    assert frame.extras == {"GAIN": 1.4}
+    assert frame.binning == (1, 1)
+    assert frame.type_keyword == "IMAGETYP"
+    assert dict(frame.sources) == {
+        "FILTER": "FILTER",
+        "INSTRUME": "INSTRUME",
+        "XBINNING": "XBINNING+YBINNING",
+        "YBINNING": "XBINNING+YBINNING",
+    }
+    assert (frame.date_source, frame.date_note) == ("DATE-OBS", "")
     with fits.open(path) as hdul:
         assert frame.data_offset == hdul[0].fileinfo()["datLoc"]
 
@@ -43,7 +52,11 @@ def test_flat_types_match_case_insensitively(frame_writer, imagetyp):
     ("header", "reason"),
     [
         ({"IMAGETYP": "Bias Frame"}, "IMAGETYP = 'Bias Frame' is not a flat"),
-        ({"IMAGETYP": None}, "no IMAGETYP keyword"),
+        (
+            {"IMAGETYP": None},
+            "no frame type keyword (looked for IMAGETYP, OBSTYPE, FRAME, HIERARCH ESO DPR "
+            "TYPE, DATA-TYP)",
+        ),
         ({"COMBINED": True}, "already combined"),
         ({"FLATDVER": "0.1.0"}, "a flatd master"),
     ],
@@ -54,11 +67,22 @@ def test_non_inputs_are_skipped_with_a_reason(frame_writer, header, reason):
     assert (skip.kind, reason in skip.reason) == ("skipped", True)
 
 
-def test_flat_without_a_group_key_is_rejected(frame_writer):
-    skip = read_frame(frame_writer("f.fits", FILTER=None), CONFIG)
+def test_a_flat_without_a_filter_keyword_is_grouped_as_having_none(frame_writer):
+    frame = read_frame(frame_writer("f.fits", FILTER=None), CONFIG)
+    assert isinstance(frame, Frame)
+    assert dict(frame.group)["FILTER"] == "no-filter"
+    assert dict(frame.sources)["FILTER"] == ""
+
+
+def test_a_flat_without_a_required_key_is_rejected(frame_writer):
+    config = FramesConfig(required=("FILTER",))
+    skip = read_frame(frame_writer("f.fits", FILTER=None), config)
     assert isinstance(skip, Skip)
     assert skip.kind == "rejected"
-    assert skip.reason == "flat without FILTER (frames.group_by)"
+    assert skip.reason == (
+        "flat without FILTER (looked for FILTER, FILTNAME, FILTERS, FILTER1+FILTER2, "
+        "HIERARCH ESO INS FILT1 NAME, FILTER01): frames.required"
+    )
 
 
 def test_broken_files_are_rejected_with_reasons(tmp_path: Path, frame_writer):
@@ -110,9 +134,11 @@ def test_gzip_and_tile_compressed_frames(tmp_path: Path, frame_writer):
 
 
 def test_date_falls_back_to_file_time_and_says_so(frame_writer):
-    frame = read_frame(frame_writer("f.fits", **{"DATE-OBS": "23/11/26"}), CONFIG)
+    frame = read_frame(frame_writer("f.fits", **{"DATE-OBS": "last tuesday"}), CONFIG)
     assert isinstance(frame, Frame)
     assert frame.date_from_header is False
+    assert frame.date_source == ""
+    assert frame.date_note == "DATE-OBS = 'last tuesday' is not a date"
     assert abs(frame.date.timestamp() - time.time()) < 60
 
 
@@ -162,3 +188,88 @@ def test_the_fast_card_parser_agrees_with_astropy(card: str):
         expected = None
     if value is not NOT_SIMPLE:
         assert (value, type(value)) == (expected, type(expected))
+
+
+# -- raw frames (issue 12): refused by default, marked when they are to be calibrated -----------
+# IRAF noao.imred.ccdred, `help ccdgeometry`: BIASSEC is the overscan strip, TRIMSEC the part
+# kept, both as 1-based [columns,rows] sections.
+RAW_CARDS = {"BIASSEC": "[33:40,1:24]", "TRIMSEC": "[1:32,1:24]", "BUNIT": "adu"}
+RAW_DATA = np.full((24, 40), 1500, np.uint16)
+
+
+def test_a_raw_flat_is_refused_by_default_saying_what_to_configure(frame_writer):
+    skip = read_frame(frame_writer("raw.fits", RAW_DATA, **RAW_CARDS), CONFIG)
+    assert isinstance(skip, Skip) and skip.kind == "rejected"
+    assert skip.reason.startswith("raw frame: BIASSEC = '[33:40,1:24]' and no overscan/bias")
+    assert skip.reason.endswith('set [calibrate] raw = "calibrate" and a master bias to use it')
+
+
+def test_with_raw_calibrate_a_raw_flat_is_indexed_as_raw(frame_writer):
+    from flatd.config import CalibrateConfig
+
+    path = frame_writer("raw.fits", RAW_DATA, **RAW_CARDS)
+    frame = read_frame(path, CONFIG, CalibrateConfig(raw="calibrate"))
+    assert isinstance(frame, Frame) and frame.raw
+    assert frame.overscan == ("BIASSEC", "[33:40,1:24]")
+    assert frame.shape == (24, 40)  # as read out: the calibration trims it
+    calibrated = read_frame(frame_writer("cal.fits", RAW_DATA), CONFIG)
+    assert isinstance(calibrated, Frame) and not calibrated.raw and calibrated.overscan is None
+
+
+def test_an_overscan_keyword_of_the_config_is_read(frame_writer):
+    from flatd.config import CalibrateConfig
+
+    path = frame_writer("raw.fits", RAW_DATA, BSEC1="[33:40,1:24]")
+    assert isinstance(read_frame(path, CONFIG), Frame)  # BIASSEC only, by default
+    settings = CalibrateConfig(overscan_keywords=("BIASSEC", "BSEC1"))
+    skip = read_frame(path, CONFIG, settings)
+    assert isinstance(skip, Skip) and skip.reason.startswith("raw frame: BSEC1 = ")
+
+
+def test_processed_frames_are_not_raw_whatever_card_records_it(tmp_path: Path):
+    """The records are parsed from the header blocks like any wanted card: IRAF's (`help
+    ccdlist`, example 5) and those ccdproc itself writes, whose long names are HIERARCH
+    cards (`HIERARCH SUBTRACT_OVERSCAN = 'suboscan'`)."""
+    import ccdproc
+    from astropy.nddata import CCDData
+
+    header = fits.Header({**_flat_cards(), **RAW_CARDS})
+    ccd = CCDData(RAW_DATA.astype(np.float32), unit="adu", meta=header)
+    ccd = ccdproc.subtract_overscan(ccd, fits_section=RAW_CARDS["BIASSEC"], median=True)
+    ccd.write(tmp_path / "ccdproc.fits")
+    assert "HIERARCH SUBTRACT_OVERSCAN" in (tmp_path / "ccdproc.fits").read_bytes().decode()
+    iraf = tmp_path / "iraf.fits"
+    fits.PrimaryHDU(
+        RAW_DATA,
+        fits.Header(
+            {**header, "OVERSCAN": "Jun  2 18:18 Overscan section is [33:40,*] with mean=1500"}
+        ),
+    ).writeto(iraf)
+    only_hierarch = tmp_path / "hierarch.fits"
+    only_hierarch.write_bytes((tmp_path / "ccdproc.fits").read_bytes())
+    fits.delval(only_hierarch, "SUBOSCAN")  # the long-named record alone still says it
+    for path in (tmp_path / "ccdproc.fits", only_hierarch, iraf):
+        frame = read_frame(path, CONFIG)
+        assert isinstance(frame, Frame) and not frame.raw, path.name
+
+
+def test_the_binning_role_reads_any_header_mapping():
+    """One rule for the frames' binning and the master biases' (`calibrate.library`): the
+    reader's cards, or an astropy Header's keywords, whose HIERARCH ones lose the prefix."""
+    from flatd.frames import binning_of
+
+    assert binning_of({"CCDSUM": "2 2"}) == (2, 2)
+    assert binning_of({"XBINNING": 3, "YBINNING": 1}) == (3, 1)
+    eso = fits.Header()
+    eso["HIERARCH ESO DET WIN1 BINX"] = 2  # ESO's DICB dictionary: DET WIN1 BINX/BINY
+    eso["HIERARCH ESO DET WIN1 BINY"] = 2
+    assert binning_of({card.keyword: card.value for card in eso.cards}) == (2, 2)
+    assert binning_of({"HIERARCH ESO DET WIN1 BINX": 4}) == (4, 4)
+    assert binning_of({"BINNING": "2x1"}, ("BINNING",)) == (2, 1)
+    assert binning_of({"FILTER": "r"}) is None
+
+
+def _flat_cards() -> dict[str, object]:
+    from tests.conftest import FLAT_HEADER
+
+    return dict(FLAT_HEADER)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +81,110 @@ def test_index_paths_walks_patterns_and_leaves_temporaries_and_output_alone(tmp_
     assert names == ["a.fits", "b.fit", "bias.fits"]
     assert index.counts() == {"frames": 3, "flats": 2, "skipped": 1, "rejected": 0}
     assert np.all([f.group[0] == ("FILTER", "r") for f in index.frames()])
+
+
+# -- the daemon's index: bounded by keep_days ------------------------------------------------
+def _recount(index: Index, skips: dict[Path, str]) -> dict[str, int]:
+    """The counts the hard way, from what the index holds and what the test added."""
+    kinds = list(skips.values())
+    return {
+        "frames": len(index.frames()) + len(kinds),
+        "flats": len(index.frames()),
+        "skipped": kinds.count("skipped"),
+        "rejected": kinds.count("rejected"),
+    }
+
+
+def test_the_daemon_index_records_skips_compactly_and_keeps_counts(tmp_path: Path):
+    index = Index(gap_minutes=120, keep_days=7)
+    flat = frame_at(tmp_path, "night/f.fits", "2026-11-23T17:30:00")
+    bias = Skip(
+        tmp_path / "night" / "bias.fits", "skipped", "IMAGETYP = 'Bias' is not a flat", 9, 1
+    )
+    junk = Skip(tmp_path / "night" / "junk.fits", "rejected", "not a FITS file", 5, 2)
+    for item in (flat, bias, junk):
+        assert index.add(item).changed
+    assert not index.add(bias).changed and not index.add(junk).changed
+    assert index.skips() == []  # not held as objects: only their counts and stamps
+    assert index.knows(bias.path, 9, 1) and not index.knows(bias.path, 9, 2)
+    skips = {bias.path: "skipped", junk.path: "rejected"}
+    assert (
+        index.counts()
+        == _recount(index, skips)
+        == {
+            "frames": 3,
+            "flats": 1,
+            "skipped": 1,
+            "rejected": 1,
+        }
+    )
+    # the junk is rewritten as a flat, the bias goes away
+    fixed = frame_at(tmp_path, "night/junk2.fits", "2026-11-23T17:31:00")
+    fixed = Frame(**{**fixed.__dict__, "path": junk.path})
+    change = index.add(fixed)
+    assert change.changed and not change.new and change.groups == {fixed.group}
+    assert index.remove(bias.path) is None
+    assert index.counts() == {"frames": 2, "flats": 2, "skipped": 0, "rejected": 0}
+    assert index.group_sizes() == {flat.group: 2}
+
+
+def test_listed_files_are_known_without_being_read(tmp_path: Path):
+    index = Index(gap_minutes=120, keep_days=7)
+    old = tmp_path / "2026-09-01"
+    assert index.record_listed(old, [("a.fits", 10, 100), ("b.fits", 20, 200)]) == 2
+    assert index.record_listed(old, [("a.fits", 10, 100)]) == 0  # seen again: nothing new
+    assert index.knows(old / "a.fits", 10, 100)
+    assert not index.knows(old / "a.fits", 10, 101)
+    assert index.counts() == {"frames": 2, "flats": 0, "skipped": 0, "rejected": 0}
+    # one of them is rewritten, one deleted, one added: only that directory is compared
+    to_read, gone = index.compare(old, {"a.fits": (10, 101), "c.fits": (5, 5)})
+    assert to_read == ["a.fits", "c.fits"] and gone == []
+    assert index.counts()["frames"] == 1  # b.fits forgotten
+    assert index.forget_directory(old) == []
+    assert index.counts()["frames"] == 0
+
+
+def test_compare_names_held_frames_that_left_the_directory(tmp_path: Path):
+    index = Index(gap_minutes=120, keep_days=7)
+    a = frame_at(tmp_path, "n/a.fits", "2026-11-23T17:30:00")
+    b = frame_at(tmp_path, "n/b.fits", "2026-11-23T17:31:00")
+    index.add(a)
+    index.add(b)
+    to_read, gone = index.compare(tmp_path / "n", {"a.fits": (a.size, a.mtime_ns)})
+    assert to_read == [] and gone == [b.path]
+    assert index.counts()["flats"] == 2  # held frames leave through remove(), group and all
+    assert index.forget_directory(tmp_path / "n") == [a.path, b.path]
+
+
+def test_forget_retires_old_settled_sequences_but_keeps_each_groups_newest(tmp_path: Path):
+    index = Index(gap_minutes=120, keep_days=7)
+    nights = ["2026-10-01T18:00:00", "2026-10-02T18:00:00", "2026-10-03T18:00:00"]
+    for n, when in enumerate(nights):
+        for i in range(3):
+            index.add(frame_at(tmp_path, f"n{n}/r{i}.fits", when.replace(":00:00", f":0{i}:00")))
+    g_old = frame_at(tmp_path, "n0/g.fits", "2026-10-01T18:00:00", FILTER="g")
+    index.add(g_old)
+    r_group = index.frames()[0].group
+    horizon = datetime(2026, 11, 24, tzinfo=UTC)
+
+    assert index.forget(horizon, settled=lambda group: False) == []  # nothing settled yet
+    assert index.counts()["flats"] == 10
+
+    gone = index.forget(horizon, settled=lambda group: group == r_group)
+    assert [s.start.day for s in gone] == [1, 2]  # r's newest night stays, g untouched
+    assert index.counts() == {"frames": 10, "flats": 4, "skipped": 0, "rejected": 0}
+    assert index.group_sizes() == {r_group: 3, g_old.group: 1}
+    assert [len(s.frames) for s in index.sequences(r_group)] == [3]
+    # a forgotten frame is still known (not read again) but no longer in any sequence
+    first = gone[0].frames[0]
+    assert index.knows(first.path, first.size, first.mtime_ns)
+    assert index.remove(first.path) is None
+    assert index.counts()["frames"] == 9
+
+
+def test_group_keys_are_shared_by_the_frames_of_a_group(tmp_path: Path):
+    index = Index(gap_minutes=120)
+    for i in range(3):
+        index.add(frame_at(tmp_path, f"f{i}.fits", f"2026-11-23T17:3{i}:00"))
+    keys = {id(f.group) for f in index.frames()}
+    assert len(keys) == 1

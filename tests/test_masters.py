@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 
@@ -83,7 +84,7 @@ def test_master_reads_as_ccddata_and_flat_corrects(master) -> None:
     path = result.record.path
     assert path.parent.name == "out" and path.name == "flat_gp_LFC_1_1_20261123T173000.fits"
     ccd = CCDData.read(path)
-    assert ccd.unit == "adu"
+    assert ccd.unit == u.dimensionless_unscaled  # a ratio (BUNIT = ''), not ADU
     assert ccd.data.dtype.kind == "f" and ccd.data.dtype.itemsize == 4
     assert np.median(ccd.data) == pytest.approx(1.0, abs=1e-6)
     assert isinstance(ccd.uncertainty, StdDevUncertainty)
@@ -96,6 +97,7 @@ def test_master_reads_as_ccddata_and_flat_corrects(master) -> None:
         corrected = ccdproc.flat_correct(science, CCDData.read(path))
     expected = 1000.0 / (ccd.data / ccd.data.mean())
     np.testing.assert_allclose(corrected.data, expected, rtol=1e-5)
+    assert corrected.unit == u.adu  # the science frame keeps its unit
 
 
 def test_inputs_table_lists_every_frame_with_its_part(master) -> None:
@@ -129,7 +131,7 @@ def test_header_keeps_the_input_and_adds_the_combination(master) -> None:
     with fits.open(paths[0]) as hdul:
         assert hdul[0].header["BZERO"] == 32768  # the inputs are unsigned 16-bit
     header = fits.getheader(result.record.path)
-    assert header["IMAGETYP"] == "Flat Field"
+    assert header["IMAGETYP"] == "MASTERFLAT"  # see tests/test_master_header.py
     assert header["OBSERVER"] == "someone"  # the first input's own cards
     assert header["COMBINED"] is True
     assert header["NCOMBINE"] == 5

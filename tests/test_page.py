@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -18,8 +19,9 @@ import pytest
 from flatd import page
 from flatd.config import load_config
 from flatd.page import render_page, write_page
-from flatd.preview import write_preview
+from flatd.preview import write_preview, write_ratio_picture
 from flatd.service import Daemon
+from flatd.status import parse_iso
 
 HOSTILE = '<script>alert("x")</script>"><img src=x onerror=alert(1)>&amp;'
 NOW = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
@@ -125,6 +127,21 @@ def _tags(text: str) -> list[tuple[str, dict[str, str | None]]]:
     return parser.tags
 
 
+def only_the_stale_check(text: str) -> bool:
+    """The page's one script is its own stale check, allowed by its hash alone."""
+    scripts = text.lower().count("<script")
+    csp = [
+        a.get("content") or ""
+        for t, a in _tags(text)
+        if a.get("http-equiv") == ("Content-Security-Policy")
+    ]
+    return (
+        scripts == 1
+        and f"<script>{page._STALE_SCRIPT}</script>" in text
+        and any("script-src 'sha256-" in c for c in csp)
+    )
+
+
 def _write(tmp_path: Path, document: dict) -> Path:
     return write_page(document, tmp_path / "status.json", tmp_path / "masters")
 
@@ -151,7 +168,7 @@ def test_page_written_beside_the_status_file(tmp_path: Path) -> None:
         "frames used / rejected",
     ):
         assert expected in text, expected
-    assert "<script" not in text.lower()
+    assert only_the_stale_check(text)
     assert not list(tmp_path.glob(".flatd-tmp-*"))
 
 
@@ -187,7 +204,7 @@ def test_page_in_another_directory_links_up(tmp_path: Path) -> None:
 def test_hostile_header_values_are_escaped(tmp_path: Path) -> None:
     document = _document(tmp_path, hostile=True)
     text = _write(tmp_path, document).read_text("utf-8")
-    assert "<script" not in text.lower()
+    assert only_the_stale_check(text)
     assert "onerror" not in {k for _, attrs in _tags(text) for k in attrs}
     assert [tag for tag, _ in _tags(text)].count("img") == 0  # no previews were drawn
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
@@ -300,3 +317,156 @@ def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     # the header bar is dark, and below it the page is mostly light with the previews in it
     assert pixels[:40].mean() < 0.3
     json.dumps(document)  # the fixture document is what a status file holds
+
+
+def test_a_failed_group_shows_its_reason_on_one_line(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    reason = "VerifyError: \nVerification reported errors:\nHDU 0:\n    Card 6:\n  Card 'RA' bad\n"
+    document["groups"][2] = _group("i", tmp_path / "masters", "failed", reason=reason)
+    text = render_page(document, tmp_path, tmp_path / "masters", now=NOW)
+    assert '<span class="badge bad">failed</span>' in text
+    assert "<dd>VerifyError: Card &#x27;RA&#x27; bad</dd>" in text
+
+
+# -- the stale marker (issue 14, item 5) -------------------------------------------------------
+def _stale_banner(html_text: str) -> dict[str, str | None] | None:
+    return next((a for t, a in _tags(html_text) if a.get("id") == "stale"), None)
+
+
+def _stale_text(html_text: str) -> str:
+    match = re.search(r'<div id="stale"[^>]*>([^<]*)</div>', html_text)
+    assert match, "no stale banner"
+    return match[1]
+
+
+def _dated(tmp_path: Path, updated: datetime, state: str = "running") -> dict:
+    document = _document(tmp_path)
+    document["daemon"].update(state=state, updated_at=_iso(updated))
+    return document
+
+
+def _require_browser() -> str:
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no chromium: `make test` installs it")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return browser
+
+
+def _dom_after_scripts(browser: str, tmp_path: Path, document: dict, name: str) -> str:
+    """The page as the daemon wrote it when `updated_at` was now (so it says nothing
+    stale by itself), opened from disk in a real browser: the DOM after its script ran."""
+    updated = parse_iso(document["daemon"]["updated_at"])
+    text = render_page(document, tmp_path, tmp_path / "masters", now=updated)
+    assert _stale_banner(text) is not None and "hidden" in _stale_banner(text)
+    path = tmp_path / name
+    path.write_text(text, "utf-8")
+    dom = _run_browser(browser, "--dump-dom", path.resolve().as_uri(), cwd=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_page_an_hour_old_says_it_is_stale_in_a_real_browser(tmp_path: Path) -> None:
+    browser = _require_browser()
+    now = datetime.now(UTC)
+    old = _dom_after_scripts(
+        browser, tmp_path, _dated(tmp_path, now - timedelta(hours=1)), "old.html"
+    )
+    banner = _stale_banner(old)
+    assert banner is not None and "hidden" not in banner, old[:3000]
+    assert re.fullmatch(
+        r"Stale: flatd has not updated its status for (59|60|61) min .*", _stale_text(old)
+    )
+    assert '<span id="state-badge" class="badge bad">stale</span>' in old
+    assert "<title>flatd — STALE — flatd — running</title>" in old
+
+    fresh = _dom_after_scripts(browser, tmp_path, _dated(tmp_path, now), "fresh.html")
+    banner = _stale_banner(fresh)
+    assert banner is not None and "hidden" in banner
+    assert _stale_text(fresh) == ""
+    assert '<span id="state-badge" class="badge ok">running</span>' in fresh
+
+    stopped = _dated(tmp_path, now - timedelta(hours=1), state="stopped")
+    clean = _dom_after_scripts(
+        browser, tmp_path, stopped, "stopped.html"
+    )  # a clean stop is not stale
+    assert _stale_text(clean) == "" and ">stopped</span>" in clean
+
+
+def test_without_scripts_the_page_says_when_it_was_written(tmp_path: Path) -> None:
+    document = _dated(tmp_path, NOW - timedelta(hours=3))
+    written_then = render_page(document, tmp_path, tmp_path, now=NOW - timedelta(hours=3))
+    assert "Status as of 2026-11-24 04:00:00 UTC." in written_then
+    assert "<noscript><p>Scripts are off" in written_then
+    # rendered from a status that is already old, the page is stale without any script
+    late = render_page(document, tmp_path, tmp_path, now=NOW)
+    banner = _stale_banner(late)
+    assert banner is not None and "hidden" not in banner
+    assert _stale_text(late).startswith("Stale: flatd has not updated its status for 3 h 0 min")
+    fresh = render_page(_dated(tmp_path, NOW - timedelta(seconds=20)), tmp_path, tmp_path, now=NOW)
+    assert "hidden" in (_stale_banner(fresh) or {})
+
+
+# -- recent masters and what changed (issue 14, item 9) -----------------------------------------
+def _history_entry(masters: Path, day: int, rms: float | None, flagged: bool = False) -> dict:
+    return {
+        "path": str(masters / f"flat_r_SIMCAM_1_1_202611{day:02d}T173000.fits"),
+        "start": f"2026-11-{day:02d}T17:30:00Z",
+        "created_at": _iso(datetime(2026, 11, day, 18, 0, tzinfo=UTC)),
+        "n_frames": 6 + day % 3,
+        "n_rejected": day % 2,
+        "promoted": not flagged,
+        "qa": {
+            "change_rms": rms,
+            "changed_fraction": 0.0,
+            "masked_fraction": 0.001,
+            "flagged": flagged,
+        },
+    }
+
+
+def test_each_group_shows_its_recent_masters_with_their_qa(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    masters = tmp_path / "masters"
+    history = [
+        _history_entry(masters, 23, 0.031, flagged=True),
+        _history_entry(masters, 22, 0.004),
+        _history_entry(masters, 21, None),  # the first master: no previous one
+    ]
+    document["groups"][1].update(history=history, latest_master=history[0]["path"])
+    text = render_page(document, tmp_path, masters, now=NOW)
+    card = text[text.index("<h2>r_SIMCAM_1_1") : text.index("<h2>i_SIMCAM_1_1")]
+    assert "Recent masters (3): QA over time" in card
+    rows = re.findall(r"<tr( class=\"flagged\")?><td>(flat_r_[^<]+)</td>", card)
+    assert [(bool(c), n) for c, n in rows] == [
+        (True, "flat_r_SIMCAM_1_1_20261123T173000.fits"),
+        (False, "flat_r_SIMCAM_1_1_20261122T173000.fits"),
+        (False, "flat_r_SIMCAM_1_1_20261121T173000.fits"),
+    ]
+    assert "<td>0.031</td>" in card and "<td>0.004</td>" in card and "<td>—</td>" in card
+    assert "<dd>flat_r_SIMCAM_1_1_20261123T173000.fits</dd>" in card  # the latest one
+    assert "QA flagged" in card
+    # the sparkline: the two masters that have a change rms, the flagged one in red, last
+    svg = card[card.index("<svg") : card.index("</svg>")]
+    circles = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="\d" fill="(#\w+)"/>', svg)
+    assert [c[2] for c in circles] == ["#1d2330", "#c62828"]
+    assert float(circles[1][1]) < float(circles[0][1])  # 0.031 drawn above 0.004
+
+
+def test_the_ratio_picture_of_the_latest_master_is_shown(tmp_path: Path) -> None:
+    document = _document(tmp_path)
+    _previews(document)
+    master = Path(document["masters"][0]["path"])
+    document["masters"][0]["qa"]["previous"] = str(master.with_name("flat_g_prev.fits"))
+    blocks = np.zeros((8, 12), np.float32)
+    blocks[2:4, 5:7] = -0.05
+    ratio = write_ratio_picture(master, blocks, np.zeros((8, 12), bool), "ratio")
+    path = _write(tmp_path, document)
+    text = path.read_text("utf-8")
+    images = [a["src"] for t, a in _tags(text) if t == "img"]
+    assert "masters/flat_g_SIMCAM_1_1_20261123T173000_ratio.png" in images
+    assert all((path.parent / str(src)).is_file() for src in images)
+    assert ratio.is_file()
+    assert "What changed: this master / the previous one (flat_g_prev.fits)" in text

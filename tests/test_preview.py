@@ -1,5 +1,5 @@
-"""The quicklook PNG beside a master: a real, readable image, rejected frames marked, written
-atomically."""
+"""The quicklook PNG beside a master: a real, readable image, rejected frames marked, masked
+pixels left out of the stretch and drawn in magenta, written atomically."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from flatd import preview
 from flatd.atomic import TEMP_PREFIX
 from flatd.preview import write_preview
+from flatd.simulate import simulate_sequence
 
 mpimg = pytest.importorskip("matplotlib.image")
 
@@ -134,3 +135,39 @@ def test_threads_can_draw_at_once(tmp_path: Path) -> None:
         thread.join(60)
     assert not errors
     assert all(mpimg.imread(tmp_path / f"m{i}.png").shape[:2] == (468, 1080) for i in range(3))
+
+
+def _dusty_flat_with_dead_pixels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The simulator's true flat (vignetting, pixel response, dust donuts), a dead column
+    at 0 and a bias-subtracted dead block at -5 (2 % of the pixels), and their MASK."""
+    flat = simulate_sequence((1200, 1600), 1, seed=12).true_flat.astype(np.float32)
+    dead = flat.copy()
+    mask = np.zeros(flat.shape, bool)
+    dead[:, 700] = 0.0
+    mask[:, 700] = True
+    dead[:240, :160] = -5.0
+    mask[:240, :160] = True
+    return flat, dead, mask
+
+
+def test_the_stretch_ignores_masked_pixels() -> None:
+    flat, dead, mask = _dusty_flat_with_dead_pixels()
+    low, high = preview.stretch(*preview.display_image(dead, mask))
+    # exactly the stretch of the good pixels, whatever the masked ones hold
+    assert (low, high) == preview.stretch(*preview.display_image(flat, mask))
+    assert 0.8 < low < 1.0 < high < 1.1
+    # the dead pixels, were they counted, would wash out the dust donuts
+    unmasked_low, _ = preview.stretch(*preview.display_image(dead, None))
+    assert unmasked_low < 0.0
+
+
+def test_masked_pixels_are_drawn_in_a_colour_of_their_own(tmp_path: Path) -> None:
+    flat, dead, mask = _dusty_flat_with_dead_pixels()
+
+    def magenta_pixels(data: np.ndarray, mask: np.ndarray | None, name: str) -> int:
+        path = write_preview(tmp_path / f"{name}.fits", data, mask, name, LEVELS)
+        rgb = mpimg.imread(path)[..., :3]
+        return int(np.sum((rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.1) & (rgb[..., 2] > 0.9)))
+
+    assert magenta_pixels(flat, None, "clean") == 0
+    assert magenta_pixels(dead, mask, "dead") > 500  # the block and the column

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from flatd.status import (
     render_status,
     status_command,
     utc_iso,
+    why_not_running,
 )
 
 GROUPS = [
@@ -283,6 +286,24 @@ def test_daemon_running(tmp_path: Path) -> None:
     assert not daemon_running({**doc, "daemon": {**doc["daemon"], "updated_at": stale}})
     assert not daemon_running({**doc, "daemon": {**doc["daemon"], "pid": 2**22 + 12345}})
     assert not daemon_running({})
+    assert daemon_running({**doc, "daemon": {**doc["daemon"], "state": "starting"}})
+
+
+def test_why_not_running_names_a_gone_or_reused_pid(tmp_path: Path) -> None:
+    doc = _document(tmp_path, "running")
+    assert why_not_running(doc) == ""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # what `kill -9` leaves: a status file naming a pid that is gone
+    gone = why_not_running({**doc, "daemon": {**doc["daemon"], "pid": child.pid}})
+    assert gone.startswith(f"pid {child.pid} is gone; last update ") and gone.endswith(" ago")
+    # the pid now belongs to a process that started after the daemon did (here: this one,
+    # under a daemon that claims to have started a day earlier and died)
+    long_ago = utc_iso(datetime.now(UTC) - timedelta(days=1))
+    reused = {**doc, "daemon": {**doc["daemon"], "pid": os.getpid(), "started_at": long_ago}}
+    assert why_not_running(reused).startswith(f"pid {os.getpid()} is now another program")
+    assert why_not_running({**doc, "daemon": {**doc["daemon"], "state": "stopped"}}) == (
+        "state stopped"
+    )
 
 
 def test_render_status_plain(tmp_path: Path) -> None:
@@ -318,3 +339,27 @@ def test_status_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "r_SIMCAM_1_1" in capsys.readouterr().out
     assert status_command(path, as_json=True, color=False) == 0
     assert json.loads(capsys.readouterr().out)["schema"] == 1
+
+
+VERIFY_REPORT = (
+    "VerifyError: \nVerification reported errors:\nHDU 0:\n    Card 6:\n        Card 'RA' is not "
+    "FITS standard (invalid value string: '15:58:11.37').\nNote: astropy.io.fits uses "
+    "zero-based indexing.\n"
+)
+ONE_LINE = "VerifyError: Card 'RA' is not FITS standard (invalid value string: '15:58:11.37')."
+
+
+def test_reasons_are_one_line_in_the_document_and_the_summary(tmp_path: Path) -> None:
+    board = _board(tmp_path / "status.json")
+    board.add_error("/data/masters/flat_r.fits", VERIFY_REPORT)
+    board.add_skip("/data/x.fits", "first line\nsecond line")
+    document = board.document()
+    assert document["errors"][0]["reason"] == ONE_LINE
+    assert document["skipped"][0]["reason"] == "first line; second line"
+    failed = {**GROUPS[0], "state": "failed", "reason": VERIFY_REPORT}
+    document["groups"] = [failed]
+    text = render_status(document, color=True)
+    group_line = next(line for line in text.splitlines() if "r_SIMCAM_1_1" in line)
+    assert "\033[31mfailed" in group_line and ONE_LINE in group_line
+    assert "combines" not in group_line  # a failed group is not scheduled
+    assert text.count("Note: astropy") == 0

@@ -32,7 +32,6 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
         "no_data.fits": "no image data",
         "cube.fits": "not a 2-D image",
         "table_only.fits": "table",
-        "no_filter.fits": "FILTER",
     }
     (incoming / "empty.fits").write_bytes(b"")
     (incoming / "random.fits").write_bytes(os.urandom(10_000))
@@ -44,7 +43,7 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
     fits.HDUList([fits.PrimaryHDU(header=header.copy()), table]).writeto(
         incoming / "table_only.fits"
     )
-    no_filter = header.copy()
+    no_filter = header.copy()  # a flat all the same: grouped as having no filter, and said so
     del no_filter["FILTER"]
     write_atomically(incoming / "no_filter.fits", seq.frames[0], no_filter)
 
@@ -61,14 +60,14 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
     # have stood still for ingest's incomplete_seconds (15 s)
     status = wait_for(
         lambda: (
-            (s := flatd.status())["index"]["frames"] == 5 + len(rejected) + len(skipped)
+            (s := flatd.status())["index"]["frames"] == 6 + len(rejected) + len(skipped)
             and len(s["errors"]) == len(rejected)
             and s
         ),
         timeout=40,
         what="every file judged",
     )
-    assert status["index"] == {"frames": 15, "flats": 5, "skipped": 3, "rejected": 7}
+    assert status["index"] == {"frames": 15, "flats": 6, "skipped": 3, "rejected": 6}
     assert flatd.proc.poll() is None
 
     errors = {os.path.basename(e["path"]): e["reason"] for e in status["errors"]}
@@ -78,12 +77,15 @@ def test_every_bad_file_is_named_once_and_the_good_frames_still_combine(daemon):
     events = per_path(flatd, "frame_rejected", "frame_skipped")
     for name in [*rejected, *skipped]:
         assert events[name] == 1, (name, events[name])
+    assert "no_filter.fits" not in events
     for name, kind in skipped.items():
         [event] = [e for e in flatd.named("frame_skipped") if e["path"].endswith(name)]
         assert kind in event["reason"]
 
+    groups = {g["name"]: g for g in status["groups"]}
+    assert groups["no-filter_SIMCAM_1_1"]["notes"][0].startswith("no filter keyword: looked for")
     # the odd-shaped flat: rejected by its group, named in the group record and the master
-    [group] = status["groups"]
+    group = groups["r_SIMCAM_1_1"]
     assert [os.path.basename(r["path"]) for r in group["rejected"]] == ["r_odd_shape.fits"]
     assert "shape" in group["rejected"][0]["reason"]
     assert events["r_odd_shape.fits"] == 1

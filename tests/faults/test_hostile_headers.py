@@ -1,5 +1,6 @@
 """Case 3: header values chosen to escape, collide or break: every master stays inside the
-output directory under its own safe name, and no group overwrites another."""
+output directory under its own safe name, no group overwrites another, and input cards
+astropy refuses to write never stop a master."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+from astropy.nddata import CCDData
 
 from flatd.atomic import is_temporary
+from flatd.lock import is_lock_file
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for
 from tests.faults.conftest import flat_bytes, masters_in, with_raw_value
+from tests.test_master_header import hostile_file
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -84,7 +88,8 @@ def test_hostile_filter_values_make_safe_distinct_masters_inside_the_output(daem
     assert directories == {Path("incoming"), Path("masters"), Path("masters/latest")}
     outside = [p for p in tmp_path.iterdir() if p.name not in ("incoming", "masters")]
     assert all(
-        p.is_file() and (p.suffix in (".json", ".toml", ".html") or is_temporary(p))
+        p.is_file()
+        and (p.suffix in (".json", ".toml", ".html") or is_temporary(p) or is_lock_file(p))
         for p in outside
     ), outside  # the status file (and page), maybe mid-write
     assert not Path("/abs/path").exists() and not Path("/etc/x").exists()
@@ -97,4 +102,26 @@ def test_hostile_filter_values_make_safe_distinct_masters_inside_the_output(daem
     assert len(refused) <= 1
     for event in refused:
         assert "already" in event["reason"] and "gp" in event["reason"]
+    assert flatd.stop() == 0
+
+
+def test_input_cards_astropy_refuses_to_write_still_make_a_master(daemon, tmp_path):
+    """Issue 10: IRAF's `RA = 15:58:11.37` (and the other cards of tests/test_master_header)
+    in the inputs made every write of the master fail, retried every 30 s forever."""
+    flatd = daemon(quiet=0.5, min_frames=3).start()
+    seq = flat_sequence(3, seed=43, shape=(32, 32), stars=False, cosmic_rays=False)
+    for i, (data, header) in enumerate(zip(seq.frames, seq.headers, strict=True)):
+        staging = tmp_path / f"staging_{i}.fits"
+        hostile_file(staging, data, header)
+        staging.rename(flatd.incoming / f"iraf_{i}.fits")
+    [event] = flatd.wait_event("master_written")
+    ccd = CCDData.read(event["path"])
+    assert ccd.data.shape == (32, 32) and ccd.header["IMAGETYP"] == "MASTERFLAT"
+    status = wait_for(
+        lambda: (s := flatd.status())["groups"][0]["state"] == "done" and s, what="done"
+    )
+    assert status["errors"] == []
+    assert not flatd.named("combine_failed") and not flatd.named("combine_retry_scheduled")
+    dropped = {e["keyword"] for e in flatd.named("header_card_dropped")}  # level = "debug"
+    assert {"NONASCII", "TAB", "BIGNUM", "CONTINUE"} <= dropped
     assert flatd.stop() == 0

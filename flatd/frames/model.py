@@ -1,0 +1,73 @@
+"""What reading a file's header gives: a `Frame` (a usable flat) or a `Skip` (why not).
+
+Plain frozen values, handed from `frames` to the index, the engine and the reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+GroupValue = str | int | float | bool
+GroupKey = tuple[tuple[str, GroupValue], ...]
+"""A group's canonical keys and values, in `frames.group_by` order (hashable)."""
+
+Compression = Literal["none", "gzip", "tile"]
+SkipKind = Literal["skipped", "rejected"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A usable flat: where its pixels are and what group and sequence it belongs to.
+
+    `group` is keyed by canonical names (FILTER, INSTRUME, XBINNING, YBINNING and the
+    user's keys) whichever dialect keyword each value came from; `sources` says which
+    keyword that was for each key ("" when the frame has none: the value is then a
+    `dialects.missing_value` placeholder). `date_source` names the card(s) the date was
+    read from ("" for the file time) and `date_note` says why the header's date was not
+    used, when it was not. `raw` marks a raw frame (an overscan section, no record of
+    bias removal: `flatd.calibrate.detect`), indexed only with `[calibrate] raw =
+    "calibrate"`; `overscan` is then (keyword, section), e.g. ("BIASSEC", "[1:8,1:64]")."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    imagetyp: str
+    group: GroupKey
+    date: datetime
+    date_from_header: bool
+    shape: tuple[int, int]  # (ny, nx), numpy order
+    hdu: int  # index of the HDU holding the image
+    bitpix: int
+    compression: Compression
+    data_offset: int | None  # byte offset of the pixels (in the decompressed stream for gzip)
+    bscale: float = 1.0
+    bzero: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    type_keyword: str = ""
+    sources: tuple[tuple[str, str], ...] = ()
+    binning: tuple[int, int] | None = None
+    date_source: str = ""
+    date_note: str = ""
+    raw: bool = False
+    overscan: tuple[str, str] | None = None
+
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        """What makes two sightings of a file the same frame: path, size, mtime."""
+        return (str(self.path), self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A file that is not an input: `skipped` when it is simply not a flat we combine
+    (a bias, a master), `rejected` when it should have been one but cannot be used."""
+
+    path: Path
+    kind: SkipKind
+    reason: str
+    size: int = 0
+    mtime_ns: int = 0
+    incomplete: bool = False  # shorter than its header says: maybe still being written
