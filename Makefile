@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint typecheck browser bench bench-scale soak clean
 
-$(STAMP): pyproject.toml flatd/_kernel.c
+$(STAMP): pyproject.toml flatd/engine/_kernel.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(BIN)/python -c 'from flatd.engine import kernel; print(kernel.build_note())'
 	touch $(STAMP)
 
 demo: $(STAMP)

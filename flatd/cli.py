@@ -167,10 +167,13 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _combine(args: argparse.Namespace, config: Config) -> int:
+    from flatd.engine import log_choice, tune_allocator
     from flatd.report import combine_paths
 
     if _missing(args):
         return EXIT_USAGE
+    tune_allocator()
+    log_choice()
     summary = combine_paths(
         args.paths, config, output_dir=args.output, show_progress=sys.stderr.isatty()
     )

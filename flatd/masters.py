@@ -26,8 +26,8 @@ import structlog
 from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.cards import COMMENTARY, checked_cards
-from flatd.combine import CombineResult
 from flatd.config import Config
+from flatd.engine import CombineResult
 from flatd.frames import Frame, GroupValue
 from flatd.reasons import one_line, reason_of
 
@@ -316,6 +316,7 @@ def _header(
             ("CMBDEV", settings.deviation, "clipping deviation"),
             ("CMBMEML", settings.mem_limit_mb, "memory limit (MB)"),
             ("CMBNORM", combined.normalisation, "median of the combined scaled frames"),
+            ("CMBENGIN", combined.engine, "engine: compiled kernel or numpy"),
         ]
     )
     for keyword, value, comment in qa_cards:

@@ -24,8 +24,7 @@ from typing import Literal
 
 import structlog
 
-from flatd import checks, masters, qa
-from flatd import combine as engine
+from flatd import checks, engine, masters, qa
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import Inputs, calibrated_inputs
 from flatd.checks import saturation_level
@@ -106,17 +105,14 @@ def _fill(
     if _too_few(result, config):
         return
     combined = engine.combine(
-        frames, config.combine, rejected=result.rejected, levels=levels, progress=progress
+        frames,
+        config.combine,
+        rejected=result.rejected,
+        levels=levels,
+        saturation={f.path: saturation_level(f, config) for f in frames},
+        min_response=config.qa.min_response,
+        progress=progress,
     )
-    outliers = checks.structure_outliers(combined.stats)
-    if outliers:
-        result.rejected.update(outliers)
-        if _too_few(result, config):
-            result.stats = combined.stats
-            return
-        combined = engine.combine(
-            frames, config.combine, rejected=result.rejected, levels=levels, progress=progress
-        )
     combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
     result.stats = combined.stats
     group = result.sequence.group
@@ -166,6 +162,8 @@ def _name_indexed_frames(result: Result, inputs: Inputs) -> None:
 
 
 def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, engine.FrameLevels]:
+    """Every frame's levels in one pass over its pixels, and the frame checks settled on
+    them (levels, saturation, unlike the others), so that the sequence is combined once."""
     to_measure = [f for f in frames if f.path not in result.rejected]
     measured = engine.measure_frames(
         to_measure, [saturation_level(f, config) for f in to_measure], config.combine
@@ -177,6 +175,10 @@ def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, 
         else:
             levels[frame.path] = level
     result.rejected.update(checks.level_rejections(levels, config))
+    candidates = {p: level for p, level in levels.items() if p not in result.rejected}
+    scored = engine.score_structure(candidates)
+    levels.update(scored)
+    result.rejected.update(checks.structure_outliers(scored))
     return levels
 
 

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from flatd import combine as engine
+from flatd import engine
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import CalibrationPlan, plan_sequence
 from flatd.checks import saturation_level

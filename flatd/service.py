@@ -30,7 +30,7 @@ from types import FrameType
 
 import structlog
 
-from flatd import __version__, notify
+from flatd import __version__, engine, notify
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
 from flatd.calibrate import remove_stale_workspaces
 from flatd.config import Config
@@ -136,6 +136,7 @@ class Daemon:
             output=str(output),
             keep_days=self.config.sequence.keep_days,
         )
+        engine.log_choice()
         self.board.set_state("starting")
         self.board.start()
         self._extend_start(HEALTH_SECONDS)
@@ -307,6 +308,7 @@ def _settle_seconds(config: Config) -> float:
 def run(config: Config) -> int:
     """`flatd run`: serve until SIGTERM/SIGINT; 0 after a clean stop, 1 on a fatal error
     (another daemon holding the output directory or the status file is one)."""
+    engine.tune_allocator()
     daemon = Daemon(config)
     _install_signal_handlers(daemon)
     try:

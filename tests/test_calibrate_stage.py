@@ -14,10 +14,10 @@ from astropy.io import fits
 from flatd.calibrate import WORK_DIRECTORY, MasterLibraries
 from flatd.calibrate.stage import calibrated_inputs
 from flatd.config import CalibrateConfig, Config, OutputConfig, SequenceConfig
+from flatd.engine.pixels import PixelSource, PlaneReader
 from flatd.index import Sequence, index_paths
 from flatd.masters import read_master_inputs
 from flatd.pipeline import make_master
-from flatd.pixels import FramePixels
 from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
 from tests.guide import write_guide_calibrated
 
@@ -59,7 +59,8 @@ def test_the_engine_reads_trimmed_float32_copies_gone_afterwards(night, tmp_path
         for copy in inputs.frames:
             assert copy.shape == SHAPE and copy.bitpix == -32 and not copy.raw
             assert copy.path.parent.parent == tmp_path / "masters" / WORK_DIRECTORY
-            with FramePixels(copy) as pixels:  # the engine's reader, at the header's end
+            # the engine's reader, at the header's end
+            with PlaneReader(PixelSource.of(copy)) as pixels:
                 rows = np.empty(SHAPE, np.float32)
                 pixels.read_rows(0, SHAPE[0], rows)
             np.testing.assert_array_equal(rows, fits.getdata(copy.path))

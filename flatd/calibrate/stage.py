@@ -41,8 +41,8 @@ from flatd.frames import Frame
 from flatd.frames.cards import read_header
 
 if TYPE_CHECKING:
-    from flatd.combine import CombineResult
     from flatd.config import Config
+    from flatd.engine import CombineResult
     from flatd.index import Sequence
 
 log = structlog.get_logger("flatd.calibrate")
@@ -171,7 +171,7 @@ class Inputs:
         refused here (not used, with the reason), for the INPUTS table."""
         if not self.indexed_frames and not self.rejected:
             return combined
-        from flatd.combine import FrameStats
+        from flatd.engine import FrameStats
 
         stats = [replace(s, path=self.indexed(s.path)) for s in combined.stats]
         stats += [
