@@ -49,7 +49,7 @@ def odd_frames(frames: list[Frame]) -> dict[Path, str]:
         )
 
     def layout(f: Frame) -> str:  # a mosaic's extensions: number, names, shapes
-        return describe_layout(f.layout)
+        return describe_layout(f.layout) if f.extensions else "one image"
 
     reasons: dict[Path, str] = {}
     checked = (("layout", layout), ("shape", shape), ("binning", binning), ("readout", readout))

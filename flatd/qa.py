@@ -68,9 +68,11 @@ def assess(
     used_levels: Sequence[float],
     previous: Path | None,
     max_change: float,
+    hdu: int | str = 0,
 ) -> MasterQA:
-    """Measure a normalised master (and compare it with `previous` when there is one);
-    `used_levels` are the used inputs' levels in electrons (ADU times gain)."""
+    """Measure a normalised master (and compare it with `previous` when there is one,
+    its HDU `hdu`: a mosaic's extension by name); `used_levels` are the used inputs'
+    levels in electrons (ADU times gain)."""
     masked_pixels = int(np.count_nonzero(mask))
     masked_fraction = masked_pixels / mask.size if mask.size else 0.0
     sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
@@ -83,7 +85,7 @@ def assess(
     if previous is None or not previous.exists():
         return MasterQA(masked_fraction, noise, expected, masked_pixels=masked_pixels)
     try:
-        comparison = compare(data, mask, previous, max_change)
+        comparison = compare(data, mask, previous, max_change, hdu)
     except (OSError, ValueError) as exc:
         return MasterQA(
             masked_fraction,
@@ -124,14 +126,19 @@ class Comparison:
     blocks_masked: np.ndarray  # blocks holding any masked or non-finite pixel
 
 
-def compare(data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float) -> Comparison:
+def compare(
+    data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float, hdu: int | str = 0
+) -> Comparison:
     """Robust rms of new/previous - 1, the fraction of blocks changed by more than
     `max_change`, and the block map they were counted on (1/BLOCK² of the image's size);
-    the previous master is read in steps of rows."""
+    the previous master's HDU `hdu` is read in steps of rows."""
     from astropy.io import fits
 
     with fits.open(previous, memmap=False, lazy_load_hdus=True) as hdul:
-        old = hdul[0]
+        try:
+            old = hdul[hdu]
+        except (KeyError, IndexError):
+            raise ValueError(f"it has no extension {hdu}") from None
         if old.shape != data.shape:
             raise ValueError(f"shape {old.shape} differs from {data.shape}")
         deviations, binned_steps, masked_steps = [], [], []
