@@ -22,11 +22,9 @@ is named `IM<n>` (n from 1) instead, so that a master's extensions never share a
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
-from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 from flatd.frames.cards import BLOCK, Broken, Cards, int_value, read_header
 
@@ -42,12 +40,11 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,59}")  # + "_UNCERT" fits 
 MAX_HDUS = 1000
 
 
-@dataclass(frozen=True)
-class Hdu:
+class Hdu(NamedTuple):
     """One HDU's header as read: its number, its wanted cards, where its data starts and
     how many bytes the data holds (unpadded)."""
 
-    index: int
+    number: int  # 0 for the primary HDU
     cards: Cards
     data_offset: int
     data_bytes: int
@@ -61,16 +58,18 @@ class Hdu:
     def plane_kind(self) -> PlaneKind | None:
         """ "image" or "tile" for an image plane of the frame, None for anything else."""
         cards = self.cards
-        if self.index > 0 and cards.get("XTENSION") == "BINTABLE":
+        if self.number > 0 and cards.get("XTENSION") == "BINTABLE":
             return "tile" if cards.get("ZIMAGE") is True and not self.ancillary else None
-        if self.index > 0 and cards.get("XTENSION") != "IMAGE":
+        if self.number > 0 and cards.get("XTENSION") != "IMAGE":
             return None
         return "image" if self.data_bytes > 0 and not self.ancillary else None
 
     @property
     def ancillary(self) -> bool:
+        if self.number == 0:
+            return False
         name = self.extname.upper()
-        return self.index > 0 and (name in ANCILLARY or name.endswith(ANCILLARY_SUFFIXES))
+        return name in ANCILLARY or name.endswith(ANCILLARY_SUFFIXES)
 
     @property
     def extname(self) -> str:
@@ -84,12 +83,24 @@ def padded(size: int) -> int:
 
 
 def data_bytes(cards: Cards) -> int:
-    """The size of an HDU's data from its header (unpadded)."""
-    naxis = int_value(cards, "NAXIS", 0)
-    axes = [int_value(cards, f"NAXIS{i}", 0) for i in range(1, naxis + 1)]
-    pixels = math.prod(axes) if naxis else 0
-    size = abs(int_value(cards, "BITPIX", 8)) // 8 * max(1, int_value(cards, "GCOUNT", 1))
-    return size * (int_value(cards, "PCOUNT", 0) + pixels)
+    """The size of an HDU's data from its header (unpadded). Every file indexed goes
+    through here: plain lookups, no helper calls."""
+    naxis = _whole(cards.get("NAXIS"))
+    pixels = 1 if naxis > 0 else 0
+    for name in AXES[:naxis]:
+        pixels *= _whole(cards.get(name))
+    gcount = _whole(cards.get("GCOUNT")) if "GCOUNT" in cards else 1
+    bitpix = cards.get("BITPIX")
+    size = abs(bitpix if type(bitpix) is int else 8) // 8 * max(1, gcount)
+    return size * (_whole(cards.get("PCOUNT")) + pixels)
+
+
+AXES = tuple(f"NAXIS{i}" for i in range(1, 1000))
+
+
+def _whole(value: object) -> int:
+    """An integer card's value (not a logical), else 0."""
+    return value if type(value) is int else 0
 
 
 def read_hdus(
@@ -114,7 +125,7 @@ def read_hdus(
 def _more_after(hdu: Hdu, length: int | None, gzip_size: int | None) -> bool:
     if length is not None:
         return length > hdu.end
-    if gzip_size is not None and hdu.index == 0:
+    if gzip_size is not None and hdu.number == 0:
         ends = {(hdu.data_offset + hdu.data_bytes) % 2**32, hdu.end % 2**32}
         return gzip_size not in ends
     return True  # a gzip stream past its first HDU: read on until it ends

@@ -19,9 +19,8 @@ import functools
 import gzip
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import structlog
 
@@ -99,8 +98,8 @@ def _read(
         raise Broken("empty file", incomplete=True)
     overscan_keywords = calibrate.overscan_keywords if calibrate else DEFAULT_OVERSCAN_KEYWORDS
     hdus, compression = _headers(path, config, overscan_keywords, stat.st_size)
-    planes = _planes(hdus, compression)
-    cards = planes[0].cards
+    found = _image_hdus(hdus)
+    cards = found[0].cards if found[0].number == 0 else {**hdus[0].cards, **found[0].cards}
     kind = frame_type(cards, config)
     if kind.not_flat:
         return Skip(path, "skipped", kind.not_flat, stat.st_size, stat.st_mtime_ns)
@@ -109,17 +108,19 @@ def _read(
     if missing:
         reason = _missing_reason(missing, config)
         return Skip(path, "rejected", reason, stat.st_size, stat.st_mtime_ns)
+    first = _stored(found[0], compression)
+    extensions = _extensions(found, hdus[0].cards, compression) if len(found) > 1 else []
     _check_length(hdus, compression, stat.st_size)
     signs = raw_signs(cards, overscan_keywords)
     raw = signs is not None and signs.is_raw
-    if len(planes) > 1 and (why := _raw_mosaic(planes, overscan_keywords)):
+    names = [e.name for e in extensions]
+    if extensions and (why := _raw_mosaic(found, names, hdus[0].cards, overscan_keywords)):
         return Skip(path, "rejected", why, stat.st_size, stat.st_mtime_ns)
     if signs is not None and raw and (calibrate is None or calibrate.raw != "calibrate"):
         return Skip(path, "rejected", signs.reason(), stat.st_size, stat.st_mtime_ns)
     date = observation_date(cards, config, stat.st_mtime)
     if date.unreadable:
         _warn_date(path, cards, date)
-    first = planes[0].extension
     return Frame(
         path=path,
         size=stat.st_size,
@@ -130,7 +131,7 @@ def _read(
         date_from_header=date.from_header,
         shape=first.shape,
         bitpix=first.bitpix,
-        hdu=first.hdu,
+        hdu=found[0].number,
         compression=first.compression,
         data_offset=first.data_offset,
         bscale=first.bscale,
@@ -145,7 +146,7 @@ def _read(
         overscan=(signs.overscan_keyword or "", signs.overscan_section or "")
         if signs is not None and raw
         else None,
-        extensions=tuple(p.extension for p in planes) if len(planes) > 1 else (),
+        extensions=tuple(extensions),
     )
 
 
@@ -197,55 +198,59 @@ def _gzip_size(raw: BinaryIO, size: int) -> int | None:
     return int.from_bytes(raw.read(4), "little")
 
 
-@dataclass(frozen=True)
-class _Plane:
-    """An image plane as the reader found it: its cards (the primary header's beneath an
-    extension's own) and its place in the file."""
+class _Stored(NamedTuple):
+    """Where and how one image plane's values are stored."""
 
-    cards: Cards
-    extension: Extension
+    shape: tuple[int, int]
+    bitpix: int
+    compression: Compression
+    data_offset: int | None
+    bscale: float
+    bzero: float
 
 
-def _planes(hdus: list[Hdu], compression: Compression) -> list[_Plane]:
-    """The frame's image planes, each with its geometry checked. Raises Broken when there
-    is none, or one is not a 2-D image (named, for a frame of several), or the primary
-    header promises more extensions than the file holds."""
+def _image_hdus(hdus: list[Hdu]) -> list[Hdu]:
+    """The HDUs of the frame's image planes (the primary HDU when there is none, for
+    `_geometry` to say why). Raises Broken when the first extension is a table and no HDU
+    an image, or the primary header promises more extensions than the file holds."""
+    if len(hdus) == 1 and "NEXTEND" not in hdus[0].cards:  # most files: one image
+        return hdus
     found = image_planes(hdus)
-    if not found:
-        if len(hdus) > 1 and hdus[1].cards.get("XTENSION") != "IMAGE":
-            raise Broken(f"no image: first extension is a {hdus[1].cards.get('XTENSION')} table")
-        raise Broken("no image data")
+    if not found and len(hdus) > 1 and hdus[1].cards.get("XTENSION") != "IMAGE":
+        raise Broken(f"no image: first extension is a {hdus[1].cards.get('XTENSION')} table")
     if missing := missing_extensions(hdus):
         raise Broken(missing, incomplete=True)
-    names = plane_names(found)
-    return [
-        _plane(name, hdu, hdus[0].cards, compression, len(found))
-        for name, hdu in zip(names, found, strict=True)
-    ]
+    return found or hdus[:1]
 
 
-def _plane(name: str, hdu: Hdu, primary: Cards, compression: Compression, count: int) -> _Plane:
+def _stored(hdu: Hdu, compression: Compression) -> _Stored:
+    """A plane's geometry (Broken when it is not a 2-D image) and storage."""
     stored: Compression = "tile" if hdu.plane_kind == "tile" else compression
-    try:
-        shape, bitpix, _ = _geometry(hdu.cards, stored)
-    except Broken as exc:
-        if count == 1:
-            raise
-        raise Broken(f"extension {hdu.index} ({name}): {exc}") from None
-    cards = hdu.cards if hdu.index == 0 else {**primary, **hdu.cards}
-    extension = Extension(
-        name=name,
-        hdu=hdu.index,
-        shape=shape,
-        bitpix=bitpix,
-        compression=stored,
-        data_offset=hdu.data_offset if stored != "tile" else None,
-        bscale=number_value(hdu.cards, "BSCALE", 1.0),
-        bzero=number_value(hdu.cards, "BZERO", 0.0),
-        extras=_extras(cards),
-        detsec=str(hdu.cards.get("DETSEC") or "").strip(),
+    shape, bitpix, _ = _geometry(hdu.cards, stored)
+    return _Stored(
+        shape,
+        bitpix,
+        stored,
+        hdu.data_offset if stored != "tile" else None,
+        number_value(hdu.cards, "BSCALE", 1.0),
+        number_value(hdu.cards, "BZERO", 0.0),
     )
-    return _Plane(cards, extension)
+
+
+def _extensions(found: list[Hdu], primary: Cards, compression: Compression) -> list[Extension]:
+    """Every image plane of a frame of several, named, each with its geometry checked
+    (Broken naming the first that is not a 2-D image) and its own cards over the primary
+    header's."""
+    planes = []
+    for name, hdu in zip(plane_names(found), found, strict=True):
+        try:
+            stored = _stored(hdu, compression)
+        except Broken as exc:
+            raise Broken(f"extension {hdu.number} ({name}): {exc}") from None
+        cards = {**primary, **hdu.cards}
+        detsec = str(hdu.cards.get("DETSEC") or "").strip()
+        planes.append(Extension(name, hdu.number, *stored, extras=_extras(cards), detsec=detsec))
+    return planes
 
 
 def _check_length(hdus: list[Hdu], compression: Compression, size: int) -> None:
@@ -258,15 +263,17 @@ def _check_length(hdus: list[Hdu], compression: Compression, size: int) -> None:
         )
 
 
-def _raw_mosaic(planes: list[_Plane], overscan_keywords: tuple[str, ...]) -> str:
+def _raw_mosaic(
+    found: list[Hdu], names: list[str], primary: Cards, overscan_keywords: tuple[str, ...]
+) -> str:
     """Why a frame of several image planes with a raw one cannot be taken ("" when none
     is raw): the calibration stage calibrates single-image raw frames only."""
-    for plane in planes:
-        signs = raw_signs(plane.cards, overscan_keywords)
+    for hdu, name in zip(found, names, strict=True):
+        signs = raw_signs({**primary, **hdu.cards}, overscan_keywords)
         if signs is not None and signs.is_raw:
             return (
                 f"raw multi-extension frame ({signs.overscan_keyword} = "
-                f"'{signs.overscan_section}' in {plane.extension.name}, no record of bias "
+                f"'{signs.overscan_section}' in {name}, no record of bias "
                 f"removal): flatd calibrates single-image raw frames only; calibrate each "
                 f"extension first (e.g. ccdproc per extension) or write them as calibrated"
             )
