@@ -196,3 +196,16 @@ def test_a_mosaic_stays_within_its_memory_limit_in_a_real_process(tmp_path: Path
     assert spilled == "True" and int(peak) <= 20_000_000
     grown_mb = (int(after_kb) - int(before_kb)) * 1024 / 1_000_000
     assert grown_mb <= 20, f"resident memory grew {grown_mb:.1f} MB, limit 20 MB"
+
+
+def test_the_noise_deviation_takes_each_extensions_own_gain(tmp_path: Path) -> None:
+    """`deviation = "noise"` judges each value by its frame's noise in that extension:
+    from that extension's GAIN (an amplifier's), and an extension without one is named."""
+    sequence = simulate_mosaic((32, 40), 2, 5, seed=9)
+    paths = write_mosaic_sequence(sequence, tmp_path)
+    result = combine(frames_of(paths), CombineConfig(deviation="noise"))
+    assert len(result.extensions) == 2
+    with fits.open(paths[0], mode="update") as hdul:
+        del hdul["AMP2"].header["GAIN"]
+    with pytest.raises(ValueError, match=r"flat_r_000.fits\[AMP2\] has none"):
+        combine(frames_of(paths), CombineConfig(deviation="noise"))

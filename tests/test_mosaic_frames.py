@@ -12,6 +12,7 @@ fpack)."""
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ CONFIG = Config()
 def mosaic(
     path: Path,
     planes: list[np.ndarray],
-    names: list[str | None],
+    names: Sequence[str | None],
     primary: dict | None = None,
     compress: str = "none",
     **extension_cards: object,

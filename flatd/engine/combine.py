@@ -113,7 +113,7 @@ def _usable(frames: Sequence[Frame], rejected: Mapping[Path, str]) -> list[Frame
     used = [f for f in frames if f.path not in rejected]
     if not used:
         raise ValueError("no usable frames to combine")
-    if different := layouts_differ(used):
+    if any(f.extensions for f in used) and (different := layouts_differ(used)):
         raise ValueError(different)
     shapes = {f.shape for f in used}
     if len(shapes) > 1:

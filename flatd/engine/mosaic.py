@@ -34,7 +34,7 @@ from flatd.engine.memory import Ledger
 from flatd.engine.outputs import Outputs
 from flatd.engine.pixels import PixelSource
 from flatd.engine.plane import combine_plane
-from flatd.engine.rejection import noise_models
+from flatd.engine.rejection import NoiseModel, noise_models
 from flatd.engine.results import ExtensionResult, FrameLevels, PlaneResult
 from flatd.frames import describe_layout
 
@@ -145,7 +145,7 @@ class MosaicJob:
         assert last is not None
         return self._normalise(min_response), clipped, last
 
-    def _noise(self, e: int) -> list | None:
+    def _noise(self, e: int) -> list[NoiseModel] | None:
         if self.settings.deviation != "noise":
             return None
         names = [f"{f.path.name}[{f.extensions[e].name}]" for f in self.used]
