@@ -44,7 +44,7 @@ def amplifiers(tmp_path_factory: pytest.TempPathFactory) -> SimulatedMosaic:
     return simulate_mosaic((96, 112), 4, 9, seed=5)
 
 
-@pytest.mark.parametrize("compress", ["none", "tile"])
+@pytest.mark.parametrize("compress", ["none", "gzip", "tile"])
 def test_each_amplifier_at_its_poisson_limit_and_their_ratios_kept(
     tmp_path: Path, amplifiers: SimulatedMosaic, compress: str
 ) -> None:
