@@ -70,7 +70,7 @@ def test_index_paths_walks_patterns_and_leaves_temporaries_and_output_alone(tmp_
     config_file.write_text('[watch]\ndirectories = ["in"]\n[output]\ndirectory = "in/masters"\n')
     config = load_config(config_file)
     write_frame(tmp_path / "in" / "night1" / "a.fits")
-    write_frame(tmp_path / "in" / "b.fit")
+    write_frame(tmp_path / "in" / "b.fit", **{"DATE-OBS": "2026-11-23T17:31:00"})
     write_frame(tmp_path / "in" / "bias.fits", IMAGETYP="BIAS")
     write_frame(tmp_path / "in" / ".a.fits.Xy12ab")  # rsync's temporary name
     write_frame(tmp_path / "in" / "c.fits.part")

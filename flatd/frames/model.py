@@ -53,11 +53,13 @@ class Frame:
     date_note: str = ""
     raw: bool = False
     overscan: tuple[str, str] | None = None
+    content: str = ""  # the digest of the file's bytes (`flatd.fingerprint`); "" if not taken
 
     @property
-    def identity(self) -> tuple[str, int, int]:
-        """What makes two sightings of a file the same frame: path, size, mtime."""
-        return (str(self.path), self.size, self.mtime_ns)
+    def identity(self) -> str:
+        """What makes two sightings of a frame the same frame: its content (a link, a copy
+        or a touched file is the same frame); without a digest, its path, size and mtime."""
+        return self.content or f"{self.path}|{self.size}|{self.mtime_ns}"
 
 
 @dataclass(frozen=True)
