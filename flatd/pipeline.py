@@ -4,20 +4,26 @@
                   stage`; a sequence of calibrated frames passes through untouched)
     checks        frames unlike the others, too faint, too bright, saturated (`checks`)
     engine        levels, then the combination (`combine`)
-    QA            the master against its inputs and its predecessor (`qa`)
-    write         the master, atomically, its INPUTS naming the indexed (raw) files
-                  (`masters`), the preview, `latest/`
+    QA            the master against its inputs and the previous sequence's master (`qa`;
+                  the caller says which that is: `qa.Baseline`)
+    write         the master, atomically, its INPUTS naming the indexed (raw) files and
+                  their duplicates (`masters`), its settings, the preview
 
 The one place where the stages meet for a single sequence, so that `flatd combine` and
-the daemon make masters in exactly the same way.
+the daemon make masters in exactly the same way. Where the master stands among the others
+(`latest/`, the masters it supersedes) is the caller's to settle (`latest.Curator`).
+
+A combination is abandoned when its `cancel` event is set (the daemon stopping): between
+stages, and inside the engine at its next band; nothing is written then and the outcome
+is "cancelled".
 """
 
 from __future__ import annotations
 
-import os
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -31,25 +37,36 @@ from flatd.calibrate.stage import Inputs, calibrated_inputs
 from flatd.checks import saturation_level
 from flatd.config import Config
 from flatd.frames import Frame
-from flatd.index import Sequence
+from flatd.index import FlatSequence
+from flatd.latest import Curator, Published
+from flatd.masters import MasterFile
+from flatd.qa import Baseline
 from flatd.reasons import reason_of
+from flatd.settings import limit_cards
 
 log = structlog.get_logger("flatd.pipeline")
 
-Outcome = Literal["done", "too_few", "failed", "waiting"]  # waiting: for a master bias/dark
+# waiting: for a master bias/dark; cancelled: the daemon is stopping (nothing written)
+Outcome = Literal["done", "too_few", "failed", "waiting", "cancelled"]
+
+
+class _Cancelled(Exception):
+    """Raised inside the pipeline (and the engine, through its progress callback) to
+    abandon a combination whose `cancel` event is set; never leaves `make_master`."""
 
 
 @dataclass
 class Result:
     """What became of one sequence."""
 
-    sequence: Sequence
+    sequence: FlatSequence
     outcome: Outcome
     reason: str = ""
     record: masters.MasterRecord | None = None
     stats: list[engine.FrameStats] = field(default_factory=list)
     rejected: dict[Path, str] = field(default_factory=dict)
     seconds: float = 0.0
+    published: Published | None = None  # where the master stands among the others
 
     @property
     def n_used(self) -> int:
@@ -57,29 +74,40 @@ class Result:
 
 
 def make_master(
-    sequence: Sequence,
+    sequence: FlatSequence,
     config: Config,
     *,
     output_dir: Path | None = None,
     progress: engine.Progress | None = None,
-    promote: Callable[[masters.MasterRecord], bool] | None = None,
+    cancel: threading.Event | None = None,
     libraries: MasterLibraries | None = None,
+    baseline: Baseline | None = None,
 ) -> Result:
     """Calibrate, check, combine and write one sequence. Never raises for bad data: a
     failure is an outcome with its reason (the caller logs it and carries on); no master
-    bias or dark for its raw frames yet is the outcome "waiting". `promote` may veto
-    moving `latest/` to the new master (QA's veto comes first). `libraries` are the master
-    biases and darks (kept by the daemon between sequences; by default from the config)."""
+    bias or dark for its raw frames yet is the outcome "waiting", `cancel` set before the
+    master is written the outcome "cancelled". `libraries` are the master biases and darks
+    (kept by the daemon between sequences; by default from the config); `baseline` is what
+    QA compares the master with (by default nothing)."""
     started = time.perf_counter()
     result = Result(sequence, "failed")
-    output = output_dir or config.output.directory
+    stage = _Stage(
+        config,
+        output_dir or config.output.directory,
+        _cancellable(progress, cancel),
+        cancel,
+        baseline or Baseline(),
+    )
     libraries = libraries or MasterLibraries.from_settings(config.calibrate, Path.cwd())
     try:
-        with calibrated_inputs(sequence, config, output, libraries) as inputs:
+        stage.check_cancel()
+        with calibrated_inputs(sequence, config, stage.output_dir, libraries) as inputs:
             try:
-                _fill(result, inputs, config, output, progress, promote)
+                _fill(result, inputs, stage)
             finally:
                 _name_indexed_frames(result, inputs)
+    except _Cancelled:
+        result.outcome, result.reason, result.record = "cancelled", "daemon stopping", None
     except CalibrationUnavailable as exc:
         result.outcome, result.reason = "waiting", exc.waiting()
     except (OSError, ValueError, MemoryError) as exc:
@@ -90,14 +118,71 @@ def make_master(
     return result
 
 
-def _fill(
-    result: Result,
-    inputs: Inputs,
+def combine_and_publish(
+    sequence: FlatSequence,
     config: Config,
-    output_dir: Path,
-    progress: engine.Progress | None,
-    promote: Callable[[masters.MasterRecord], bool] | None,
-) -> None:
+    curator: Curator,
+    *,
+    claimers: list[MasterFile] | None = None,
+    replaces: Iterable[Path] = (),
+    progress: engine.Progress | None = None,
+    cancel: threading.Event | None = None,
+    libraries: MasterLibraries | None = None,
+) -> Result:
+    """`make_master` into the curator's output directory, compared with the master of the
+    group's previous sequence; then published: the masters that claimed its frames
+    (`claimers`, by default those on disk) are superseded and `latest/` follows the rule
+    (`latest.Curator`); `replaces` are superseded whatever they hold (a remake)."""
+    claimers = curator.catalogue.claimers(sequence) if claimers is None else claimers
+    exclude = [m.path for m in claimers]
+    result = make_master(
+        sequence,
+        config,
+        output_dir=curator.output_dir,
+        progress=progress,
+        cancel=cancel,
+        libraries=libraries,
+        baseline=curator.baseline(sequence.group, sequence.start, exclude),
+    )
+    if result.record is not None:
+        result.published = curator.publish(result.record, claimers, replaces)
+    return result
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """What every stage of one combination needs besides the frames."""
+
+    config: Config
+    output_dir: Path
+    progress: engine.Progress | None
+    cancel: threading.Event | None
+    baseline: Baseline
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Cancelled
+
+
+def _cancellable(
+    progress: engine.Progress | None, cancel: threading.Event | None
+) -> engine.Progress | None:
+    """The engine's progress callback, which abandons the combination at its next band
+    once `cancel` is set (the engine's documented way to be stopped)."""
+    if cancel is None:
+        return progress
+
+    def report(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled
+        if progress is not None:
+            progress(done, total)
+
+    return report
+
+
+def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
+    config = stage.config
     frames = inputs.frames  # calibrated copies of raw frames, until the engine is done
     result.rejected = {**inputs.rejected, **checks.odd_frames(frames)}
     if _too_few(result, config):
@@ -105,57 +190,62 @@ def _fill(
     levels = _measure(frames, result, config)
     if _too_few(result, config):
         return
+    combined = _combine(frames, levels, result, stage)
+    if combined is None:
+        return
+    combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
+    result.stats = combined.stats
+    stage.check_cancel()
+    assessment = qa.assess(
+        combined.data,
+        combined.uncertainty,
+        combined.mask,
+        _used_levels_in_electrons(frames, combined.stats, config),
+        stage.baseline,
+        config.qa.max_change,
+    )
+    record = masters.write_master(
+        combined,
+        frames,
+        result.sequence.group,
+        result.sequence.start,
+        config,
+        output_dir=stage.output_dir,
+        qa_cards=assessment.header_cards() + limit_cards(config),
+        calibration=inputs.provenance,
+        duplicates=result.sequence.duplicates,
+    )
+    record.qa = assessment.to_dict()
+    if config.output.preview:
+        _preview(record, combined, frames)
+        _ratio_picture(record, assessment, config.qa.max_change)
+    result.record, result.outcome = record, "done"
+
+
+def _combine(
+    frames: list[Frame], levels: dict[Path, engine.FrameLevels], result: Result, stage: _Stage
+) -> engine.CombineResult | None:
+    """The engine on the frames not rejected (again without a frame whose structure is
+    unlike the others'); None when too few are left."""
+    config = stage.config
+    stage.check_cancel()
     combined = engine.combine(
-        frames, config.combine, rejected=result.rejected, levels=levels, progress=progress
+        frames, config.combine, rejected=result.rejected, levels=levels, progress=stage.progress
     )
     outliers = checks.structure_outliers(combined.stats)
     if outliers:
         result.rejected.update(outliers)
         if _too_few(result, config):
             result.stats = combined.stats
-            return
+            return None
         combined = engine.combine(
-            frames, config.combine, rejected=result.rejected, levels=levels, progress=progress
+            frames,
+            config.combine,
+            rejected=result.rejected,
+            levels=levels,
+            progress=stage.progress,
         )
-    combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
-    result.stats = combined.stats
-    group = result.sequence.group
-    previous = _previous_master(output_dir, group)
-    assessment = qa.assess(
-        combined.data,
-        combined.uncertainty,
-        combined.mask,
-        _used_levels_in_electrons(frames, combined.stats, config),
-        previous,
-        config.qa.max_change,
-    )
-    record = masters.write_master(
-        combined,
-        frames,
-        group,
-        result.sequence.start,
-        config,
-        output_dir=output_dir,
-        qa_cards=assessment.header_cards(),
-        calibration=inputs.provenance,
-    )
-    record.qa = assessment.to_dict()
-    if config.output.preview:
-        _preview(record, combined, frames)
-        _ratio_picture(record, assessment, config.qa.max_change)
-    if assessment.flagged:
-        log.warning(
-            "master_suspect",
-            path=str(record.path),
-            reason=assessment.reason,
-            previous=assessment.previous,
-            promoted=config.output.latest and config.qa.promote_changed,
-        )
-    wanted = config.output.latest and (not assessment.flagged or config.qa.promote_changed)
-    if wanted and (promote is None or promote(record)):
-        masters.promote_latest(record.path, group, output_dir)
-        record.promoted = True
-    result.record, result.outcome = record, "done"
+    return combined
 
 
 def _name_indexed_frames(result: Result, inputs: Inputs) -> None:
@@ -178,20 +268,6 @@ def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, 
             levels[frame.path] = level
     result.rejected.update(checks.level_rejections(levels, config))
     return levels
-
-
-def _previous_master(output_dir: Path, group: object) -> Path | None:
-    """The master `latest/` names for the group (before this one replaces anything)."""
-    latest = masters.latest_path(output_dir, group)
-    if not latest.exists():
-        return None
-    for candidate in masters.find_masters(output_dir):
-        try:
-            if os.path.samefile(candidate, latest):
-                return candidate
-        except OSError:
-            continue
-    return latest
 
 
 def _used_levels_in_electrons(
