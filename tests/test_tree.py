@@ -138,11 +138,11 @@ def test_housekeeping_lets_settled_old_sequences_leave_memory(tmp_path: Path):
     server.start()
     try:
         wait_for(lambda: len(masters_in(tmp_path / "masters")) == 2, timeout=30, what="2 masters")
-        wait_for(lambda: all(g["state"] == "done" for g in daemon.groups.snapshot()), what="done")
+        wait_for(lambda: all(g["state"] == "done" for g in daemon.states.snapshot()), what="done")
         assert daemon.index.counts()["flats"] == 6
         daemon._housekeeping()
         assert daemon.index.counts() == {"frames": 6, "flats": 3, "skipped": 0, "rejected": 0}
-        [group] = daemon.groups.snapshot()
+        [group] = daemon.states.snapshot()
         assert group["frames"] == 3
         [sequence] = daemon.index.sequences()
         assert {f.path.parent.name for f in sequence.frames} == {"n1"}
