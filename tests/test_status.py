@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from flatd.frames import Skip
 from flatd.status import (
     StatusBoard,
     daemon_running,
@@ -117,7 +118,7 @@ def test_burst_of_changes_is_coalesced(tmp_path: Path) -> None:
         started = time.monotonic()
         for _ in range(5000):
             board.mark_changed()
-        board.add_master({"path": "masters/flat_a.fits", "n_frames": 9})
+        board.put_master({"path": "masters/flat_a.fits", "n_frames": 9})
         _wait_for(lambda: bool(documents[-1]["masters"]))
         elapsed = time.monotonic() - started
         writes = len(documents) - 1
@@ -164,7 +165,7 @@ def test_errors_bounded_newest_first_and_deduplicated(tmp_path: Path) -> None:
     assert errors[0]["count"] == 3 and errors[1]["count"] == 1
     assert all(e["reason"] == "too faint" and e["at"].endswith("Z") for e in errors)
     for i in range(7):
-        board.add_master({"path": f"m{i}.fits", "n_frames": i})
+        board.put_master({"path": f"m{i}.fits", "n_frames": i})
     masters = board.document()["masters"]
     assert [m["path"] for m in masters] == [f"m{i}.fits" for i in (6, 5, 4, 3, 2)]
     assert all(m["created_at"].endswith("Z") for m in masters)
@@ -262,7 +263,7 @@ def test_read_status_missing_or_broken(tmp_path: Path) -> None:
 
 def _document(tmp_path: Path, state: str, pid: int | None = None) -> dict:
     board = _board(tmp_path / "status.json")
-    board.add_master(
+    board.put_master(
         {
             "path": "masters/flat_gp_LFC_1_1_20261123T173000.fits",
             "n_frames": 10,
@@ -352,7 +353,7 @@ ONE_LINE = "VerifyError: Card 'RA' is not FITS standard (invalid value string: '
 def test_reasons_are_one_line_in_the_document_and_the_summary(tmp_path: Path) -> None:
     board = _board(tmp_path / "status.json")
     board.add_error("/data/masters/flat_r.fits", VERIFY_REPORT)
-    board.add_skip("/data/x.fits", "first line\nsecond line")
+    board.add_skip(Skip(Path("/data/x.fits"), "skipped", "first line\nsecond line"))
     document = board.document()
     assert document["errors"][0]["reason"] == ONE_LINE
     assert document["skipped"][0]["reason"] == "first line; second line"
