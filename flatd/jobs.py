@@ -40,7 +40,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,8 @@ class CombinationJobs:
             log.info("calibration_masters", sources=self._libraries.describe())
         now = self._clock()
         for group, frames in self._index.groups().items():
-            newest = max(f.mtime_ns for f in frames) / 1e9
-            stable_at = max(now, datetime.fromtimestamp(newest, now.tzinfo) + self._quiet)
+            newest = min(datetime.fromtimestamp(max(f.mtime_ns for f in frames) / 1e9, UTC), now)
+            stable_at = max(now, newest + self._quiet)  # a file time in the future: now
             self._states.set(group, last_frame_at=stable_at - self._quiet, stable_at=stable_at)
             self._timer.arm(group, stable_at)
         self._on_change()
@@ -202,6 +202,13 @@ class CombinationJobs:
         now = self._clock()
         for group in groups:
             self._timer.arm(group, now)
+
+    def reconfigure(self, config: Config) -> None:
+        """A new configuration (a reload): the next combination uses it, and `latest/`
+        follows its `promote_changed` and `output.latest` at once."""
+        self.config = config
+        self._curator.config = config
+        self._decisions_changed()
 
     def stop(self) -> None:
         """Abandon a running combination at its next band and wait for the jobs."""

@@ -27,6 +27,7 @@ the daemon then stops pinging systemd's watchdog, because it is deaf to part of 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -230,7 +231,8 @@ class Watcher:
             self._failed.pop(directory, None)
             watch = self._watches.pop(directory, None)
             if watch is not None and self._observer is not None:
-                self._observer.unschedule(watch)
+                with contextlib.suppress(KeyError):  # its emitter already went
+                    self._observer.unschedule(watch)
                 log.debug("watch_removed", directory=str(directory))
 
     def watching(self, directory: Path) -> bool:
@@ -258,10 +260,10 @@ class Watcher:
         being watched."""
         if self._observer is None:
             return WatchHealth((Problem(ProblemKind.NO_OBSERVER, self._broken),))
-        problems: list[Problem] = []
-        if not self._observer.is_alive():
+        if not self._observer.is_alive():  # nothing can be watched again through it
             stopped = "the file observer thread has stopped"
-            problems.append(Problem(ProblemKind.NO_OBSERVER, stopped))
+            return WatchHealth((Problem(ProblemKind.NO_OBSERVER, stopped),))
+        problems: list[Problem] = []
         with self._lock:  # no watch is added meanwhile, which would look dead
             alive = {e.watch for e in self._observer.emitters if e.is_alive()}
             problems += [p for p in (self._check_root(r, alive, initial) for r in self.roots) if p]

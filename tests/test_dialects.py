@@ -369,6 +369,7 @@ def test_a_master_written_before_binnings_were_numbers_still_belongs_to_its_grou
 
 
 # -- names, the daemon and scan --------------------------------------------------------------
+@pytest.mark.slow
 def test_the_daemon_takes_capitalised_names_of_any_dialect(tmp_path):
     """The real daemon: Gemini frames (an image extension, a date-only DATE-OBS with
     TIME-OBS, two filter wheels) named in capitals by Windows capture software become a

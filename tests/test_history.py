@@ -74,6 +74,7 @@ def test_masters_on_disk_are_read_back_with_their_qa(tmp_path: Path) -> None:
     assert "change_rms" not in entries[1]["qa"]
 
 
+@pytest.mark.slow
 def test_the_history_survives_a_restart(tmp_path: Path) -> None:
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)
     again = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)

@@ -54,6 +54,7 @@ def _write_sequence(
     return seq.true_flat
 
 
+@pytest.mark.slow
 def test_the_metrics_file_names_the_latest_master_of_each_group(tmp_path: Path) -> None:
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)
     set_config(flatd, "status", metrics_file="textfile/flatd-cam1.prom")

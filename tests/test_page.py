@@ -230,6 +230,7 @@ def test_malformed_documents_still_render(tmp_path: Path) -> None:
         assert "</html>" in text
 
 
+@pytest.mark.slow
 def test_daemon_writes_the_page_with_every_status_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +279,7 @@ def _run_browser(browser: str, *args: str, cwd: Path) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     browser = _browser()
@@ -367,6 +369,7 @@ def _dom_after_scripts(browser: str, tmp_path: Path, document: dict, name: str) 
     return dom.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_page_an_hour_old_says_it_is_stale_in_a_real_browser(tmp_path: Path) -> None:
     browser = _require_browser()

@@ -31,7 +31,7 @@ from tests.daemon import (
 )
 from tests.faults.conftest import flat_bytes
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 @pytest.fixture
