@@ -6,6 +6,7 @@ input goes straight to `on_skip`, after one log event."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def harness():
     made.ingest.stop()
 
 
-def named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def named(events: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in events if e["event"] == name]
 
 

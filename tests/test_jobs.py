@@ -17,7 +17,7 @@ under test. The failure is a real one: the output directory is a file."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ class Harness:
         return latest_path(self.output, self.group)
 
 
-def named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def named(events: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in events if e["event"] == name]
 
 

@@ -124,9 +124,27 @@ def test_the_metrics_file_names_the_latest_master_of_each_group(tmp_path: Path) 
     assert one(found, "flatd_master_change_rms", **r) == r_master["qa"]["change_rms"] > 0
     # g has no previous master: no change rms for it
     assert [s.labels["group"] for s in found["flatd_master_change_rms"]] == ["r_SIMCAM_1_1"]
+    assert one(found, "flatd_master_held_back", **r) == 0  # its newest master is latest/
 
     assert one(final, "flatd_up") == 0 and one(final, "flatd_state", state="stopped") == 1
     assert not [p for p in metrics.parent.iterdir() if p != metrics]  # no temporaries left
+
+
+def test_a_master_held_back_by_qa_is_a_metric(tmp_path: Path) -> None:
+    masters = "/m/flat_r_SIMCAM_1_1_2026112{}T170000.fits"
+    group = {
+        "group": {"FILTER": "r"},
+        "name": "r_SIMCAM_1_1",
+        "state": "done",
+        "latest_master": masters.format(3),
+        "history": [
+            {"path": masters.format(4), "qa": {"flagged": True}},
+            {"path": masters.format(3)},
+        ],
+    }
+    metrics = MetricsFile(tmp_path / "flatd.prom")
+    assert metrics.write({"daemon": {"state": "running"}, "groups": [group], "masters": []})
+    assert one(samples(tmp_path / "flatd.prom"), "flatd_master_held_back") == 1
 
 
 def test_a_failed_write_is_logged_once_and_its_recovery_once(tmp_path: Path) -> None:

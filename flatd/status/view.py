@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,16 @@ EXIT_RUNNING, EXIT_NOT_RUNNING = 0, 3
 RUNNING_STATES = ("starting", "running", "stopping")
 
 
-def daemon_running(document: dict[str, Any] | None, *, now: datetime | None = None) -> bool:
+def daemon_running(document: Mapping[str, Any] | None, *, now: datetime | None = None) -> bool:
     """Whether the document describes a live daemon: starting, running or stopping, its
     pid still the process that wrote it, and updated within the last STALE_SECONDS."""
     return not why_not_running(document, now=now)
 
 
-def why_not_running(document: dict[str, Any] | None, *, now: datetime | None = None) -> str:
+def why_not_running(document: Mapping[str, Any] | None, *, now: datetime | None = None) -> str:
     """Why the document does not describe a live daemon ("" when it does): the state it
     left, its pid gone or now another program's, or no update for too long."""
-    if not isinstance(document, dict):
+    if not isinstance(document, Mapping):
         return "no status document"
     daemon = document.get("daemon")
     if not isinstance(daemon, dict):
@@ -96,7 +97,7 @@ class _Paint:
         return self(text, _TONE_COLORS[present.tone(text)])
 
 
-def render_status(document: dict[str, Any], color: bool, *, now: datetime | None = None) -> str:
+def render_status(document: Mapping[str, Any], color: bool, *, now: datetime | None = None) -> str:
     """A human summary of a status document (ANSI colours only when `color`)."""
     now = now or datetime.now(UTC)
     paint = _Paint(color)
@@ -110,7 +111,7 @@ def render_status(document: dict[str, Any], color: bool, *, now: datetime | None
     return "\n".join(lines) + "\n"
 
 
-def _daemon_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
+def _daemon_lines(document: Mapping[str, Any], paint: _Paint, now: datetime) -> list[str]:
     daemon = _dict(document.get("daemon"))
     dstate = str(daemon.get("state", "unknown"))
     started = parse_iso(daemon.get("started_at"))
@@ -142,7 +143,7 @@ def _daemon_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> lis
     return lines
 
 
-def _group_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
+def _group_lines(document: Mapping[str, Any], paint: _Paint, now: datetime) -> list[str]:
     groups = [g for g in document.get("groups") or [] if isinstance(g, dict)]
     lines = [paint("groups", "bold") + ("" if groups else ": none yet")]
     rows = []
@@ -169,7 +170,7 @@ def _group_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list
     return lines
 
 
-def _master_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
+def _master_lines(document: Mapping[str, Any], paint: _Paint, now: datetime) -> list[str]:
     masters = [m for m in document.get("masters") or [] if isinstance(m, dict)]
     if not masters:
         return []
@@ -213,7 +214,7 @@ def _master_facts(master: dict[str, Any], paint: _Paint, now: datetime) -> list[
     return facts
 
 
-def _error_lines(document: dict[str, Any], paint: _Paint, now: datetime) -> list[str]:
+def _error_lines(document: Mapping[str, Any], paint: _Paint, now: datetime) -> list[str]:
     errors = [e for e in document.get("errors") or [] if isinstance(e, dict)]
     if not errors:
         return []
