@@ -198,7 +198,7 @@ def _remake(args: argparse.Namespace, config: Config) -> int:
 
 
 def _scan(args: argparse.Namespace, config: Config) -> int:
-    from flatd.report import scan_report
+    from flatd.oneshot import scan_report
 
     if _missing(args):
         return EXIT_USAGE
@@ -211,7 +211,7 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _combine(args: argparse.Namespace, config: Config) -> int:
-    from flatd.report import combine_paths
+    from flatd.oneshot import combine_paths
 
     if _missing(args):
         return EXIT_USAGE

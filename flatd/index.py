@@ -38,7 +38,7 @@ from pathlib import Path
 from flatd.config import Config
 from flatd.discover import walk
 from flatd.fingerprint import Fingerprints
-from flatd.frames import Frame, GroupKey, Skip, read_frame
+from flatd.frames import Frame, GroupKey, Skip, SkipKind, read_frame
 from flatd.ledger import Kind, Ledger
 
 __all__ = [
@@ -148,7 +148,7 @@ class _Directory:
         return bool(self.held) or len(self.ledger) > 0
 
 
-_SKIP_KINDS = {"skipped": Kind.SKIPPED, "rejected": Kind.REJECTED}
+_SKIP_KINDS = {SkipKind.IGNORED: Kind.SKIPPED, SkipKind.REFUSED: Kind.REJECTED}
 _COUNTED = {Kind.SKIPPED: "skipped", Kind.REJECTED: "rejected", Kind.OLD: None}
 
 

@@ -204,7 +204,7 @@ class Ingest:
                 group=dict(item.group),
                 date=item.date.isoformat(),
             )
-        elif item.kind == "rejected":
+        elif item.refused:
             log.warning("frame_rejected", path=str(item.path), reason=item.reason)
             self._on_skip(item)
         else:

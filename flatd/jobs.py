@@ -536,7 +536,7 @@ def _keys(frame: Frame) -> tuple[str, str]:
 
 def _held_reason(plan: Plan) -> str:
     masters = sorted({m.path.name for _, m in plan.gone})
-    inputs = sum(1 for m in plan.claimers for r in m.rows if not r.is_duplicate)
+    inputs = sum(1 for m in plan.claimers for r in m.rows if r.used)
     return (
         f"{len(plan.new)} new frame(s) not combined: {len(plan.gone)} of the {inputs} inputs "
         f"of {', '.join(masters)} are gone from disk and a new master would have fewer; "

@@ -17,7 +17,7 @@ import pytest
 import structlog
 from astropy.io import fits
 
-from flatd import report
+from flatd import oneshot
 from flatd.cli import main
 from flatd.config import Config, parse_config
 from flatd.simulate import broken_bytes, fits_bytes, simulate_sequence, write_sequence
@@ -132,7 +132,7 @@ def test_progress_line_updates_in_place() -> None:
             pass
 
     terminal = Terminal()
-    line = report.ProgressLine(terminal)  # type: ignore[arg-type]
+    line = oneshot.ProgressLine(terminal)  # type: ignore[arg-type]
     progress = line.for_group("r_SIMCAM_1_1")
     for done in (1520, 1521, 4096):
         progress(done, 4096)
@@ -150,7 +150,7 @@ def test_progress_line_survives_a_closed_terminal() -> None:
         def write(self, text: str) -> None:
             raise BrokenPipeError(32, "Broken pipe")
 
-    line = report.ProgressLine(Gone())  # type: ignore[arg-type]
+    line = oneshot.ProgressLine(Gone())  # type: ignore[arg-type]
     line.for_group("r")(1, 2)  # no exception: the combination goes on
     line.clear()
 
@@ -278,7 +278,7 @@ def test_a_command_that_raises_says_what_failed_and_exits_1(
     def broken(*args, **kwargs):
         raise RuntimeError("the index is on fire\nsecond line")
 
-    monkeypatch.setattr(report, "index_paths", broken)
+    monkeypatch.setattr(oneshot, "index_paths", broken)
     for command in ("combine", "scan"):
         args = combine_args(tmp_path, night)
         args[0] = command
@@ -431,10 +431,10 @@ def test_scan_lists_a_copy_as_a_duplicate_of_the_frame(tmp_path: Path, capsys) -
     (incoming / "again").mkdir()
     (incoming / "again" / first.name).write_bytes(first.read_bytes())
     assert main(["scan", "--json", str(incoming)]) == 0
-    report_ = json.loads(capsys.readouterr().out)
-    assert report_["duplicates"] == [
+    scanned = json.loads(capsys.readouterr().out)
+    assert scanned["duplicates"] == [
         {"path": str(incoming / "again" / first.name), "duplicate_of": str(first)}
     ]
-    assert report_["index"] == {"frames": 4, "flats": 3, "skipped": 0, "rejected": 0}
+    assert scanned["index"] == {"frames": 4, "flats": 3, "skipped": 0, "rejected": 0}
     assert main(["scan", str(incoming)]) == 0
     assert f"{incoming / 'again' / first.name}: duplicate of {first}" in capsys.readouterr().out

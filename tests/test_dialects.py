@@ -21,8 +21,8 @@ from flatd.config import Config, FramesConfig, parse_config
 from flatd.frames import Frame, Skip, read_frame
 from flatd.index import index_paths
 from flatd.masters import group_slug
+from flatd.oneshot import combine_paths
 from flatd.page import render_page
-from flatd.report import combine_paths
 from flatd.simulate import simulate_sequence
 from flatd.status import render_status
 from tests.daemon import FlatdProcess

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,14 @@ GroupKey = tuple[tuple[str, GroupValue], ...]
 """A group's canonical keys and values, in `frames.group_by` order (hashable)."""
 
 Compression = Literal["none", "gzip", "tile"]
-SkipKind = Literal["skipped", "rejected"]
+
+
+class SkipKind(StrEnum):
+    """Why a file is not an input. Its values are the status file's and `flatd scan`'s
+    names (SPEC.md), and compare equal to them."""
+
+    IGNORED = "skipped"  # not a flat flatd combines: a bias, a light, a master
+    REFUSED = "rejected"  # should have been one but cannot be used: truncated, unreadable, raw
 
 
 @dataclass(frozen=True)
@@ -64,8 +72,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class Skip:
-    """A file that is not an input: `skipped` when it is simply not a flat we combine
-    (a bias, a master), `rejected` when it should have been one but cannot be used."""
+    """A file that is not an input: IGNORED when it is simply not a flat we combine (a
+    bias, a master), REFUSED when it should have been one but cannot be used."""
 
     path: Path
     kind: SkipKind
@@ -73,3 +81,7 @@ class Skip:
     size: int = 0
     mtime_ns: int = 0
     incomplete: bool = False  # shorter than its header says: maybe still being written
+
+    @property
+    def refused(self) -> bool:
+        return self.kind == SkipKind.REFUSED

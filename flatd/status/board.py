@@ -172,7 +172,7 @@ class StatusBoard:
         """A file that is not an input: a refused one (it should have been a flat but
         cannot be used) is an error; one simply not an input (not a flat, flatd's own
         output) goes to the bounded `skipped` list. Both are counted in `index`."""
-        if skip.kind == "rejected":
+        if skip.refused:
             self.add_error(str(skip.path), skip.reason)
             return
         entry: SkipEntry = {

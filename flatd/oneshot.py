@@ -1,4 +1,6 @@
-"""The one-shot commands' work and what they print: `flatd scan` and `flatd combine`."""
+"""The one-shot commands' work and what they print: `flatd scan` and `flatd combine` (the
+same `frames` → `index` → `pipeline` path as the daemon, once, without watch, ingest or
+the scheduler)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from flatd.calibrate.stage import CalibrationPlan, plan_sequence
 from flatd.catalogue import Catalogue
 from flatd.checks import saturation_level
 from flatd.config import Config, FramesConfig
-from flatd.frames import Skip, group_notes
+from flatd.frames import Skip, SkipKind, group_notes
 from flatd.frames import sources as frame_sources
 from flatd.index import FlatSequence, Index, index_paths
 from flatd.latest import Curator
@@ -25,7 +27,7 @@ from flatd.masters import group_slug
 from flatd.pipeline import Result, combine_and_publish
 from flatd.reasons import one_line, reason_of
 
-log = structlog.get_logger("flatd.report")
+log = structlog.get_logger("flatd.oneshot")
 
 
 @dataclass
@@ -45,8 +47,8 @@ class ScanReport:
         return {
             "index": self.index.counts(),
             "groups": [self._group(key, seqs) for key, seqs in _by_group(self.index)],
-            "skipped": [_skip_dict(s) for s in skips if s.kind == "skipped"],
-            "rejected": [_skip_dict(s) for s in skips if s.kind == "rejected"],
+            "skipped": [_skip_dict(s) for s in skips if not s.refused],
+            "rejected": [_skip_dict(s) for s in skips if s.refused],
             "duplicates": [
                 {"path": str(d.path), "duplicate_of": str(d.of)} for d in self.index.duplicates()
             ],
@@ -119,7 +121,7 @@ class ScanReport:
                 f"  {len(paths)} file{'s' if len(paths) != 1 else ''} {kind}: {reason}"
                 for kind, reason, paths in _not_taken(skips)
             )
-        rejected = [s for s in skips if s.kind == "rejected"]
+        rejected = [s for s in skips if s.refused]
         if rejected:
             lines.append("\nrejected:")
             lines.extend(f"  {s.path}: {s.reason}" for s in rejected)
@@ -165,7 +167,7 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
     )
     for frame, level in zip(frames, measured, strict=True):
         if isinstance(level, str):
-            index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
+            index.add(Skip(frame.path, SkipKind.REFUSED, level, frame.size, frame.mtime_ns))
         else:
             levels[frame.path] = level
     return ScanReport(index, levels, config.frames, _calibration_plans(index, config))
@@ -256,7 +258,7 @@ class CombineSummary:
             if r.outcome != "done"
         ]
         rejected = [f"  {p.name}: {why}" for r in self.results for p, why in r.rejected.items()]
-        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips() if s.kind == "rejected"]
+        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips() if s.refused]
         for title, block in (
             ("not combined", notes),
             ("frames rejected", rejected),
