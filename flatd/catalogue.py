@@ -11,13 +11,15 @@ and read no more than the few masters they concern (`masters.read_master_file`: 
 and INPUTS, remembered by size, time and inode until the file changes).
 
 Thread-safe: the daemon's jobs, its curator and the status snapshot share one catalogue.
-`refresh()` is what notices a master deleted by hand.
+`refresh()` is what notices a master deleted by hand. Memory stays bounded over months: the
+listing is a few dozen bytes a master, and only the READ_KEPT masters read last are kept.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +41,7 @@ log = structlog.get_logger("flatd.catalogue")
 # claims a frame of a sequence started at most this long before the sequence did, and not
 # after its last frame; masters named outside that range are not read by `claimers()`.
 CLAIM_WINDOW = timedelta(days=2)
+READ_KEPT = 256  # masters kept read (header and INPUTS), the least recently used go first
 
 Stamp = tuple[int, int, int]  # (size, mtime_ns, inode)
 
@@ -60,13 +63,17 @@ class Catalogue:
         self.output_dir = output_dir
         self._lock = threading.Lock()
         self._listed: dict[Path, Listed] = {}
-        self._read: dict[Path, tuple[Stamp, tuple[str, ...], MasterFile | None]] = {}
+        self._read: OrderedDict[Path, tuple[Stamp, tuple[str, ...], MasterFile | None]]
+        self._read = OrderedDict()
         self._directory_mtime: int | None = None
+        self._gone: list[Path] = []  # masters that went, until someone takes them
+        self._removing: set[Path] = set()  # flatd's own removals: not "gone", not listed
 
     # -- the directory ----------------------------------------------------------------------
     def refresh(self, force: bool = False) -> list[Path]:
         """List the directory again when it changed (its mtime moved) or when `force`d;
-        return the masters that were listed before and are gone now."""
+        return the masters that were listed before and are gone now (also kept for
+        `take_gone`, whoever refreshed)."""
         try:
             mtime = os.stat(self.output_dir).st_mtime_ns
         except OSError:
@@ -74,13 +81,23 @@ class Catalogue:
         with self._lock:
             if not force and mtime is not None and mtime == self._directory_mtime:
                 return []
-        listed = _list(self.output_dir)
+        found = _list(self.output_dir)
         with self._lock:
+            self._removing &= set(found)  # those removed by now are done with
+            listed = {path: m for path, m in found.items() if path not in self._removing}
             self._directory_mtime = mtime
-            gone = sorted(set(self._listed) - set(listed))
+            gone = sorted(set(self._listed) - set(listed) - self._removing)
+            self._gone += gone
             self._listed = listed
             for path in [p for p in self._read if p not in listed]:
                 del self._read[path]
+        return gone
+
+    def take_gone(self) -> list[Path]:
+        """The masters found gone since the last call (deleted by hand: flatd's own
+        removals are `forgot`ten first)."""
+        with self._lock:
+            gone, self._gone = self._gone, []
         return gone
 
     def noted(self, path: Path) -> None:
@@ -94,10 +111,12 @@ class Catalogue:
                 self._listed[path] = found
 
     def forgot(self, path: Path) -> None:
-        """A master was removed (superseded): forget it."""
+        """A master is being removed (superseded): forget it, and do not take it for one
+        deleted by hand. Call before removing the file."""
         with self._lock:
             self._listed.pop(path, None)
             self._read.pop(path, None)
+            self._removing.add(path)
 
     def listed(self, slug: str | None = None) -> list[Listed]:
         """The masters (of one group's safe name), oldest sequence first (the directory
@@ -120,8 +139,9 @@ class Catalogue:
             return None
         with self._lock:
             known = self._read.get(path)
-        if known is not None and known[0] == stamp and known[1] == keys:
-            return known[2]
+            if known is not None and known[0] == stamp and known[1] == keys:
+                self._read.move_to_end(path)
+                return known[2]
         master: MasterFile | None
         try:
             master = read_master_file(path, keys)
@@ -130,6 +150,9 @@ class Catalogue:
             master = None
         with self._lock:
             self._read[path] = (stamp, keys, master)
+            self._read.move_to_end(path)
+            while len(self._read) > READ_KEPT:
+                self._read.popitem(last=False)
         return master
 
     def owner(self, path: Path, group: GroupKey) -> GroupKey | None:

@@ -219,14 +219,18 @@ class CombinationJobs:
     def check_outputs(self) -> None:
         """Masters deleted by hand, decisions changed, remakes asked for (every few s)."""
         try:
-            for path in self._catalogue.refresh():
-                self._master_deleted(path)
+            self._notice_deleted()
             stamp = self._curator.decisions.stamp()
             if stamp != self._decisions_stamp:
                 self._decisions_stamp = stamp
                 self._decisions_changed()
         except Exception:  # a check must never stop the checks to come
             log.exception("output_check_failed")
+
+    def _notice_deleted(self) -> None:
+        self._catalogue.refresh()
+        for path in self._catalogue.take_gone():
+            self._master_deleted(path)
 
     def _master_deleted(self, path: Path) -> None:
         log.warning("master_deleted", path=str(path), action="latest/ and the status follow")
@@ -279,7 +283,7 @@ class CombinationJobs:
     def _run(self, group: GroupKey) -> None:
         self._states.set(group, state="pending")
         self._on_change()
-        self._catalogue.refresh()
+        self._notice_deleted()
         sequences = self._index.sequences(group)
         self._failures.keep_only(group, [self._path(s) for s in sequences])
         held = frozenset(k for f in self._index.group_frames(group) for k in _keys(f))

@@ -230,6 +230,7 @@ class Curator:
 
     def _remove(self, path: Path, *, by: Path) -> None:
         """Remove a superseded master and its pictures."""
+        self.catalogue.forgot(path)
         for file in (path, preview_path(path), ratio_path(path)):
             try:
                 file.unlink()
@@ -237,7 +238,6 @@ class Curator:
                 pass
             except OSError as exc:  # it stays; the next start's repair tries again
                 log.warning("master_not_removed", path=str(file), reason=reason_of(exc))
-        self.catalogue.forgot(path)
         log.info("master_superseded", path=str(path), by=str(by))
 
 

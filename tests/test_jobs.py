@@ -462,3 +462,22 @@ def test_a_remake_from_inputs_when_the_sequence_left_memory(harness) -> None:
     [remade] = h.masters[1:]
     assert remade.path == master.path and remade.n_frames == 4
     assert np.array_equal(np.asarray(fits.getdata(remade.path)), data)  # same frames, same recipe
+
+
+def test_a_deletion_is_noticed_whichever_look_comes_first(harness) -> None:
+    h = harness()
+    one = sequence(4, seed=1)
+    two = sequence(4, seed=2, start=START + timedelta(days=1), true_flat=one.true_flat)
+    h.arrive(*write(one, h.incoming, "a", range(4)), *write(two, h.incoming, "b", range(4)))
+    h.run()
+    _, newer = h.masters
+    gone: list[Path] = []
+    h.jobs._on_master_gone = gone.append
+    with capture_logs() as events:
+        newer.path.unlink()
+        h.run()  # the group's job looks at the output directory before check_outputs does
+        h.jobs.check_outputs()
+    assert gone == [newer.path]
+    assert [e["path"] for e in named(events, "master_deleted")] == [str(newer.path)]
+    assert h.latest().samefile(newer.path)  # made again: its sequence is still held
+    assert len(h.masters) == 3 and not named(events, "master_superseded")
