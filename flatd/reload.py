@@ -17,8 +17,8 @@ What applies at once, and when:
 - `[log]`: the next log line (a `--log-format`/`--log-level` given on the command line
   still wins);
 - `[watch] directories`: watched and scanned at once; a directory no longer listed is
-  unwatched and its frames leave the index (as after a restart), its masters stay on disk
-  untouched.
+  unwatched and its frames leave the index (as after a restart); its files and masters
+  stay on disk untouched, and forgetting them starts no combination.
 """
 
 from __future__ import annotations

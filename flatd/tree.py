@@ -127,7 +127,7 @@ class Tree:
         """A directory appeared, moved or went (or a root came back): scan it and what is
         under it, or forget it."""
         tally = ScanTally()
-        if not any(_under(directory, root) for root in self.roots):
+        if not self._inside_roots(directory):
             return tally  # under a root a reload dropped: asked for just before
         if directory in self.roots or self._config.watch.recursive:
             self._visit(directory, tally, at_startup=False)
@@ -158,7 +158,7 @@ class Tree:
         these roots (the files stay on disk). Returns how many directories were forgotten.
         New roots are scanned when the watcher asks (`rescan`)."""
         self._roots = tuple(roots)
-        outside = [d for d in self._known if not any(_under(d, root) for root in self._roots)]
+        outside = [d for d in self._known if not self._inside_roots(d)]
         tops = [d for d in outside if not any(_under(d, o) and d != o for o in outside)]
         before = len(self._known)
         for top in tops:
@@ -167,6 +167,9 @@ class Tree:
 
     def directories(self) -> int:
         return len(self._known)
+
+    def _inside_roots(self, directory: Path) -> bool:
+        return any(_under(directory, root) for root in self._roots)
 
     # -- one directory at a time ----------------------------------------------------------
     def _visit(
@@ -308,7 +311,8 @@ class Tree:
         pending = [top]
         while pending:
             directory = pending.pop()
-            pending += self._children.pop(directory, set())
+            children = self._children.pop(directory, set())
+            pending += [c for c in children if files_gone or not self._inside_roots(c)]
             known = self._known.pop(directory, None)
             if known is not None and self._owners.get(known.identity) == directory:
                 del self._owners[known.identity]
