@@ -26,6 +26,7 @@ systemd's watchdog, because it is deaf to part of its tree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -171,6 +172,11 @@ class Watcher:
             for root in gone:
                 self.unwatch(root)
                 self._identity.pop(root, None)
+            for root in directories:  # watched already, as a subdirectory: a root as it is
+                if root in self._watches and root not in self._identity:
+                    with contextlib.suppress(OSError):
+                        found = root.stat()
+                        self._identity[root] = (found.st_dev, found.st_ino)
         for root in gone:
             log.info("unwatching", directory=str(root), reason="no longer in watch.directories")
 

@@ -131,6 +131,7 @@ def test_new_roots_forget_what_lies_under_none_of_them_and_keep_the_rest(parts: 
 
     roots = (parts.incoming / "2026", other)
     forgotten = parts.tree.set_roots(roots)
+    parts.watcher.set_roots(roots)
     assert forgotten == 2  # incoming and incoming/2025; 2026 and its nights are kept
     assert parts.tree.roots == roots and parts.tree.directories() == 3
     assert parts.incoming not in parts.watcher.watched()
@@ -140,7 +141,10 @@ def test_new_roots_forget_what_lies_under_none_of_them_and_keep_the_rest(parts: 
 
     parts.tree.rescan(parts.incoming / "2025")  # an event from just before: ignored
     assert parts.tree.directories() == 3
-    parts.tree.rescan(other)  # the watcher's check asks for the new root
+    parts.rescans.clear()
+    assert parts.watcher.check() == []
+    assert parts.rescans == [other]  # 2026, watched already, is taken as it is
+    parts.tree.rescan(other)  # what the scanner does when the watcher asks
     wait_for(lambda: parts.index.counts()["flats"] == 9, what="other's night read")
     assert {p.parent.name for p in parts.index.paths()} == {"a", "b", "c"}
 
