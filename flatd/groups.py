@@ -206,7 +206,7 @@ class Groups:
         self._on_change()
 
     def stop(self) -> None:
-        """Abandon a running combination at its next band and wait for the jobs."""
+        """Abandon a running combination at its next band or stage and wait for the jobs."""
         self._stopping.set()
         self._debouncer.shutdown()
 
