@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     from flatd.service import run
 
-    return run(config)
+    return run(config, log_format=args.log_format, log_level=args.log_level)
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:

@@ -44,6 +44,7 @@ RETRY_FIRST_SECONDS = 30.0
 RETRY_MAX_SECONDS = 1800.0
 RETRY_ENV = "FLATD_RETRY_SECONDS"  # the retry's delay; for tests and drills, not a config key
 GIVEN_UP = "tried again when its frames change or flatd restarts"
+AGAIN = "the sequence will be combined again with its new content"
 
 
 def retry_first_seconds() -> float:
@@ -164,16 +165,48 @@ class Groups:
         if version == self._libraries_version:
             return
         self._libraries_version = version
-        groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
         sources = [str(s.source) for s in (self._libraries.bias, self._libraries.dark) if s]
         # no header is read here (the health check's thread): the jobs read what changed
-        log.info("calibration_masters_changed", sources=sources, groups=len(groups))
+        log.info("calibration_masters_changed", sources=sources, groups=self._run_raw_groups())
+
+    def _run_raw_groups(self) -> int:
+        groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
         now = utcnow()
         for group in groups:
             self._debouncer.arm(group, now)
+        return len(groups)
+
+    def reconfigure(self, config: Config) -> None:
+        """Run with `config` from now on (a reload): each job reads it when it runs, and a
+        combination in progress finishes with the settings it started with. A new quiet
+        period re-times the groups waiting for theirs, a new `min_frames` runs the groups
+        that had too few frames, new calibration settings reload the master libraries and
+        run the groups with raw frames."""
+        old, self._config = self._config, config
+        if config.calibrate != old.calibrate:
+            self._libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+            self._libraries_version = self._libraries.version()
+        if not self._scheduling:
+            return  # `start()` arms every group with the new settings
+        if config.calibrate != old.calibrate and config.calibrate.raw == "calibrate":
+            self._run_raw_groups()
+        quiet = timedelta(seconds=old.sequence.quiet_seconds)
+        now = utcnow()
+        armed: list[tuple[GroupKey, datetime]] = []
+        with self._lock:
+            for group, state in self._states.items():
+                if _quiet_wait(state, quiet) and quiet != self._quiet:
+                    assert state.last_frame_at is not None
+                    state.stable_at = max(now, state.last_frame_at + self._quiet)
+                    armed.append((group, state.stable_at))
+                elif state.state == "too_few" and old.sequence.min_frames != self._min_frames:
+                    armed.append((group, now))
+        for group, at in armed:
+            self._debouncer.arm(group, at)
+        self._on_change()
 
     def stop(self) -> None:
-        """Abandon a running combination at its next band and wait for the jobs."""
+        """Abandon a running combination at its next band or stage and wait for the jobs."""
         self._stopping.set()
         self._debouncer.shutdown()
 
@@ -206,7 +239,7 @@ class Groups:
 
     def _outcome(self, sequence: Sequence) -> Result | None:
         """What becomes of one sequence now: None when its master is up to date."""
-        minimum = self._config.sequence.min_frames
+        minimum = self._min_frames
         if len(sequence.frames) < minimum:
             reason = f"{len(sequence.frames)} frame(s), sequence.min_frames = {minimum}"
             return Result(sequence, "too_few", reason=reason)
@@ -226,6 +259,8 @@ class Groups:
         hopeless = [r for r in failed if self._given_up(r.sequence)]
         retrying = [r for r in failed if r not in hopeless]
         retry_at = self._retry_at(retrying[-1].sequence) if retrying else None
+        changed = [r for r in results if r.outcome == "changed"]  # combined again once quiet
+        retry_at = retry_at or (utcnow() + self._quiet if changed else None)
         with self._lock:
             state = self._state(group)
             for result in results:
@@ -240,6 +275,8 @@ class Groups:
             if waiting:  # until a master bias or dark arrives: no time to show
                 state.state, state.reason = "waiting", waiting[-1].reason
                 state.stable_at = retry_at
+            if changed:
+                state.state, state.reason = "waiting", f"{changed[-1].reason}; {AGAIN}"
             if retrying:
                 state.state = "waiting"
                 state.reason = f"retrying after failure: {retrying[-1].reason}"
@@ -284,9 +321,17 @@ class Groups:
                     "combine_started", frames=len(sequence.frames), start=sequence.start.isoformat()
                 )
                 result = self._make_master(sequence)
-                if self._on_outcome is not None and result.outcome != "waiting":
+                if self._on_outcome is not None and result.outcome not in ("waiting", "changed"):
                     self._on_outcome(result)  # waiting for a master bias: nothing combined
         if result.outcome == "waiting":  # nothing was made or tried: no failure either
+            return result
+        if result.outcome == "changed":  # an expected race, not a failure: no retry either
+            for frame_path in result.changed:
+                log.warning(
+                    "frame_changed_while_combining",
+                    path=str(frame_path),
+                    reason=f"changed while being combined; {AGAIN}",
+                )
             return result
         for frame_path, reason in result.rejected.items():
             log.warning("frame_rejected", path=str(frame_path), reason=reason)
@@ -447,6 +492,10 @@ class Groups:
     def _quiet(self) -> timedelta:
         return timedelta(seconds=self._config.sequence.quiet_seconds)
 
+    @property
+    def _min_frames(self) -> int:
+        return self._config.sequence.min_frames
+
     def _state(self, group: GroupKey) -> GroupState:
         return self._states.setdefault(group, GroupState(group))
 
@@ -460,6 +509,17 @@ class Groups:
     def _group_lock(self, group: GroupKey) -> threading.Lock:
         with self._lock:
             return self._group_locks.setdefault(group, threading.Lock())
+
+
+def _quiet_wait(state: GroupState, quiet: timedelta) -> bool:
+    """Whether `state` waits for its quiet period (with `quiet`): not for a retry, whose
+    time lies past it, nor for a master bias, which has no time."""
+    return (
+        state.state == "waiting"
+        and state.stable_at is not None
+        and state.last_frame_at is not None
+        and state.stable_at <= state.last_frame_at + quiet
+    )
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -10,6 +10,13 @@
 
 The one place where the stages meet for a single sequence, so that `flatd combine` and
 the daemon make masters in exactly the same way.
+
+`progress` is also called between the stages (and by the engine after each band of
+rows): whatever it raises abandons the sequence there, before anything is written — how
+the daemon stops within a moment. An input rewritten, replaced or removed while its
+sequence is combined (a camera writing a file again in place, an archiving script) is the
+outcome "changed", naming the files, not a failure: the sequence is to be combined again
+with their new content.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -35,7 +42,32 @@ from flatd.reasons import reason_of
 
 log = structlog.get_logger("flatd.pipeline")
 
-Outcome = Literal["done", "too_few", "failed", "waiting"]  # waiting: for a master bias/dark
+# waiting: for a master bias/dark; changed: an input changed on disk while being combined
+Outcome = Literal["done", "too_few", "failed", "waiting", "changed"]
+
+
+class InputsChanged(Exception):
+    """Inputs that are no longer the files indexed (rewritten, replaced or removed) while
+    their sequence was being combined."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        super().__init__(", ".join(p.name for p in paths) + " changed while being combined")
+
+
+def changed_on_disk(frames: Iterable[Frame]) -> list[Path]:
+    """The frames whose file on disk is not the one indexed any more: another size or
+    modification time, or gone."""
+    changed = []
+    for frame in frames:
+        try:
+            found = os.stat(frame.path)
+        except OSError:
+            changed.append(frame.path)
+            continue
+        if (found.st_size, found.st_mtime_ns) != (frame.size, frame.mtime_ns):
+            changed.append(frame.path)
+    return changed
 
 
 @dataclass
@@ -49,6 +81,7 @@ class Result:
     stats: list[engine.FrameStats] = field(default_factory=list)
     rejected: dict[Path, str] = field(default_factory=dict)
     seconds: float = 0.0
+    changed: list[Path] = field(default_factory=list)  # inputs that changed meanwhile
 
     @property
     def n_used(self) -> int:
@@ -66,27 +99,49 @@ def make_master(
 ) -> Result:
     """Calibrate, check, combine and write one sequence. Never raises for bad data: a
     failure is an outcome with its reason (the caller logs it and carries on); no master
-    bias or dark for its raw frames yet is the outcome "waiting". `promote` may veto
-    moving `latest/` to the new master (QA's veto comes first). `libraries` are the master
-    biases and darks (kept by the daemon between sequences; by default from the config)."""
+    bias or dark for its raw frames yet is the outcome "waiting"; an input that changed
+    on disk meanwhile, "changed". `promote` may veto moving `latest/` to the new master
+    (QA's veto comes first). `libraries` are the master biases and darks (kept by the
+    daemon between sequences; by default from the config). What `progress` raises is
+    raised (nothing has been written then)."""
     started = time.perf_counter()
     result = Result(sequence, "failed")
     output = output_dir or config.output.directory
     libraries = libraries or MasterLibraries.from_settings(config.calibrate, Path.cwd())
+    rows = max((f.shape[0] for f in sequence.frames), default=0)  # raw ones, while calibrating
     try:
-        with calibrated_inputs(sequence, config, output, libraries) as inputs:
+        with calibrated_inputs(
+            sequence, config, output, libraries, lambda: _checkpoint(progress, 0, rows)
+        ) as inputs:
             try:
                 _fill(result, inputs, config, output, progress, promote)
             finally:
                 _name_indexed_frames(result, inputs)
     except CalibrationUnavailable as exc:
         result.outcome, result.reason = "waiting", exc.waiting()
-    except (OSError, ValueError, MemoryError) as exc:
-        result.outcome, result.reason = "failed", reason_of(exc)
+    except Exception as exc:
+        _failed_or_changed(result, exc)
     result.seconds = time.perf_counter() - started
     if result.record is not None:
         result.record.duration_s = round(result.seconds, 3)
     return result
+
+
+def _failed_or_changed(result: Result, exc: Exception) -> None:
+    """What an exception during the stages means: the outcome "changed" when an input is
+    not the file indexed any more (whatever its read raised: the race explains it),
+    "failed" for bad data, else raised again (a bug, or `progress` abandoning)."""
+    if isinstance(exc, InputsChanged):
+        changed = exc.paths
+    else:
+        changed = changed_on_disk(result.sequence.frames)
+    if changed:
+        result.outcome, result.changed = "changed", changed
+        result.reason = str(InputsChanged(changed))
+    elif isinstance(exc, OSError | ValueError | MemoryError):
+        result.outcome, result.reason = "failed", reason_of(exc)
+    else:
+        raise exc
 
 
 def _fill(
@@ -98,12 +153,15 @@ def _fill(
     promote: Callable[[masters.MasterRecord], bool] | None,
 ) -> None:
     frames = inputs.frames  # calibrated copies of raw frames, until the engine is done
+    rows = max((f.shape[0] for f in frames), default=0)
     result.rejected = {**inputs.rejected, **checks.odd_frames(frames)}
     if _too_few(result, config):
         return
+    _checkpoint(progress, 0, rows)
     levels = _measure(frames, result, config)
     if _too_few(result, config):
         return
+    _checkpoint(progress, 0, rows)
     combined = engine.combine(
         frames,
         config.combine,
@@ -113,6 +171,7 @@ def _fill(
         min_response=config.qa.min_response,
         progress=progress,
     )
+    _checkpoint(progress, rows, rows)
     combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
     result.stats = combined.stats
     group = result.sequence.group
@@ -174,12 +233,21 @@ def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, 
             result.rejected[frame.path] = level
         else:
             levels[frame.path] = level
+    changed = changed_on_disk(f for f in to_measure if f.path not in levels)
+    if changed:  # unreadable because a camera or a script is writing it again
+        raise InputsChanged(changed)
     result.rejected.update(checks.level_rejections(levels, config))
     candidates = {p: level for p, level in levels.items() if p not in result.rejected}
     scored = engine.score_structure(candidates)
     levels.update(scored)
     result.rejected.update(checks.structure_outliers(scored))
     return levels
+
+
+def _checkpoint(progress: engine.Progress | None, done: int, total: int) -> None:
+    """Between two stages: `progress` may abandon the sequence here (by raising)."""
+    if progress is not None:
+        progress(done, total)
 
 
 def _previous_master(output_dir: Path, group: object) -> Path | None:

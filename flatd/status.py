@@ -133,6 +133,12 @@ class StatusBoard:
             self._daemon["state"] = state
         self.write_now()
 
+    def set_directories(self, directories: list[str]) -> None:
+        """The watched directories changed (a reload)."""
+        with self._lock:
+            self._watch["directories"] = list(directories)
+        self.mark_changed()
+
     def add_master(self, fields: dict[str, Any]) -> None:
         """Record a master just written (newest first, bounded history)."""
         entry = dict(fields)

@@ -71,6 +71,24 @@ def test_the_engine_reads_trimmed_float32_copies_gone_afterwards(night, tmp_path
     assert not (tmp_path / "masters" / WORK_DIRECTORY).exists()
 
 
+def test_a_stop_between_two_frames_abandons_the_stage_and_its_workspace(night, tmp_path) -> None:
+    """How the daemon stops at once: `make_master`'s progress is called before each raw
+    frame is calibrated; what it raises abandons the sequence, with nothing left behind."""
+    config = configured(tmp_path / "masters", night.bias)
+    calls: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what the daemon raises is its own; anything goes
+
+    with pytest.raises(KeyboardInterrupt):
+        make_master(the_sequence(night.frames, config), config, progress=progress)
+    assert calls == [(0, 24)] * 3  # before the first, second and third frame
+    assert not (tmp_path / "masters" / WORK_DIRECTORY).exists()
+    assert list((tmp_path / "masters").glob("*.fits")) == []
+
+
 def test_a_sequence_without_raw_frames_passes_through(night, tmp_path: Path) -> None:
     calibrated = write_guide_calibrated(night.frames, night.bias, tmp_path / "calibrated")
     config = configured(tmp_path / "masters", night.bias)
