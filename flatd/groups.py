@@ -205,9 +205,13 @@ class Groups:
             self._debouncer.arm(group, at)
         self._on_change()
 
+    def abandon(self) -> None:
+        """Make a running combination give up at its next band or stage (returns at once)."""
+        self._stopping.set()
+
     def stop(self) -> None:
         """Abandon a running combination at its next band or stage and wait for the jobs."""
-        self._stopping.set()
+        self.abandon()
         self._debouncer.shutdown()
 
     # -- the job -----------------------------------------------------------------------

@@ -239,6 +239,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop: a running combination is abandoned first, at its next band or stage."""
+        self.groups.abandon()  # before anything slower (the status write) lets it finish
         log.info("stopping")
         notify.notify("STOPPING=1")
         self.board.set_state("stopping")
