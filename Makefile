@@ -27,11 +27,13 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy flatd
