@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint typecheck browser bench bench-scale soak clean
 
-$(STAMP): pyproject.toml flatd/_kernel.c
+$(STAMP): pyproject.toml flatd/engine/_kernel.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(BIN)/python -c 'from flatd.engine import kernel; print(kernel.build_note())'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +27,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # everything but the suites that run the real daemon or a browser in a subprocess (marked
@@ -33,11 +35,13 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy flatd

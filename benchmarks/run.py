@@ -3,26 +3,35 @@ whole process, on the same files in the same run.
 
 Cases (files made once into `bench-data/` by the simulated camera, with stars):
   A  10 frames of 4096x4096 float32        flatd combine vs ccdproc.combine, alternating runs
+  E  the same frames as float64            same (what ccdproc writes by default)
+  F  the same frames as uint16             same (BITPIX 16, BZERO 32768, as cameras write)
   B   6 frames of 4096x2048 float32        same
   C  50 frames of 4096x4096 at 350 MB      flatd only: peak RSS above the import baseline
+  G  A's frames landing in a running daemon: one combination, combine_started to
+     master_written in the daemon's own log
   D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
   R  10 raw 4096x4096 uint16 + overscan     calibrate + combine vs the guide's ccdproc steps
                                            (benchmarks/raw.py)
 
-Wall time is measured around each child process (interpreter start included); peak RSS
+Wall time is measured around each child process (interpreter start included), after
+writing out the page cache's dirty pages (flatd fsyncs its master; ccdproc does not, and
+would otherwise leave its writes for flatd's fsync to wait on); peak RSS
 comes from the rusage of a small launcher's child, minus the peak of a process that only
-imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases ABCDR]`.
+imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases AEFBCGDR]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +52,7 @@ master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.medi
 master.write(output, overwrite=True)
 """
 FLATD_IMPORTS = (
-    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.combine, flatd.masters, flatd.logs"
+    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
 )
 CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
 CONFIG = f"""
@@ -73,7 +82,9 @@ def run_child(argv: list[str]) -> tuple[float, float]:
 
     The child is started by a small launcher process, whose own RSS is what the child's
     peak starts from: Linux carries a parent's RSS at fork into the child's `ru_maxrss`,
-    so children of this (large) runner would all report at least its size."""
+    so children of this (large) runner would all report at least its size. Dirty pages
+    are written out before (not timed), so that no run waits for the previous one's."""
+    os.sync()
     out = subprocess.run(
         [PYTHON, "-c", LAUNCHER, *argv], capture_output=True, text=True, check=False
     )
@@ -125,6 +136,28 @@ def make_frames(name: str, n: int, shape: tuple[int, int]) -> list[Path]:
     return sorted(directory.glob("*.fits"))
 
 
+def converted_frames(name: str, source: list[Path], kind: str) -> list[Path]:
+    """`source`'s frames stored as float64, or as uint16 (BITPIX 16 + BZERO 32768)."""
+    import numpy as np
+    from astropy.io import fits
+
+    directory = DATA / name
+    if (directory / "complete").exists():
+        return sorted(directory.glob("*.fits"))
+    print(f"  converting {len(source)} frames to {kind} in {directory} ...", flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in source:
+        with fits.open(path) as hdul:
+            data, header = hdul[0].data, hdul[0].header.copy()
+        if kind == "float64":
+            stored = data.astype(np.float64)
+        else:
+            stored = np.clip(np.round(data), 0, 65535).astype(np.uint16)
+        fits.PrimaryHDU(stored, header).writeto(directory / path.name, overwrite=True)
+    (directory / "complete").touch()
+    return sorted(directory.glob("*.fits"))
+
+
 def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
     config = work / "bench.toml"
     config.write_text(CONFIG)
@@ -162,6 +195,8 @@ def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
         f"({'within' if f_mem <= MEM_LIMIT_MB else 'OVER'})",
         flush=True,
     )
+    for name, runs in results.items():
+        print(f"    {name:8} runs: {', '.join(f'{t:.2f}' for t, _ in runs)} s", flush=True)
 
 
 def memory_only(label: str, files: list[Path], work: Path) -> None:
@@ -188,6 +223,70 @@ def memory_only(label: str, files: list[Path], work: Path) -> None:
         f"({'within' if peak - base <= MEM_LIMIT_MB else 'OVER'})",
         flush=True,
     )
+
+
+DAEMON_CONFIG = f"""
+[watch]
+directories = ["incoming"]
+[sequence]
+quiet_seconds = 1
+min_frames = 1
+[combine]
+mem_limit_mb = {MEM_LIMIT_MB}
+[output]
+directory = "masters"
+preview = false
+[status]
+file = "status.json"
+[log]
+format = "json"
+level = "info"
+"""
+
+
+def in_daemon(label: str, files: list[Path], repeat: int, work: Path) -> None:
+    """One combination inside a running `flatd run`: the frames are hard-linked into
+    its watched directory; the time from its `combine_started` to its `master_written`
+    event, by the timestamps in its log."""
+    times = []
+    for run in range(repeat + 1):  # the first run warms the page cache and the imports
+        root = work / f"daemon-{run}"
+        (root / "incoming").mkdir(parents=True)
+        (root / "flatd.toml").write_text(DAEMON_CONFIG)
+        events = _daemon_events(root, files)
+        started = events["combine_started"]
+        written = events["master_written"]
+        if run:
+            times.append((written - started).total_seconds())
+    print(
+        f"{label}: combine_started -> master_written {statistics.median(times):5.2f} s "
+        f"(median of {repeat}: {', '.join(f'{t:.2f}' for t in times)})",
+        flush=True,
+    )
+
+
+def _daemon_events(root: Path, files: list[Path], timeout: float = 300.0) -> dict[str, datetime]:
+    command = [PYTHON, "-m", "flatd", "run", "--config", str(root / "flatd.toml")]
+    daemon = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
+    seen: dict[str, datetime] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        assert daemon.stdout is not None
+        for line in daemon.stdout:
+            event = json.loads(line) if line.startswith("{") else {}
+            name = event.get("event", "")
+            seen.setdefault(name, datetime.fromisoformat(event.get("timestamp", "1970-01-01")))
+            if name == "ready":
+                for path in files:
+                    os.link(path, root / "incoming" / path.name)
+            if name == "master_written" or time.monotonic() > deadline:
+                break
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    if "master_written" not in seen:
+        raise SystemExit(f"benchmark daemon wrote no master: {sorted(seen)}")
+    return seen
 
 
 def scan(n_files: int, sample: int) -> None:
@@ -250,26 +349,36 @@ def scan(n_files: int, sample: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cases", default="ABCDR")
+    parser.add_argument("--cases", default="AEFBCGDR")
     args = parser.parse_args()
     # a pip install compiles flatd's bytecode; an editable checkout run with
     # PYTHONDONTWRITEBYTECODE would otherwise recompile it in every run
     compileall.compile_dir(ROOT / "flatd", quiet=1)
-    from flatd import kernel
+    from flatd.engine import kernel
 
+    chosen = kernel.choice()
     print(
-        f"engine: {'compiled kernel' if kernel.available() else 'numpy only'}; "
-        f"page cache warm; medians of {args.repeat} alternating runs",
+        f"engine: {chosen.engine} ({chosen.reason}); page cache warm; medians of "
+        f"{args.repeat} alternating runs; load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="flatd-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="flatd-bench-", dir=DATA.parent) as tmp:
         work = Path(tmp)
+        a = make_frames("a", 10, (4096, 4096)) if set("AEFG") & set(args.cases) else []
         if "A" in args.cases:
-            compare("A 10 x 4096x4096", make_frames("a", 10, (4096, 4096)), args.repeat, work)
+            compare("A 10 x 4096x4096 float32", a, args.repeat, work)
+        if "E" in args.cases:
+            e = converted_frames("e", a, "float64")
+            compare("E 10 x 4096x4096 float64", e, args.repeat, work)
+        if "F" in args.cases:
+            f = converted_frames("f", a, "uint16")
+            compare("F 10 x 4096x4096 uint16 ", f, args.repeat, work)
         if "B" in args.cases:
             compare("B  6 x 4096x2048", make_frames("b", 6, (2048, 4096)), args.repeat, work)
         if "C" in args.cases:
             memory_only("C 50 x 4096x4096", make_frames("c", 50, (4096, 4096)), work)
+        if "G" in args.cases:
+            in_daemon("G 10 x 4096x4096 float32 in the daemon", a, args.repeat, work)
         if "D" in args.cases:
             scan(10_000, 1000)
         if "R" in args.cases:

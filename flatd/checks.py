@@ -1,31 +1,33 @@
-"""Frame checks before and after the engine: which inputs of a sequence must not be combined,
-each with the measured value and the limit it broke (the reason goes into the INPUTS
-table, the status file and one `frame_rejected` log event).
+"""Frame checks, all settled before the engine combines anything: which inputs of a
+sequence must not be combined, each with the measured value and the limit it broke (the
+reason goes into the INPUTS table, the status file and one `frame_rejected` log event).
 
-Before combining: a shape, binning or readout (GAIN/RDNOISE) unlike the sequence's
-majority; a median level outside `qa.min_level`..`qa.max_level`; too many saturated
-pixels. After a first combination: a frame whose large-scale pattern departs from the
-sequence's median image far more than the others do (dome light off, the dome slit in
-the beam, a cloud edge) — the engine measures each frame's largest block departure.
+From the headers: a shape, binning or readout (GAIN/RDNOISE) unlike the sequence's
+majority. From the levels pass (`engine.measure_frames`): a median level outside
+`qa.min_level`..`qa.max_level`; more saturated pixels than `qa.max_saturated_fraction`
+(fewer are only left out of their pixels' combination); a large-scale pattern that departs
+from the sequence's median image far more than the others do (dome light off, the dome
+slit in the beam, a cloud edge), measured by `engine.score_structure` on the rows the levels
+pass sampled.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from flatd.combine import FrameLevels, FrameStats
 from flatd.config import Config
+from flatd.engine import FrameLevels
 from flatd.frames import Frame
 
 STRUCTURE_FLOOR = 0.02  # a block departure below 2% is never a reason to reject
 STRUCTURE_FACTOR = 5.0  # ... nor one below 5x the sequence's typical departure
 STRUCTURE_MIN_FRAMES = 3  # a median image needs at least three frames
-CLIPPED_FLOOR = 0.25  # a frame with more of its pixels clipped than this ...
-CLIPPED_FACTOR = 5.0  # ... and than 5x the sequence's typical fraction is unlike the others
+OUTLYING_FLOOR = 0.25  # a frame with more of its values far from the median image ...
+OUTLYING_FACTOR = 5.0  # ... and than 5x the sequence's typical share is unlike the others
 
 
 def odd_frames(frames: list[Frame]) -> dict[Path, str]:
@@ -78,30 +80,31 @@ def level_rejections(levels: dict[Path, FrameLevels], config: Config) -> dict[Pa
     return reasons
 
 
-def structure_outliers(stats: list[FrameStats]) -> dict[Path, str]:
-    """Used frames unlike the sequence's median image: either most of a region was
-    clipped (more than CLIPPED_FLOOR of the frame and CLIPPED_FACTOR times the typical
-    fraction), or the values that survived the clip depart from the median image by
-    more than STRUCTURE_FLOOR and STRUCTURE_FACTOR times the typical departure."""
-    scored = [s for s in stats if s.used and np.isfinite(s.structure)]
+def structure_outliers(levels: Mapping[Path, FrameLevels]) -> dict[Path, str]:
+    """Frames unlike the sequence's median image (`levels` scored by
+    `engine.score_structure`): either most of a region is far from it (more than
+    OUTLYING_FLOOR of the frame's sampled values and OUTLYING_FACTOR times the typical
+    share), or a block departs from it by more than STRUCTURE_FLOOR and STRUCTURE_FACTOR
+    times the typical departure."""
+    scored = {p: level for p, level in levels.items() if np.isfinite(level.structure)}
     if len(scored) < STRUCTURE_MIN_FRAMES:
         return {}
-    reasons = {}
-    typical_clip = float(np.median([s.clipped_fraction for s in scored]))
-    clip_limit = max(CLIPPED_FLOOR, CLIPPED_FACTOR * typical_clip)
-    typical = float(np.median([s.structure for s in scored]))
+    typical_share = float(np.median([s.outlying_fraction for s in scored.values()]))
+    share_limit = max(OUTLYING_FLOOR, OUTLYING_FACTOR * typical_share)
+    typical = float(np.median([s.structure for s in scored.values()]))
     limit = max(STRUCTURE_FLOOR, STRUCTURE_FACTOR * typical)
-    for s in scored:
-        if s.clipped_fraction > clip_limit:
-            reasons[s.path] = (
-                f"differs from the sequence's median image: {s.clipped_fraction:.3f} of its "
-                f"pixels clipped > {clip_limit:.3f} (max of {CLIPPED_FLOOR:g} and "
-                f"{CLIPPED_FACTOR:g}x the typical {typical_clip:.4f})"
+    reasons = {}
+    for path, level in scored.items():
+        if level.outlying_fraction > share_limit:
+            reasons[path] = (
+                f"differs from the sequence's median image: {level.outlying_fraction:.3f} of "
+                f"its pixels far from it > {share_limit:.3f} (max of {OUTLYING_FLOOR:g} and "
+                f"{OUTLYING_FACTOR:g}x the typical {typical_share:.4f})"
             )
-        elif s.structure > limit:
-            reasons[s.path] = (
+        elif level.structure > limit:
+            reasons[path] = (
                 f"differs from the sequence's median image: a region departs by "
-                f"{s.structure:.3f} > {limit:.3f} (max of {STRUCTURE_FLOOR:g} and "
+                f"{level.structure:.3f} > {limit:.3f} (max of {STRUCTURE_FLOOR:g} and "
                 f"{STRUCTURE_FACTOR:g}x the typical {typical:.4f})"
             )
     return reasons

@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     from flatd.service import run
 
-    return run(config)
+    return run(config, log_format=args.log_format, log_level=args.log_level)
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
@@ -211,10 +211,13 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _combine(args: argparse.Namespace, config: Config) -> int:
+    from flatd.engine import log_choice, tune_allocator
     from flatd.oneshot import combine_paths
 
     if _missing(args):
         return EXIT_USAGE
+    tune_allocator()
+    log_choice()
     summary = combine_paths(
         args.paths, config, output_dir=args.output, show_progress=sys.stderr.isatty()
     )

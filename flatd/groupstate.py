@@ -96,6 +96,12 @@ class GroupStates:
             state = self._state(group)
             return GroupState(**{**state.__dict__, "rejected": dict(state.rejected)})
 
+    def items(self) -> list[tuple[GroupKey, GroupState]]:
+        """Every group and a copy of its state."""
+        with self._lock:
+            groups = list(self._states)
+        return [(group, self.get(group)) for group in groups]
+
     def settled(self, group: GroupKey) -> bool:
         """Whether `group` has nothing left to do (its old sequences may leave memory)."""
         with self._lock:

@@ -52,7 +52,7 @@ from flatd.config import Config
 from flatd.decisions import Request
 from flatd.fingerprint import Fingerprints
 from flatd.frames import Frame, GroupKey
-from flatd.groupstate import GroupStates
+from flatd.groupstate import GroupState, GroupStates
 from flatd.index import FlatSequence, Index
 from flatd.latest import Curator, Published
 from flatd.masters import InputRow, MasterFile, MasterRecord, group_slug, master_path, name_group
@@ -71,7 +71,9 @@ RETRY_FIRST_SECONDS = 30.0
 RETRY_MAX_SECONDS = 1800.0
 RETRY_ENV = "FLATD_RETRY_SECONDS"  # the retry's delay; for tests and drills, not a config key
 GIVEN_UP = "tried again when its frames change or flatd restarts"
+AGAIN = "the sequence will be combined again with its new content"
 CHECK_SECONDS = 2.0  # how often the output directory and the decisions file are looked at
+NOT_COMBINED = ("waiting", "cancelled", "changed")  # outcomes that are no combination
 
 
 def retry_first_seconds() -> float:
@@ -195,24 +197,58 @@ class CombinationJobs:
         if version == self._libraries_version:
             return
         self._libraries_version = version
-        groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
         sources = [str(s.source) for s in (self._libraries.bias, self._libraries.dark) if s]
         # no header is read here (the health check's thread): the jobs read what changed
-        log.info("calibration_masters_changed", sources=sources, groups=len(groups))
+        log.info("calibration_masters_changed", sources=sources, groups=self._run_raw_groups())
+
+    def _run_raw_groups(self) -> int:
+        groups = [g for g, frames in self._index.groups().items() if any(f.raw for f in frames)]
         now = self._clock()
         for group in groups:
             self._timer.arm(group, now)
+        return len(groups)
 
     def reconfigure(self, config: Config) -> None:
-        """A new configuration (a reload): the next combination uses it, and `latest/`
-        follows its `promote_changed` and `output.latest` at once."""
-        self.config = config
+        """Run with `config` from now on (a reload): each job reads it when it runs, and a
+        combination in progress finishes with the settings it started with. A new quiet
+        period re-times the groups waiting for theirs, a new `min_frames` runs the groups
+        that had too few frames, new calibration settings reload the master libraries and
+        run the groups with raw frames; `latest/` follows a new `promote_changed` (or
+        `output.latest`) at once."""
+        old, self.config = self.config, config
         self._curator.config = config
-        self._decisions_changed()
+        if config.calibrate != old.calibrate:
+            self._libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+            self._libraries_version = self._libraries.version()
+        if config.qa != old.qa or config.output != old.output:
+            self._latest_follows()
+        if not self._scheduling:
+            return  # `start()` arms every group with the new settings
+        if config.calibrate != old.calibrate and config.calibrate.raw == "calibrate":
+            self._run_raw_groups()
+        self._retime(old)
+        self._on_change()
+
+    def _retime(self, old: Config) -> None:
+        """Arm again the groups a reload changed the wait of: those waiting for their
+        quiet period (a new one), those with too few frames (a new `min_frames`)."""
+        quiet, now = timedelta(seconds=old.sequence.quiet_seconds), self._clock()
+        for group, state in self._states.items():
+            if _quiet_wait(state, quiet) and quiet != self._quiet:
+                assert state.last_frame_at is not None
+                stable_at = max(now, state.last_frame_at + self._quiet)
+                self._states.set(group, stable_at=stable_at)
+                self._timer.arm(group, stable_at)
+            elif state.state == "too_few" and old.sequence.min_frames != self._min_frames:
+                self._timer.arm(group, now)
+
+    def abandon(self) -> None:
+        """Make a running combination give up at its next band or stage (returns at once)."""
+        self.cancel.set()
 
     def stop(self) -> None:
-        """Abandon a running combination at its next band and wait for the jobs."""
-        self.cancel.set()
+        """Abandon a running combination at its next band or stage and wait for the jobs."""
+        self.abandon()
         self._timer.shutdown()
 
     # -- the output directory and the operator ------------------------------------------
@@ -246,15 +282,19 @@ class CombinationJobs:
     def _decisions_changed(self) -> None:
         """The operator promoted, demoted or asked for remakes: `latest/` and the states
         follow; each remake is a job of its own."""
-        self._curator.settle_all()
-        for group in self._index.groups():
-            self._states.set(group, latest_master=_text(self._curator.named(group_slug(group))))
-        self._on_change()
+        self._latest_follows()
         with self._curator.decisions.locked() as decisions:
             taken, decisions.requests = decisions.requests, []
         for request in taken:
             log.info("remake_requested", target=request.target, by=request.by)
             self._timer.arm(Remake(request), self._clock())
+
+    def _latest_follows(self) -> None:
+        """Every group's `latest/` by the rule as it is now, and the states with it."""
+        self._curator.settle_all()
+        for group in self._index.groups():
+            self._states.set(group, latest_master=_text(self._curator.named(group_slug(group))))
+        self._on_change()
 
     # -- the job -----------------------------------------------------------------------
     def _job(self, key: GroupKey | Remake) -> None:
@@ -317,7 +357,7 @@ class CombinationJobs:
         sequence = plan.sequence
         if plan.up_to_date:
             return None
-        minimum = self.config.sequence.min_frames
+        minimum = self._min_frames
         if len(sequence.frames) < minimum:
             reason = f"{len(sequence.frames)} frame(s), sequence.min_frames = {minimum}"
             return Result(sequence, "too_few", reason=reason)
@@ -342,6 +382,14 @@ class CombinationJobs:
         if result.outcome == "cancelled":
             log.warning("combine_abandoned", reason=result.reason)
         if result.outcome in ("waiting", "cancelled"):  # nothing was made or tried
+            return result
+        if result.outcome == "changed":  # an expected race, not a failure: no retry either
+            for frame_path in result.changed:
+                log.warning(
+                    "frame_changed_while_combining",
+                    path=str(frame_path),
+                    reason=f"changed while being combined; {AGAIN}",
+                )
             return result
         for frame_path, reason in result.rejected.items():
             log.warning("frame_rejected", path=str(frame_path), reason=reason)
@@ -371,7 +419,7 @@ class CombinationJobs:
         except Exception as exc:  # a bug must cost this sequence, not the daemon
             log.exception("combine_crashed")
             result = Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
-        if self._on_outcome is not None and result.outcome not in ("waiting", "cancelled"):
+        if self._on_outcome is not None and result.outcome not in NOT_COMBINED:
             self._on_outcome(result)
         return result
 
@@ -383,6 +431,8 @@ class CombinationJobs:
         hopeless = [r for r in failed if self._given_up(r.sequence)]
         retrying = [r for r in failed if r not in hopeless]
         retry_at = self._retry_at(retrying[-1].sequence) if retrying else None
+        changed = [r for r in results if r.outcome == "changed"]  # combined again once quiet
+        retry_at = retry_at or (self._clock() + self._quiet if changed else None)
         state, reason, stable_at = "done", "", retry_at or self._states.get(group).stable_at
         too_few = [r for r in results if r.outcome == "too_few" and r.sequence == newest]
         waiting = [r for r in results if r.outcome == "waiting"]
@@ -390,6 +440,8 @@ class CombinationJobs:
             state, reason = "too_few", too_few[0].reason
         if waiting:  # until a master bias or dark arrives: no time to show
             state, reason, stable_at = "waiting", waiting[-1].reason, retry_at
+        if changed:
+            state, reason = "waiting", f"{changed[-1].reason}; {AGAIN}"
         if retrying:
             state, reason = "waiting", f"retrying after failure: {retrying[-1].reason}"
         if hopeless:
@@ -527,9 +579,24 @@ class CombinationJobs:
     def _quiet(self) -> timedelta:
         return timedelta(seconds=self.config.sequence.quiet_seconds)
 
+    @property
+    def _min_frames(self) -> int:
+        return self.config.sequence.min_frames
+
     def _group_lock(self, group: GroupKey) -> threading.Lock:
         with self._lock:
             return self._group_locks.setdefault(group, threading.Lock())
+
+
+def _quiet_wait(state: GroupState, quiet: timedelta) -> bool:
+    """Whether `state` waits for its quiet period (with `quiet`): not for a retry, whose
+    time lies past it, nor for a master bias, which has no time."""
+    return (
+        state.state == "waiting"
+        and state.stable_at is not None
+        and state.last_frame_at is not None
+        and state.stable_at <= state.last_frame_at + quiet
+    )
 
 
 def _keys(frame: Frame) -> tuple[str, str]:

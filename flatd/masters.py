@@ -30,8 +30,8 @@ import structlog
 from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.cards import COMMENTARY, checked_cards
-from flatd.combine import CombineResult
 from flatd.config import Config
+from flatd.engine import CombineResult
 from flatd.frames import Frame, GroupKey, GroupValue
 from flatd.reasons import one_line, reason_of
 from flatd.settings import SETTINGS
@@ -327,6 +327,7 @@ def _header(
             ("CMBDEV", settings.deviation, "clipping deviation"),
             ("CMBMEML", settings.mem_limit_mb, "memory limit (MB)"),
             ("CMBNORM", combined.normalisation, "median of the combined scaled frames"),
+            ("CMBENGIN", combined.engine, "engine: compiled kernel or numpy"),
         ]
     )
     for keyword, value, comment in qa_cards:

@@ -311,12 +311,11 @@ def _latest_master(group: dict[str, Any], masters: list[dict[str, Any]]) -> dict
 
 
 def _engine() -> str:
-    """The engine masters are combined by here: the compiled kernel, or numpy."""
-    try:
-        from flatd import kernel
-    except ImportError:
-        return "unknown"
-    return "kernel" if kernel.available() else "numpy"
+    """The engine masters are combined by here: "compiled" (the kernel) or "numpy", as the
+    masters' CMBENGIN card says."""
+    from flatd.engine import kernel
+
+    return kernel.choice().engine
 
 
 class _Labelled(Collector):

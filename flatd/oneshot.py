@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from flatd import combine as engine
+from flatd import engine
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import CalibrationPlan, plan_sequence
 from flatd.catalogue import Catalogue
@@ -218,9 +218,11 @@ class CombineSummary:
 
     @property
     def failed(self) -> bool:
-        """Whether `flatd combine` failed: a group failed or waits for a master bias or
-        dark (which a one-shot command cannot wait for), or no master was written."""
-        return any(r.outcome in ("failed", "waiting") for r in self.results) or not self.written
+        """Whether `flatd combine` failed: a group failed, waits for a master bias or
+        dark (which a one-shot command cannot wait for) or had an input rewritten while it
+        was combined, or no master was written."""
+        unfinished = ("failed", "waiting", "changed")
+        return any(r.outcome in unfinished for r in self.results) or not self.written
 
     @property
     def written(self) -> list[Result]:
@@ -375,7 +377,11 @@ def _log_result(result: Result) -> None:
     if result.record is not None:
         log.info("master_written", **result.record.to_dict())
         return
-    events = {"too_few": "too_few_frames", "waiting": "calibration_waiting"}
+    events = {
+        "too_few": "too_few_frames",
+        "waiting": "calibration_waiting",
+        "changed": "frame_changed_while_combining",
+    }
     event = events.get(result.outcome, "combine_failed")
     log.warning(
         event,

@@ -1,9 +1,10 @@
-"""One sequence to one published master. The stages, in order:
+"""One sequence to one master. The stages, in order:
 
     calibration   raw frames calibrated with ccdproc into a workspace (`flatd.calibrate.
                   stage`; a sequence of calibrated frames passes through untouched)
-    checks        frames unlike the others, too faint, too bright, saturated (`checks`)
-    engine        levels, then the combination (`combine`)
+    checks        frames unlike the others, too faint, too bright, saturated (`checks`,
+                  on the headers, then on the levels pass: `engine.measure_frames`)
+    engine        the combination, once (`engine.combine`)
     QA            the master against its inputs and the previous sequence's master (`qa`;
                   the caller says which that is: `qa.Baseline`)
     write         the master, atomically, its INPUTS naming the indexed (raw) files and
@@ -11,15 +12,20 @@
 
 The one place where the stages meet for a single sequence, so that `flatd combine` and
 the daemon make masters in exactly the same way. Where the master stands among the others
-(`latest/`, the masters it supersedes) is the caller's to settle (`latest.Curator`).
+(`latest/`, the masters it supersedes) is the caller's to settle (`latest.Curator`);
+`combine_and_publish` does both, for the daemon, `flatd combine` and `flatd remake`.
 
-A combination is abandoned when its `cancel` event is set (the daemon stopping): between
-stages, and inside the engine at its next band; nothing is written then and the outcome
-is "cancelled".
+A combination is abandoned when its `cancel` event is set (the daemon stopping): before
+each raw frame is calibrated, between the stages, and inside the engine after each band of
+rows; nothing is written then and the outcome is "cancelled". An input rewritten, replaced
+or removed while its sequence is combined (a camera writing a file again in place, an
+archiving script) is the outcome "changed", naming the files, not a failure: the sequence
+is to be combined again with their new content.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -30,8 +36,7 @@ from typing import Literal
 
 import structlog
 
-from flatd import checks, masters, qa
-from flatd import combine as engine
+from flatd import checks, engine, masters, qa
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import Inputs, calibrated_inputs
 from flatd.checks import saturation_level
@@ -46,13 +51,38 @@ from flatd.settings import limit_cards
 
 log = structlog.get_logger("flatd.pipeline")
 
-# waiting: for a master bias/dark; cancelled: the daemon is stopping (nothing written)
-Outcome = Literal["done", "too_few", "failed", "waiting", "cancelled"]
+# waiting: for a master bias/dark; changed: an input changed on disk while being combined;
+# cancelled: the daemon is stopping (nothing written)
+Outcome = Literal["done", "too_few", "failed", "waiting", "changed", "cancelled"]
 
 
 class _Cancelled(Exception):
     """Raised inside the pipeline (and the engine, through its progress callback) to
     abandon a combination whose `cancel` event is set; never leaves `make_master`."""
+
+
+class InputsChanged(Exception):
+    """Inputs that are no longer the files indexed (rewritten, replaced or removed) while
+    their sequence was being combined."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        super().__init__(", ".join(p.name for p in paths) + " changed while being combined")
+
+
+def changed_on_disk(frames: Iterable[Frame]) -> list[Path]:
+    """The frames whose file on disk is not the one indexed any more: another size or
+    modification time, or gone."""
+    changed = []
+    for frame in frames:
+        try:
+            found = os.stat(frame.path)
+        except OSError:
+            changed.append(frame.path)
+            continue
+        if (found.st_size, found.st_mtime_ns) != (frame.size, frame.mtime_ns):
+            changed.append(frame.path)
+    return changed
 
 
 @dataclass
@@ -66,6 +96,7 @@ class Result:
     stats: list[engine.FrameStats] = field(default_factory=list)
     rejected: dict[Path, str] = field(default_factory=dict)
     seconds: float = 0.0
+    changed: list[Path] = field(default_factory=list)  # inputs that changed meanwhile
     published: Published | None = None  # where the master stands among the others
 
     @property
@@ -85,23 +116,26 @@ def make_master(
 ) -> Result:
     """Calibrate, check, combine and write one sequence. Never raises for bad data: a
     failure is an outcome with its reason (the caller logs it and carries on); no master
-    bias or dark for its raw frames yet is the outcome "waiting", `cancel` set before the
-    master is written the outcome "cancelled". `libraries` are the master biases and darks
-    (kept by the daemon between sequences; by default from the config); `baseline` is what
-    QA compares the master with (by default nothing)."""
+    bias or dark for its raw frames yet is the outcome "waiting"; an input that changed on
+    disk meanwhile, "changed"; `cancel` set before the master is written, "cancelled".
+    `libraries` are the master biases and darks (kept by the daemon between sequences; by
+    default from the config); `baseline` is what QA compares the master with (by default
+    nothing). What `progress` raises is raised (nothing has been written then)."""
     started = time.perf_counter()
     result = Result(sequence, "failed")
     stage = _Stage(
         config,
         output_dir or config.output.directory,
         _cancellable(progress, cancel),
-        cancel,
         baseline or Baseline(),
     )
     libraries = libraries or MasterLibraries.from_settings(config.calibrate, Path.cwd())
+    rows = max((f.shape[0] for f in sequence.frames), default=0)  # raw ones, while calibrating
     try:
-        stage.check_cancel()
-        with calibrated_inputs(sequence, config, stage.output_dir, libraries) as inputs:
+        stage.checkpoint(0, rows)
+        with calibrated_inputs(
+            sequence, config, stage.output_dir, libraries, lambda: stage.checkpoint(0, rows)
+        ) as inputs:
             try:
                 _fill(result, inputs, stage)
             finally:
@@ -110,8 +144,8 @@ def make_master(
         result.outcome, result.reason, result.record = "cancelled", "daemon stopping", None
     except CalibrationUnavailable as exc:
         result.outcome, result.reason = "waiting", exc.waiting()
-    except (OSError, ValueError, MemoryError) as exc:
-        result.outcome, result.reason = "failed", reason_of(exc)
+    except Exception as exc:
+        _failed_or_changed(result, exc)
     result.seconds = time.perf_counter() - started
     if result.record is not None:
         result.record.duration_s = round(result.seconds, 3)
@@ -149,19 +183,36 @@ def combine_and_publish(
     return result
 
 
+def _failed_or_changed(result: Result, exc: Exception) -> None:
+    """What an exception during the stages means: the outcome "changed" when an input is
+    not the file indexed any more (whatever its read raised: the race explains it),
+    "failed" for bad data, else raised again (a bug, or `progress` abandoning)."""
+    if isinstance(exc, InputsChanged):
+        changed = exc.paths
+    else:
+        changed = changed_on_disk(result.sequence.frames)
+    if changed:
+        result.outcome, result.changed = "changed", changed
+        result.reason = str(InputsChanged(changed))
+    elif isinstance(exc, OSError | ValueError | MemoryError):
+        result.outcome, result.reason = "failed", reason_of(exc)
+    else:
+        raise exc
+
+
 @dataclass(frozen=True)
 class _Stage:
     """What every stage of one combination needs besides the frames."""
 
     config: Config
     output_dir: Path
-    progress: engine.Progress | None
-    cancel: threading.Event | None
+    progress: engine.Progress | None  # the caller's, raising _Cancelled once `cancel` is set
     baseline: Baseline
 
-    def check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise _Cancelled
+    def checkpoint(self, done: int, total: int) -> None:
+        """Between two stages: the combination may be abandoned here (by raising)."""
+        if self.progress is not None:
+            self.progress(done, total)
 
 
 def _cancellable(
@@ -184,18 +235,27 @@ def _cancellable(
 def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
     config = stage.config
     frames = inputs.frames  # calibrated copies of raw frames, until the engine is done
+    rows = max((f.shape[0] for f in frames), default=0)
     result.rejected = {**inputs.rejected, **checks.odd_frames(frames)}
     if _too_few(result, config):
         return
+    stage.checkpoint(0, rows)
     levels = _measure(frames, result, config)
     if _too_few(result, config):
         return
-    combined = _combine(frames, levels, result, stage)
-    if combined is None:
-        return
+    stage.checkpoint(0, rows)
+    combined = engine.combine(
+        frames,
+        config.combine,
+        rejected=result.rejected,
+        levels=levels,
+        saturation={f.path: saturation_level(f, config) for f in frames},
+        min_response=config.qa.min_response,
+        progress=stage.progress,
+    )
+    stage.checkpoint(rows, rows)
     combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
     result.stats = combined.stats
-    stage.check_cancel()
     assessment = qa.assess(
         combined.data,
         combined.uncertainty,
@@ -204,6 +264,7 @@ def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
         stage.baseline,
         config.qa.max_change,
     )
+    stage.checkpoint(rows, rows)
     record = masters.write_master(
         combined,
         frames,
@@ -222,32 +283,6 @@ def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
     result.record, result.outcome = record, "done"
 
 
-def _combine(
-    frames: list[Frame], levels: dict[Path, engine.FrameLevels], result: Result, stage: _Stage
-) -> engine.CombineResult | None:
-    """The engine on the frames not rejected (again without a frame whose structure is
-    unlike the others'); None when too few are left."""
-    config = stage.config
-    stage.check_cancel()
-    combined = engine.combine(
-        frames, config.combine, rejected=result.rejected, levels=levels, progress=stage.progress
-    )
-    outliers = checks.structure_outliers(combined.stats)
-    if outliers:
-        result.rejected.update(outliers)
-        if _too_few(result, config):
-            result.stats = combined.stats
-            return None
-        combined = engine.combine(
-            frames,
-            config.combine,
-            rejected=result.rejected,
-            levels=levels,
-            progress=stage.progress,
-        )
-    return combined
-
-
 def _name_indexed_frames(result: Result, inputs: Inputs) -> None:
     """The result's rejections and rows by the indexed frames' paths (the raw files rather
     than their calibrated copies), however far the sequence went."""
@@ -256,6 +291,8 @@ def _name_indexed_frames(result: Result, inputs: Inputs) -> None:
 
 
 def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, engine.FrameLevels]:
+    """Every frame's levels in one pass over its pixels, and the frame checks settled on
+    them (levels, saturation, unlike the others), so that the sequence is combined once."""
     to_measure = [f for f in frames if f.path not in result.rejected]
     measured = engine.measure_frames(
         to_measure, [saturation_level(f, config) for f in to_measure], config.combine
@@ -266,7 +303,14 @@ def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, 
             result.rejected[frame.path] = level
         else:
             levels[frame.path] = level
+    changed = changed_on_disk(f for f in to_measure if f.path not in levels)
+    if changed:  # unreadable because a camera or a script is writing it again
+        raise InputsChanged(changed)
     result.rejected.update(checks.level_rejections(levels, config))
+    candidates = {p: level for p, level in levels.items() if p not in result.rejected}
+    scored = engine.score_structure(candidates)
+    levels.update(scored)
+    result.rejected.update(checks.structure_outliers(scored))
     return levels
 
 

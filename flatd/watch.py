@@ -28,6 +28,7 @@ the daemon then stops pinging systemd's watchdog, because it is deaf to part of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -200,6 +201,24 @@ class Watcher:
             self._observer.stop()
             if self._observer.is_alive():
                 self._observer.join(timeout=5)
+
+    def set_roots(self, directories: tuple[Path, ...]) -> None:
+        """Watch these roots from now on (a reload): those no longer listed are unwatched
+        at once (their subdirectories by the scanner); new ones are watched by the next
+        `check()`."""
+        with self._lock:
+            gone = [root for root in self.roots if root not in directories]
+            self._config = dataclasses.replace(self._config, directories=tuple(directories))
+            for root in gone:
+                self.unwatch(root)
+                self._identity.pop(root, None)
+            for root in directories:  # watched already, as a subdirectory: a root as it is
+                if root in self._watches and root not in self._identity:
+                    with contextlib.suppress(OSError):
+                        found = root.stat()
+                        self._identity[root] = (found.st_dev, found.st_ino)
+        for root in gone:
+            log.info("unwatching", directory=str(root), reason="no longer in watch.directories")
 
     # -- the scanner asks ----------------------------------------------------------------
     def watch(self, directory: Path) -> bool:

@@ -23,8 +23,8 @@ from flatd.calibrate import (
     plan,
     provenance,
 )
-from flatd.combine import combine
 from flatd.config import CalibrateConfig, CombineConfig
+from flatd.engine import combine
 from flatd.simulate_raw import RawFiles, SimulatedRawSequence, simulate_raw_sequence
 from flatd.simulate_raw import write_raw_sequence as write_raw
 from tests.conftest import frames_of
@@ -61,7 +61,7 @@ def calibrated(
 @pytest.fixture(scope="module")
 def flat_field(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimulatedRawSequence, RawFiles]:
     """Raw flats the guide's recipe suits: no stars or cosmic rays (its clip works on the
-    unscaled frames and keeps them, see test_combine), levels within a factor 1.5; and a
+    unscaled frames and keeps them, see test_engine_combine), levels within a factor 1.5; and a
     master dark."""
     sequence = simulate_raw_sequence(
         SHAPE,
@@ -95,7 +95,8 @@ def test_each_frame_equals_the_guides_ccdproc_steps(flat_field, tmp_path: Path) 
             assert np.max(np.abs(ours - reference) / np.abs(reference).max()) < 1e-6
             assert not detect_raw(header).is_raw and "BIASSEC" not in header
             assert header["CALOSSEC"] == fits.getval(frame.raw_path, "BIASSEC")
-            assert 1000 < frame.overscan_level < 1600 and frame.overscan_axis == 1
+            assert frame.overscan_level is not None and frame.overscan_axis == 1
+            assert 1000 < frame.overscan_level < 1600
 
 
 def test_a_scaled_master_dark_and_a_fitted_overscan_like_the_guide(

@@ -14,10 +14,10 @@ from astropy.io import fits
 from flatd.calibrate import WORK_DIRECTORY, MasterLibraries
 from flatd.calibrate.stage import calibrated_inputs
 from flatd.config import CalibrateConfig, Config, OutputConfig, SequenceConfig
+from flatd.engine.pixels import PixelSource, PlaneReader
 from flatd.index import FlatSequence, index_paths
 from flatd.masters import read_master_inputs
 from flatd.pipeline import make_master
-from flatd.pixels import FramePixels
 from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
 from tests.guide import write_guide_calibrated
 
@@ -59,7 +59,8 @@ def test_the_engine_reads_trimmed_float32_copies_gone_afterwards(night, tmp_path
         for copy in inputs.frames:
             assert copy.shape == SHAPE and copy.bitpix == -32 and not copy.raw
             assert copy.path.parent.parent == tmp_path / "masters" / WORK_DIRECTORY
-            with FramePixels(copy) as pixels:  # the engine's reader, at the header's end
+            # the engine's reader, at the header's end
+            with PlaneReader(PixelSource.of(copy)) as pixels:
                 rows = np.empty(SHAPE, np.float32)
                 pixels.read_rows(0, SHAPE[0], rows)
             np.testing.assert_array_equal(rows, fits.getdata(copy.path))
@@ -68,6 +69,24 @@ def test_the_engine_reads_trimmed_float32_copies_gone_afterwards(night, tmp_path
             assert copy.extras["SATURATE"] == pytest.approx(65535.0 - level, abs=1e-3)
         assert inputs.provenance is not None and inputs.rejected == {}
     assert not (tmp_path / "masters" / WORK_DIRECTORY).exists()
+
+
+def test_a_stop_between_two_frames_abandons_the_stage_and_its_workspace(night, tmp_path) -> None:
+    """How the daemon stops at once: `make_master`'s progress is called before each raw
+    frame is calibrated; what it raises abandons the sequence, with nothing left behind."""
+    config = configured(tmp_path / "masters", night.bias)
+    calls: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what the daemon raises is its own; anything goes
+
+    with pytest.raises(KeyboardInterrupt):
+        make_master(the_sequence(night.frames, config), config, progress=progress)
+    assert calls == [(0, 24)] * 3  # before the first, second and third frame
+    assert not (tmp_path / "masters" / WORK_DIRECTORY).exists()
+    assert list((tmp_path / "masters").glob("*.fits")) == []
 
 
 def test_a_sequence_without_raw_frames_passes_through(night, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def _fresh_copy(destination: Path) -> Path:
     (destination / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
     # make must see the shared venv as set up, never reinstall it from the copy
     stamp = (ROOT / ".venv" / ".installed").stat().st_mtime
-    for prerequisite in ("pyproject.toml", "flatd/_kernel.c"):  # the Makefile's stamp rule
+    for prerequisite in ("pyproject.toml", "flatd/engine/_kernel.c"):  # the Makefile's stamp rule
         os.utime(destination / prerequisite, (stamp - 1, stamp - 1))
     return destination
 

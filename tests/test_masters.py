@@ -170,7 +170,7 @@ def test_settings_reach_the_header(tmp_path: Path) -> None:
 
 
 def _combined(directory: Path):
-    from flatd import combine as engine
+    from flatd import engine
 
     make_inputs(directory, [30000, 25000, 20000, 16000, 13000, 500])
     config = Config()

@@ -21,8 +21,8 @@ from astropy.io import fits
 
 from flatd.calibrate import WORK_DIRECTORY
 from flatd.cli import main
-from flatd.combine import combine
 from flatd.config import CombineConfig
+from flatd.engine import combine
 from flatd.masters import read_master_inputs
 from tests.conftest import frames_of
 from tests.daemon import FlatdProcess, wait_for

@@ -114,6 +114,12 @@ class StatusBoard:
             self._daemon["state"] = state
         self.write_now()
 
+    def set_directories(self, directories: list[str]) -> None:
+        """The watched directories changed (a reload)."""
+        with self._lock:
+            self._watch["directories"] = list(directories)
+        self.mark_changed()
+
     @property
     def limit(self) -> int:
         """How many masters, errors and skipped files are listed at most."""

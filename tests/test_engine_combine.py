@@ -13,8 +13,8 @@ import pytest
 from astropy.io import fits
 from astropy.stats import mad_std
 
-from flatd.combine import CombineResult, combine, sort_along_frames
 from flatd.config import CombineConfig
+from flatd.engine import CombineResult, combine
 from flatd.simulate import simulate_sequence, write_sequence
 from tests.conftest import frames_of, write_frame
 
@@ -200,18 +200,7 @@ def test_memory_limit_too_small_for_the_outputs_is_a_named_error(tmp_path: Path)
         run(paths, mem_limit_mb=2)  # 512x512 outputs alone take 2.4 MB
 
 
-# -- 5. the sorting network and non-finite values ------------------------------------------
-@pytest.mark.parametrize("n", range(1, 41))
-def test_sort_along_frames_equals_np_sort(n: int) -> None:
-    rng = np.random.default_rng(n)
-    stack = rng.integers(0, 5 if n % 2 else 1000, size=(n, 7, 9)).astype(np.float32)
-    stack[:, 0, 0] = np.inf
-    stack[0, 1, 1] = -np.inf
-    expected = np.sort(stack, axis=0)
-    sort_along_frames(stack)
-    np.testing.assert_array_equal(stack, expected)
-
-
+# -- 5. non-finite values ---------------------------------------------------------------------
 def _nan_sequence(tmp_path: Path, n: int = 7) -> tuple[list[Path], np.ndarray]:
     rng = np.random.default_rng(6)
     truth = 1 + 0.05 * rng.standard_normal((40, 50))
