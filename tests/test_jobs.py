@@ -481,3 +481,48 @@ def test_a_deletion_is_noticed_whichever_look_comes_first(harness) -> None:
     assert [e["path"] for e in named(events, "master_deleted")] == [str(newer.path)]
     assert h.latest().samefile(newer.path)  # made again: its sequence is still held
     assert len(h.masters) == 3 and not named(events, "master_superseded")
+
+
+def test_a_reload_re_times_waiting_groups_and_applies_promote_changed(tmp_path: Path) -> None:
+    clock, timer = FakeClock(datetime(2027, 1, 1, tzinfo=UTC)), FakeTimer()
+
+    def configured(**sections: dict[str, Any]) -> Config:
+        raw: dict[str, Any] = {
+            "output": {"directory": str(tmp_path / "masters"), "preview": False},
+            "sequence": {"quiet_seconds": 300, "min_frames": 3},
+        }
+        for name, values in sections.items():
+            raw[name] = {**raw.get(name, {}), **values}
+        return parse_config(raw)
+
+    config = configured()
+    index = Index(config.sequence.gap_minutes)
+    jobs, states = combination_jobs(index, config, clock=clock, timer=timer)
+    paths = write(sequence(), tmp_path / "in", "f", range(3))
+    index.add(identified(read_frame(paths[0], config.frames)))
+    [group] = index.groups()
+    jobs.start()
+    jobs.frames_changed(group)
+    jobs.reconfigure(configured(sequence={"quiet_seconds": 60}))  # a shorter quiet period
+    assert timer.armed[group] == clock.now + timedelta(seconds=60)
+
+    states.set(group, state="too_few")
+    clock.now += timedelta(seconds=10)
+    jobs.reconfigure(configured(sequence={"quiet_seconds": 60, "min_frames": 1}))
+    assert timer.armed[group] == clock.now  # enough frames now: at once
+
+    for path in paths[1:]:  # a real master, flagged by hand as QA would, then the setting
+        index.add(identified(read_frame(path, config.frames)))
+    jobs.run(group)
+    [master] = find_masters(tmp_path / "masters")
+    fits.setval(master, "QAFLAG", value=True)
+    held = configured(sequence={"quiet_seconds": 60, "min_frames": 1})
+    promoting = configured(sequence=dict(held.sequence.__dict__), qa={"promote_changed": True})
+    jobs.reconfigure(promoting)
+    assert latest_path(tmp_path / "masters", group).samefile(master)
+    jobs.reconfigure(held)  # promote_changed = false again: it applies to what is there
+    assert not latest_path(tmp_path / "masters", group).exists()
+    assert states.snapshot()[0]["latest_master"] is None
+    jobs.reconfigure(promoting)
+    assert latest_path(tmp_path / "masters", group).samefile(master)
+    assert states.snapshot()[0]["latest_master"] == str(master)
