@@ -30,6 +30,14 @@ test: $(STAMP) browser
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# everything but the suites that run the real daemon or a browser in a subprocess (marked
+# `slow`): under a minute, for the edit-test loop
+test-fast: $(STAMP)
+	$(BIN)/ruff check flatd tests benchmarks
+	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks

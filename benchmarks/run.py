@@ -52,7 +52,7 @@ master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.medi
 master.write(output, overwrite=True)
 """
 FLATD_IMPORTS = (
-    "import flatd.cli, flatd.report, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
+    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
 )
 CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
 CONFIG = f"""

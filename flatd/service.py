@@ -1,5 +1,6 @@
-"""`flatd run`: the daemon. The only place where watch, ingest, index, tree, groups, status
-and systemd notification are wired together.
+"""`flatd run`: the daemon. The only place where watch, ingest, index, tree, the groups'
+states, the combination jobs, the masters on disk, the status board and systemd
+notification are wired together.
 
 Threads (docs/architecture.md has the whole table): the main thread runs the health loop,
 the stop and the reloads the signals ask for, and nothing else — it pings systemd's
@@ -35,27 +36,31 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from flatd import __version__, engine, notify, signals
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
 from flatd.calibrate import remove_stale_workspaces
+from flatd.catalogue import Catalogue
 from flatd.config import Config, ConfigError, reload_config
-from flatd.groups import Groups
+from flatd.groupstate import GroupStates
 from flatd.history import MasterHistory
 from flatd.hook import HookResult, HookRunner
 from flatd.index import Index
 from flatd.ingest import Ingest
+from flatd.jobs import CombinationJobs
+from flatd.latest import Curator, Published
 from flatd.lock import AlreadyRunning, InstanceLock
-from flatd.masters import MasterRecord
+from flatd.masters import MasterFile, MasterRecord, name_group
 from flatd.metrics import MetricsFile
 from flatd.pipeline import Result
 from flatd.reload import ReloadPlan, plan_reload
-from flatd.status import StatusBoard
+from flatd.settings import SETTINGS, differences
+from flatd.status import MasterEntry, StatusBoard, StatusDocument
 from flatd.tree import Scanner, ScanTally, Tree
-from flatd.watch import Watcher
+from flatd.watch import Watcher, WatchHealth
 
 log = structlog.get_logger("flatd.service")
 
@@ -87,27 +92,33 @@ class Daemon:
             config.output.hook_timeout_seconds,
             on_result=self._hook_finished,
         )
+        self.states = GroupStates(self.index, config.frames)
+        self.catalogue = Catalogue(config.output.directory)
+        self.curator = Curator(self.catalogue, config)
         self.board = StatusBoard(
             config.status.file,
             directories=[str(d) for d in config.watch.directories],
             observer="polling" if config.watch.polling else "inotify",
-            snapshot=lambda: (self.index.counts(), self.history.annotate(self.groups.snapshot())),
+            snapshot=lambda: (self.index.counts(), self.history.annotate(self.states.snapshot())),
             on_write=self._announce,
+            annotate_masters=self._annotate_masters,
         )
-        self.groups = Groups(
+        self.jobs = CombinationJobs(
             self.index,
             config,
+            self.states,
+            self.curator,
             on_master=self._master_written,
             on_error=self.board.add_error,
             on_change=self.board.mark_changed,
-            on_skipped=self.board.add_skip,
+            on_master_gone=self._master_gone,
             on_outcome=self._combination_finished,
         )
         self.ingest = Ingest(
             self.index,
             config.frames,
-            on_group_changed=self.groups.frame_arrived,
-            on_skip=self.groups.note_skip,
+            on_group_changed=self.jobs.frames_changed,
+            on_skip=self.board.add_skip,
             settle_seconds=_settle_seconds(config),
             calibrate=config.calibrate,
         )
@@ -128,6 +139,7 @@ class Daemon:
         self._reload_asked = False
         self._metrics_lock = threading.Lock()  # a metrics write, or the file replaced
         self._last_problems: list[str] = []
+        self._since = datetime.now(UTC) - timedelta(days=config.sequence.keep_days + 1)
         self._page_failing: str | None = None
 
     # -- life cycle --------------------------------------------------------------------
@@ -164,10 +176,15 @@ class Daemon:
         self.scanner.start()
 
     def _scan_done(self, tally: ScanTally, seconds: float) -> None:
-        """The start-up scan is over (on the scanner's thread): process the queued events,
-        arm the groups, tell systemd."""
+        """The start-up scan is over (on the scanner's thread): put the masters on disk right
+        (a crash between writing a master and removing the ones it superseded; `latest/` by
+        the rule, with `promote_changed` and the operator's decisions as they are now),
+        process the queued events, arm the groups, tell systemd."""
+        for removed in self.curator.repair(self._since):
+            self._master_gone(removed)
+        self.curator.settle_all()
         self.ingest.start()
-        self.groups.start()
+        self.jobs.start()
         self.board.set_state("running")
         counts = self.index.counts()
         log.info(
@@ -207,14 +224,14 @@ class Daemon:
         """One health check: while starting, ask systemd for more time; once running,
         ping its watchdog — only while every directory that should be watched is — and
         then look for new calibration masters (a listing of their directories)."""
-        problems = self.watcher.check()
-        self._report_problems(problems)
+        health = self.watcher.check()
+        self._report_problems(health)
         if not self.ready.is_set():
             self._extend_start(tick)
             return
-        if self.watcher.healthy:
+        if health.healthy:
             notify.notify("WATCHDOG=1")
-        self.groups.check_calibration()  # a new master bias or dark: waiting groups run
+        self.jobs.check_calibration()  # a new master bias or dark: waiting groups run
 
     def _extend_start(self, tick: float) -> None:
         """Ask systemd for more start-up time: the start-up scan of a large archive may
@@ -239,11 +256,11 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop: a running combination is abandoned first, at its next band or stage."""
-        self.groups.abandon()  # before anything slower (the status write) lets it finish
+        self.jobs.abandon()  # before anything slower (the status write) lets it finish
         log.info("stopping")
         notify.notify("STOPPING=1")
         self.board.set_state("stopping")
-        self.groups.stop()
+        self.jobs.stop()
         self.watcher.stop()
         self.scanner.stop()
         self.ingest.stop()
@@ -285,7 +302,7 @@ class Daemon:
         the log settings they replace (the last lines in the old format, at the old level)."""
         old, new = self.config, plan.config
         self.config = new
-        self.groups.reconfigure(new)
+        self.jobs.reconfigure(new)
         self.hook.reconfigure(new.output.on_master, new.output.hook_timeout_seconds)
         if new.status.metrics_file != old.status.metrics_file:
             self._replace_metrics(new.status.metrics_file)
@@ -344,9 +361,9 @@ class Daemon:
         """After a reconcile (on the scanner's thread): sequences older than keep_days
         leave memory once their group is settled."""
         horizon = datetime.now(UTC) - timedelta(days=self.config.sequence.keep_days)
-        gone = self.index.forget(horizon, self.groups.settled)
+        gone = self.index.forget(horizon, self.states.settled)
         if gone:
-            self.groups.forget(gone)
+            self.jobs.forget(gone)
             log.info(
                 "sequences_forgotten",
                 sequences=len(gone),
@@ -356,7 +373,8 @@ class Daemon:
             self.board.mark_changed()
 
     # -- reporting ---------------------------------------------------------------------
-    def _report_problems(self, problems: list[str]) -> None:
+    def _report_problems(self, health: WatchHealth) -> None:
+        problems = health.reasons
         for problem in problems:
             if problem not in self._last_problems:
                 log.error("watch_problem", reason=problem)
@@ -366,12 +384,31 @@ class Daemon:
                 log.info("watch_problem_resolved", reason=problem)
         self._last_problems = problems
 
-    def _master_written(self, record: MasterRecord) -> None:
+    def _master_written(self, record: MasterRecord, published: Published) -> None:
         fields = record.to_dict()
         log.info("master_written", **fields)
         self.history.add(fields)
-        self.board.add_master(fields)
+        settings = {s.card: s.value(self.config) for s in SETTINGS}
+        self.board.put_master(cast(MasterEntry, {**fields, "settings": settings}))
+        for old in published.superseded:
+            self._master_gone(old)
         self.hook.submit(fields)
+
+    def _master_gone(self, path: Path) -> None:
+        """A master superseded or deleted by hand: out of the status and the history."""
+        self.board.drop_master(path)
+        self.history.remove(path)
+
+    def _annotate_masters(self, entries: list[MasterEntry]) -> list[MasterEntry]:
+        """Each master listed as `latest/` names it now, with the settings it was made
+        with that differ from the configuration's."""
+        for entry in entries:
+            slug = name_group(Path(str(entry.get("path"))))
+            if slug is not None and self.config.output.latest:
+                entry["promoted"] = self.curator.named(slug) == Path(str(entry["path"]))
+            entry["other_settings"] = differences(entry.get("settings") or {}, self.config)
+            entry["change_confirmed"] = bool((entry.get("qa") or {}).get("confirmed"))
+        return entries
 
     def _combination_finished(self, result: Result) -> None:
         metrics = self.metrics
@@ -384,9 +421,16 @@ class Daemon:
             metrics.hook_finished(result.outcome)
 
     def _load_history(self) -> None:
-        """The recent masters on disk of each group, for the page after a restart."""
+        """The recent masters on disk of each group, for the page after a restart, and the
+        newest masters for the status file's list."""
         read = self.history.load(self.config.output.directory)
         log.debug("history_loaded", masters=read)
+        self.catalogue.refresh(force=True)
+        keys = self.config.frames.group_by
+        for listed in reversed(self.catalogue.listed()[-self.board.limit :]):
+            master = self.catalogue.read(listed.path, keys)
+            if master is not None and str(master.path) not in self.board.listed():
+                self.board.put_master(_entry_of(master), newest=False)
         self.board.mark_changed()
 
     def _summary(self) -> str:
@@ -396,7 +440,7 @@ class Daemon:
             f"{counts['rejected']} rejected"
         )
 
-    def _announce(self, document: dict) -> None:
+    def _announce(self, document: StatusDocument) -> None:
         states = [g["state"] for g in document.get("groups", [])]
         busy = sum(s in ("pending", "combining") for s in states)
         if self.ready.is_set():
@@ -414,6 +458,21 @@ class Daemon:
         with self._metrics_lock:
             if self.metrics is not None:
                 self.metrics.write(document)
+
+
+def _entry_of(master: MasterFile) -> MasterEntry:
+    """A master found on disk as the status file lists it."""
+    return {
+        "group": dict(master.group or ()),
+        "path": str(master.path),
+        "created_at": master.written.isoformat().replace("+00:00", "Z") if master.written else None,
+        "n_frames": master.n_frames,
+        "n_rejected": master.n_rejected,
+        "median_levels": master.used_medians,
+        "duration_s": None,
+        "qa": master.qa,
+        "settings": master.settings,
+    }
 
 
 def _settle_seconds(config: Config) -> float:

@@ -15,7 +15,7 @@ from flatd.calibrate import WORK_DIRECTORY, MasterLibraries
 from flatd.calibrate.stage import calibrated_inputs
 from flatd.config import CalibrateConfig, Config, OutputConfig, SequenceConfig
 from flatd.engine.pixels import PixelSource, PlaneReader
-from flatd.index import Sequence, index_paths
+from flatd.index import FlatSequence, index_paths
 from flatd.masters import read_master_inputs
 from flatd.pipeline import make_master
 from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
@@ -41,7 +41,7 @@ def configured(output: Path, bias: Path | str, **calibrate: object) -> Config:
     )
 
 
-def the_sequence(paths: list[Path], config: Config) -> Sequence:
+def the_sequence(paths: list[Path], config: Config) -> FlatSequence:
     (sequence,) = index_paths(paths, config).sequences()
     return sequence
 

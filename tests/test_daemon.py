@@ -23,7 +23,7 @@ from tests.daemon import (
     write_slowly_in_place,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 @pytest.fixture

@@ -231,6 +231,7 @@ def _write_sequence(flatd: FlatdProcess, prefix: str, seed: int, day: int) -> No
         write_atomically(flatd.incoming / f"{prefix}_{i:03d}.fits", seq.frames[i], seq.headers[i])
 
 
+@pytest.mark.slow
 def test_the_daemon_runs_the_hook_once_per_master_in_order(tmp_path: Path, recorder) -> None:
     script, log = recorder
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)
@@ -257,6 +258,7 @@ def test_the_daemon_runs_the_hook_once_per_master_in_order(tmp_path: Path, recor
     assert len(flatd.named("hook_done")) == 2  # once per master, never again
 
 
+@pytest.mark.slow
 def test_a_hanging_hook_never_holds_up_the_daemon(tmp_path: Path, recorder) -> None:
     script, log = recorder
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flatd.config import Config, parse_config
-from flatd.index import Sequence, index_paths
+from flatd.index import FlatSequence, index_paths
 from flatd.pipeline import make_master
 from tests.conftest import write_frame
 
@@ -23,7 +23,7 @@ class Abandon(Exception):
     pass
 
 
-def sequence_of(directory: Path, config: Config, n: int = 6) -> Sequence:
+def sequence_of(directory: Path, config: Config, n: int = 6) -> FlatSequence:
     rng = np.random.default_rng(1)
     for i in range(n):
         data = rng.normal(20000 - 1000 * i, 50, SHAPE).astype(np.float32)

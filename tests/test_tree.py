@@ -142,7 +142,7 @@ def test_new_roots_forget_what_lies_under_none_of_them_and_keep_the_rest(parts: 
     parts.tree.rescan(parts.incoming / "2025")  # an event from just before: ignored
     assert parts.tree.directories() == 3
     parts.rescans.clear()
-    assert parts.watcher.check() == []
+    assert parts.watcher.check().problems == ()
     assert parts.rescans == [other]  # 2026, watched already, is taken as it is
     parts.tree.rescan(other)  # what the scanner does when the watcher asks
     wait_for(lambda: parts.index.counts()["flats"] == 9, what="other's night read")
@@ -169,11 +169,11 @@ def test_housekeeping_lets_settled_old_sequences_leave_memory(tmp_path: Path):
     server.start()
     try:
         wait_for(lambda: len(masters_in(tmp_path / "masters")) == 2, timeout=30, what="2 masters")
-        wait_for(lambda: all(g["state"] == "done" for g in daemon.groups.snapshot()), what="done")
+        wait_for(lambda: all(g["state"] == "done" for g in daemon.states.snapshot()), what="done")
         assert daemon.index.counts()["flats"] == 6
         daemon._housekeeping()
         assert daemon.index.counts() == {"frames": 6, "flats": 3, "skipped": 0, "rejected": 0}
-        [group] = daemon.groups.snapshot()
+        [group] = daemon.states.snapshot()
         assert group["frames"] == 3
         [sequence] = daemon.index.sequences()
         assert {f.path.parent.name for f in sequence.frames} == {"n1"}

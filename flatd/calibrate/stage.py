@@ -43,7 +43,7 @@ from flatd.frames.cards import read_header
 if TYPE_CHECKING:
     from flatd.config import Config
     from flatd.engine import CombineResult
-    from flatd.index import Sequence
+    from flatd.index import FlatSequence
 
 log = structlog.get_logger("flatd.calibrate")
 
@@ -88,7 +88,7 @@ class CalibrationPlan:
 
 
 def plan_sequence(
-    sequence: Sequence, config: Config, libraries: MasterLibraries
+    sequence: FlatSequence, config: Config, libraries: MasterLibraries
 ) -> CalibrationPlan:
     """The frames to calibrate, those refused and the recipe; headers only. Raises
     CalibrationUnavailable when no master bias or dark fits the sequence yet."""
@@ -191,7 +191,7 @@ class Inputs:
 
 @contextlib.contextmanager
 def calibrated_inputs(
-    sequence: Sequence,
+    sequence: FlatSequence,
     config: Config,
     output_dir: Path,
     libraries: MasterLibraries,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,14 @@ GroupKey = tuple[tuple[str, GroupValue], ...]
 """A group's canonical keys and values, in `frames.group_by` order (hashable)."""
 
 Compression = Literal["none", "gzip", "tile"]
-SkipKind = Literal["skipped", "rejected"]
+
+
+class SkipKind(StrEnum):
+    """Why a file is not an input. Its values are the status file's and `flatd scan`'s
+    names (SPEC.md), and compare equal to them."""
+
+    IGNORED = "skipped"  # not a flat flatd combines: a bias, a light, a master
+    REFUSED = "rejected"  # should have been one but cannot be used: truncated, unreadable, raw
 
 
 @dataclass(frozen=True)
@@ -53,17 +61,19 @@ class Frame:
     date_note: str = ""
     raw: bool = False
     overscan: tuple[str, str] | None = None
+    content: str = ""  # the digest of the file's bytes (`flatd.fingerprint`); "" if not taken
 
     @property
-    def identity(self) -> tuple[str, int, int]:
-        """What makes two sightings of a file the same frame: path, size, mtime."""
-        return (str(self.path), self.size, self.mtime_ns)
+    def identity(self) -> str:
+        """What makes two sightings of a frame the same frame: its content (a link, a copy
+        or a touched file is the same frame); without a digest, its path, size and mtime."""
+        return self.content or f"{self.path}|{self.size}|{self.mtime_ns}"
 
 
 @dataclass(frozen=True)
 class Skip:
-    """A file that is not an input: `skipped` when it is simply not a flat we combine
-    (a bias, a master), `rejected` when it should have been one but cannot be used."""
+    """A file that is not an input: IGNORED when it is simply not a flat we combine (a
+    bias, a master), REFUSED when it should have been one but cannot be used."""
 
     path: Path
     kind: SkipKind
@@ -71,3 +81,7 @@ class Skip:
     size: int = 0
     mtime_ns: int = 0
     incomplete: bool = False  # shorter than its header says: maybe still being written
+
+    @property
+    def refused(self) -> bool:
+        return self.kind == SkipKind.REFUSED

@@ -24,7 +24,7 @@ import structlog
 from flatd.frames.cards import Broken, Cards, int_value, number_value, read_header
 from flatd.frames.dates import ObservationDate, observation_date
 from flatd.frames.frametype import frame_type
-from flatd.frames.model import Compression, Frame, Skip
+from flatd.frames.model import Compression, Frame, Skip, SkipKind
 from flatd.frames.roles import every_keyword, keywords_for, read_roles
 
 if TYPE_CHECKING:
@@ -65,15 +65,19 @@ def read_frame(
     try:
         stat = path.stat()
     except OSError as exc:
-        return Skip(path, "rejected", f"cannot stat: {exc.strerror or exc}")
+        return Skip(path, SkipKind.REFUSED, f"cannot stat: {exc.strerror or exc}")
     try:
         return _read(path, stat, config, calibrate)
     except Broken as exc:
-        return Skip(path, "rejected", str(exc), stat.st_size, stat.st_mtime_ns, exc.incomplete)
+        return Skip(
+            path, SkipKind.REFUSED, str(exc), stat.st_size, stat.st_mtime_ns, exc.incomplete
+        )
     except EOFError as exc:
-        return Skip(path, "rejected", f"truncated: {exc}", stat.st_size, stat.st_mtime_ns, True)
+        return Skip(
+            path, SkipKind.REFUSED, f"truncated: {exc}", stat.st_size, stat.st_mtime_ns, True
+        )
     except (OSError, gzip.BadGzipFile) as exc:
-        return Skip(path, "rejected", f"unreadable: {exc}", stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, f"unreadable: {exc}", stat.st_size, stat.st_mtime_ns)
 
 
 def _read(
@@ -85,12 +89,12 @@ def _read(
     cards, hdu, data_offset, compression = _image_header(path, config, overscan_keywords)
     kind = frame_type(cards, config)
     if kind.not_flat:
-        return Skip(path, "skipped", kind.not_flat, stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.IGNORED, kind.not_flat, stat.st_size, stat.st_mtime_ns)
     roles = read_roles(cards, config)
     missing = [key for key in roles.missing() if key in config.required]
     if missing:
         reason = _missing_reason(missing, config)
-        return Skip(path, "rejected", reason, stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, reason, stat.st_size, stat.st_mtime_ns)
     shape, bitpix, data_bytes = _geometry(cards, compression)
     if compression != "gzip" and stat.st_size < data_offset + data_bytes:
         raise Broken(
@@ -100,7 +104,7 @@ def _read(
     signs = raw_signs(cards, overscan_keywords)
     raw = signs is not None and signs.is_raw
     if signs is not None and raw and (calibrate is None or calibrate.raw != "calibrate"):
-        return Skip(path, "rejected", signs.reason(), stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, signs.reason(), stat.st_size, stat.st_mtime_ns)
     date = observation_date(cards, config, stat.st_mtime)
     if date.unreadable:
         _warn_date(path, cards, date)
