@@ -134,7 +134,7 @@ class Daemon:
             self.tree, on_started=self._scan_done, after_reconcile=self._housekeeping
         )
         self.ready = threading.Event()
-        self._wakeup = signals.Wakeup()
+        self.wakeup = signals.Wakeup()
         self._stop_asked: int | None = None  # the signal number (0: asked by code)
         self._reload_asked = False
         self._metrics_lock = threading.Lock()  # a metrics write, or the file replaced
@@ -199,7 +199,7 @@ class Daemon:
         )
         notify.notify("READY=1\nSTATUS=" + self._summary())
         self.ready.set()
-        self._wakeup.wake()
+        self.wakeup.wake()
 
     def serve(self) -> None:
         """Run the health loop until `request_stop()`; reload when asked, once ready."""
@@ -208,7 +208,7 @@ class Daemon:
         next_reconcile = time.monotonic() + RECONCILE_SECONDS
         while self._stop_asked is None:
             self._health(tick)
-            self._wakeup.wait(tick)
+            self.wakeup.wait(tick)
             if self._stop_asked is not None:
                 break
             if self._reload_asked and self.ready.is_set():
@@ -247,12 +247,12 @@ class Daemon:
         """Make `serve()` return (from a signal handler or any thread)."""
         if self._stop_asked is None:
             self._stop_asked = signum
-        self._wakeup.wake()
+        self.wakeup.wake()
 
     def request_reload(self) -> None:
         """Make `serve()` reload the configuration (from a signal handler or any thread)."""
         self._reload_asked = True
-        self._wakeup.wake()
+        self.wakeup.wake()
 
     def shutdown(self) -> None:
         """Stop: a running combination is abandoned first, at its next band or stage."""
@@ -267,7 +267,7 @@ class Daemon:
         self.hook.stop()
         self.board.close("stopped")
         self.lock.release()
-        self._wakeup.close()
+        self.wakeup.close()
         log.info("stopped")
 
     # -- reload ------------------------------------------------------------------------
@@ -497,7 +497,7 @@ def run(config: Config, *, log_format: str | None = None, log_level: str | None 
     status file is one). `log_format`/`log_level`: the command line's, kept by reloads."""
     engine.tune_allocator()
     daemon = Daemon(config, log_format=log_format, log_level=log_level)
-    signals.install(daemon.request_stop, daemon.request_reload)
+    signals.install(daemon.request_stop, daemon.request_reload, daemon.wakeup)
     try:
         daemon.start()
     except AlreadyRunning as exc:  # the other daemon's files are left exactly as they are

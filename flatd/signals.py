@@ -8,6 +8,12 @@ So the service's handlers set a flag and call `Wakeup.wake`, which writes one by
 pipe (`os.write` takes no Python lock), and the service's thread, waiting in
 `Wakeup.wait` (a `select` on that pipe), wakes at once and does what the flag asks:
 stopping (SIGTERM, SIGINT) or reloading the configuration (SIGHUP).
+
+The kernel may deliver a signal to any thread (the engine's, the observer's); Python then
+runs the handler only once the main thread next executes bytecode, which a main thread
+asleep in `select` would not do before its timeout. So the pipe is also Python's wakeup
+fd (`signal.set_wakeup_fd`): the C-level handler writes to it at once, whichever thread
+took the signal, and the `select` returns.
 """
 
 from __future__ import annotations
@@ -53,18 +59,31 @@ class Wakeup:
                 pass
         return True
 
+    def wake_on_signals(self) -> None:
+        """Have Python's C-level signal handler write to this pipe too (main thread only)."""
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
     def close(self) -> None:
         """Close the pipe; a later `wake()` does nothing (it never writes to a number
         the system may have given to another file meanwhile)."""
+        with contextlib.suppress(ValueError):  # not the main thread: it was never set there
+            previous = signal.set_wakeup_fd(-1)
+            if previous not in (-1, self._write):  # someone else's: leave it as it was
+                signal.set_wakeup_fd(previous)
         fds, (self._read, self._write) = (self._read, self._write), (-1, -1)
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
-def install(on_stop: Callable[[int], None], on_reload: Callable[[], None]) -> None:
+def install(
+    on_stop: Callable[[int], None], on_reload: Callable[[], None], wakeup: Wakeup | None = None
+) -> None:
     """Call `on_stop(signum)` on SIGTERM and SIGINT, `on_reload()` on SIGHUP. Both run
-    inside the signal handler: they must only set flags and `Wakeup.wake()`."""
+    inside the signal handler: they must only set flags and `Wakeup.wake()`. `wakeup`, the
+    pipe the main thread waits on, is woken by the signal itself, on whatever thread."""
+    if wakeup is not None:
+        wakeup.wake_on_signals()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         on_stop(signum)

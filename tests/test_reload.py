@@ -14,7 +14,7 @@ import pytest
 
 from flatd.config import ConfigError, differences, load_config, parse_config, reload_config
 from flatd.reload import RESTART_ONLY, plan_reload, restart_reason
-from flatd.signals import Wakeup
+from flatd.signals import Wakeup, install
 
 RUNNING = """
 [watch]
@@ -153,3 +153,28 @@ def test_a_signal_handler_that_only_wakes_ends_the_wait_at_once() -> None:
     finally:
         signal.signal(signal.SIGUSR1, previous)
         wakeup.close()
+
+
+def test_a_signal_taken_by_another_thread_still_wakes_the_main_thread_at_once() -> None:
+    """The kernel may hand SIGTERM to any thread (the engine's, the observer's); Python
+    runs the handler only when the main thread next runs bytecode, which a main thread
+    asleep in select would not do before its timeout — unless the signal itself writes
+    to the pipe it waits on (Python's wakeup fd)."""
+    wakeup = Wakeup()
+    asked: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    install(asked.append, lambda: asked.append(0), wakeup)
+    try:
+
+        def signal_this_thread() -> None:  # a thread other than the main one takes it
+            signal.pthread_kill(threading.get_ident(), signal.SIGHUP)
+
+        threading.Timer(0.05, signal_this_thread).start()
+        started = time.monotonic()
+        assert wakeup.wait(10.0) is True
+        assert time.monotonic() - started < 2.0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        wakeup.close()
+    assert signal.set_wakeup_fd(-1) == -1  # closing the pipe also unset it
