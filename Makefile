@@ -27,11 +27,21 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# everything but the suites that run the real daemon or a browser in a subprocess (marked
+# `slow`): under a minute, for the edit-test loop
+test-fast: $(STAMP)
+	$(BIN)/ruff check flatd tests benchmarks
+	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
+	$(BIN)/mypy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy flatd

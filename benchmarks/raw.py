@@ -67,7 +67,7 @@ format = "json"
 level = "warning"
 """
 FLATD_RAW_IMPORTS = (
-    "import flatd.cli, flatd.report, flatd.pipeline, flatd.engine, flatd.masters, "
+    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, "
     "flatd.logs, flatd.calibrate.stage, ccdproc"
 )
 CCDPROC_RAW_IMPORTS = "import numpy, ccdproc, astropy.stats, astropy.nddata"

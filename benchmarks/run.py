@@ -75,7 +75,7 @@ for name in names:  # the guide's recipe on each extension, appended as it is do
     fits.append(output, master.uncertainty.array, fits.Header({"EXTNAME": name + "_UNCERT"}))
 """
 FLATD_IMPORTS = (
-    "import flatd.cli, flatd.report, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
+    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
 )
 CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
 CONFIG = f"""

@@ -14,7 +14,7 @@ from flatd import __version__
 from flatd.config import Config, ConfigError, find_config, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
-ONE_SHOT = ("combine", "scan")
+ONE_SHOT = ("combine", "scan", "promote", "remake")
 
 
 def main(argv: Seq[str] | None = None) -> int:
@@ -100,6 +100,36 @@ def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status document")
     status.set_defaults(handler=_status)
 
+    promote = commands.add_parser(
+        "promote",
+        parents=[common],
+        help="accept a master QA held back (it may become latest/), or --demote one",
+    )
+    word = promote.add_mutually_exclusive_group()
+    word.add_argument(
+        "--demote", action="store_true", help="refuse the master: it is never latest/"
+    )
+    word.add_argument("--reset", action="store_true", help="forget the decision: QA decides")
+    promote.add_argument("path", type=Path, metavar="PATH", help="a master, or a latest/ entry")
+    promote.set_defaults(handler=_promote)
+
+    remake = commands.add_parser(
+        "remake",
+        parents=[common],
+        help="make masters again (after a change of recipe or QA limits)",
+    )
+    remake.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="masters to remake")
+    remake.add_argument("--group", metavar="G", help="the group's masters made with other settings")
+    remake.add_argument("--all", action="store_true", help="every master made with other settings")
+    remake.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="how long to wait for a running daemon's results (default 600)",
+    )
+    remake.set_defaults(handler=_remake)
+
     commands.add_parser(
         "check-config",
         parents=[common],
@@ -144,7 +174,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     from flatd.service import run
 
-    return run(config)
+    return run(config, log_format=args.log_format, log_level=args.log_level)
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
@@ -153,8 +183,22 @@ def _status(args: argparse.Namespace, config: Config) -> int:
     return status_command(config.status.file, as_json=args.json, color=sys.stdout.isatty())
 
 
+def _promote(args: argparse.Namespace, config: Config) -> int:
+    from flatd.curate import promote_command
+
+    if args.reset:
+        return promote_command(config, args.path, None)
+    return promote_command(config, args.path, "demote" if args.demote else "promote")
+
+
+def _remake(args: argparse.Namespace, config: Config) -> int:
+    from flatd.curate import remake_command
+
+    return remake_command(config, args.paths, args.group, args.all, args.timeout)
+
+
 def _scan(args: argparse.Namespace, config: Config) -> int:
-    from flatd.report import scan_report
+    from flatd.oneshot import scan_report
 
     if _missing(args):
         return EXIT_USAGE
@@ -168,7 +212,7 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
 
 def _combine(args: argparse.Namespace, config: Config) -> int:
     from flatd.engine import log_choice, tune_allocator
-    from flatd.report import combine_paths
+    from flatd.oneshot import combine_paths
 
     if _missing(args):
         return EXIT_USAGE

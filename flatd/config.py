@@ -300,6 +300,39 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     return dataclasses.replace(_resolve_paths(config, path.resolve().parent), source=path)
 
 
+def reload_config(running: Config) -> Config:
+    """Read the file `running` was loaded from again, for a reload of `flatd run`.
+    Raises ConfigError naming every problem, or when `running` came from no file."""
+    if running.source is None:
+        raise ConfigError(
+            "(no file)",
+            [
+                "flatd started on its built-in defaults (no config file was found), so there "
+                "is no file to read again: restart it with --config PATH"
+            ],
+        )
+    return load_config(running.source)
+
+
+def differences(old: Config, new: Config) -> list[str]:
+    """The keys (`section.key`) whose effective values differ, in the schema's order."""
+    before, after = old.to_dict(), new.to_dict()
+    return [
+        f"{section}.{key}"
+        for section, values in before.items()
+        for key, value in values.items()
+        if after[section][key] != value
+    ]
+
+
+def cross_field_problems(config: Config) -> list[str]:
+    """What the checks that span keys find wrong with a whole `Config` (one made by
+    mixing two valid ones, as a reload that keeps some keys until a restart does)."""
+    problems: list[str] = []
+    _check_cross_field(config, problems, set())
+    return problems
+
+
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a parsed TOML document into a Config (paths still as written). Every
     problem is named at once: the checks that span keys run on the keys that were valid."""

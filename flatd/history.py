@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from flatd.reasons import reason_of
+from flatd.status.schema import GroupEntry
 
 __all__ = ["PER_GROUP", "MasterHistory", "entry_of_record", "filter_of", "name_parts"]
 
@@ -84,11 +85,20 @@ class MasterHistory:
         if entry is not None and parts is not None:
             self._put(parts[0], entry, replace=True)
 
+    def remove(self, path: Path | str) -> None:
+        """A master superseded or deleted: no longer in its group's history."""
+        parts = name_parts(str(path))
+        if parts is None:
+            return
+        with self._lock:
+            entries = self._entries.get(parts[0], [])
+            entries[:] = [e for e in entries if e["path"] != str(path)]
+
     def entries(self, group: str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(e) for e in self._entries.get(group, [])]
 
-    def annotate(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def annotate(self, groups: list[GroupEntry]) -> list[GroupEntry]:
         """The status file's group entries, each with its `history` (newest first)."""
         return [{**g, "history": self.entries(str(g.get("name", "")))} for g in groups]
 

@@ -197,6 +197,13 @@ class HookRunner:
         self._thread = threading.Thread(target=self._work, name="flatd-hook", daemon=True)
         self._thread.start()
 
+    def reconfigure(self, argv: Sequence[str], timeout_seconds: float) -> None:
+        """Run `argv` under this timeout from the next master on (a reload); the worker
+        starts if the hook was off until now."""
+        self.argv, self.timeout = tuple(argv), float(timeout_seconds)
+        if self.enabled and not self._stopping.is_set():
+            self.start()
+
     def submit(self, record: Mapping[str, Any]) -> None:
         """Queue the hook for a master just written; never blocks."""
         if not self.enabled or self._stopping.is_set():
@@ -234,10 +241,9 @@ class HookRunner:
             record = self._queue.get()
             if record is None:
                 return
-            if self._stopping.is_set():
-                log.warning(
-                    "hook_not_run", master=str(record.get("path", "")), reason="daemon stopping"
-                )
+            if self._stopping.is_set() or not self.enabled:
+                reason = "daemon stopping" if self.enabled else "output.on_master removed"
+                log.warning("hook_not_run", master=str(record.get("path", "")), reason=reason)
                 continue
             try:
                 result = self.run(record)

@@ -7,6 +7,11 @@ reports) is read once its size and modification time have stood still for
 `settle_seconds`. A file shorter than its header promises is never an error while it
 may still be growing: it is looked at again until it has stood still for
 `incomplete_seconds`, and only then recorded as truncated.
+
+Each flat is indexed with the digest of its content (`fingerprint`), so a link or a copy
+of a frame is a duplicate (`frame_duplicate`) and a touched file is the same frame. What
+is not an input goes straight to `on_skip` (the status board), after its one log event
+(`frame_rejected` or `frame_skipped`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Literal
 import structlog
 
 from flatd.config import CalibrateConfig, FramesConfig
+from flatd.fingerprint import Fingerprints
 from flatd.frames import Frame, Skip, read_frame
 from flatd.index import GroupKey, Index
 
@@ -68,6 +74,7 @@ class Ingest:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="flatd-ingest", daemon=True)
+        self._fingerprints = Fingerprints()
 
     # -- called from the watcher's thread: O(1), never raises -------------------------
     def submit(self, path: Path, hint: Hint) -> None:
@@ -101,7 +108,7 @@ class Ingest:
     def ingest_now(self, path: Path) -> Frame | Skip | None:
         """Read one file synchronously (the start-up scan); a file that looks
         incomplete is handed to the worker to be looked at again."""
-        item = read_frame(path, self._frames_config, self._calibrate)
+        item = self._read(path)
         if isinstance(item, Skip) and item.incomplete:
             self.submit(path, "changed")
             return None
@@ -156,7 +163,7 @@ class Ingest:
         if entry.hint == "changed" and not self._stood_still(entry, current, now):
             entry.due = now + self._recheck
             return False
-        item = read_frame(path, self._frames_config, self._calibrate)
+        item = self._read(path)
         if isinstance(item, Skip) and item.incomplete:
             if not self._stood_still(entry, current, now, self._incomplete):
                 entry.hint = "changed"
@@ -180,18 +187,28 @@ class Ingest:
         assert entry.still_since is not None
         return now - entry.still_since >= (self._settle if needed is None else needed)
 
+    def _read(self, path: Path) -> Frame | Skip:
+        """The file's header read, a flat with its content digest."""
+        return self._fingerprints.identified(read_frame(path, self._frames_config, self._calibrate))
+
     def _record(self, item: Frame | Skip) -> None:
         change = self._index.add(item)
         if not change.changed:
             return
-        if isinstance(item, Frame):
+        if change.duplicate_of is not None:
+            log.info("frame_duplicate", path=str(item.path), duplicate_of=str(change.duplicate_of))
+        elif isinstance(item, Frame):
             log.info(
                 "frame_indexed",
                 path=str(item.path),
                 group=dict(item.group),
                 date=item.date.isoformat(),
             )
+        elif item.refused:
+            log.warning("frame_rejected", path=str(item.path), reason=item.reason)
+            self._on_skip(item)
         else:
+            log.info("frame_skipped", path=str(item.path), reason=item.reason)
             self._on_skip(item)
         for group in change.groups:
             self._on_group_changed(group)

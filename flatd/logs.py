@@ -135,9 +135,10 @@ def _configure_astropy(astropy_log: Any = None) -> None:
     root logger) and stop it from hooking `warnings.showwarning` (ours does that)."""
     if astropy_log is None:
         try:
-            from astropy import log as astropy_log
+            from astropy import log
         except ImportError:  # pragma: no cover - astropy is a dependency
             return
+        astropy_log = log
     for handler in list(astropy_log.handlers):
         astropy_log.removeHandler(handler)
     astropy_log.propagate = True

@@ -2,8 +2,11 @@
 
 A master is `<output>/flat_<group>_<start>.fits`: a primary HDU (float32, median 1) that
 `CCDData.read` and `ccdproc.flat_correct` take as it is, `MASK` and `UNCERT` extensions,
-and an `INPUTS` table with one row per input frame (used or not, and why), which is also
-how the daemon knows after a restart whether a master is up to date. Every value that
+and an `INPUTS` table with one row per input frame (used or not, and why; a duplicate of
+an input at another path is a row "duplicate of ..."), which is also how the daemon knows
+after a restart which frames a master holds. This is the only module that knows the
+`INPUTS` columns: `read_master_file` gives the rest of flatd a `MasterFile`, whose
+`InputRow`s say which frames (by content, `CHECKSUM`) the master claims. Every value that
 comes from a header is made safe before it reaches a path.
 
 A mosaic's master (frames of several image extensions) keeps its inputs' layout: the
@@ -18,6 +21,7 @@ uncertainty and mask: a primary HDU holding one extension's data would hide whic
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -36,17 +40,21 @@ from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.cards import COMMENTARY, checked_cards
 from flatd.config import Config
 from flatd.engine import CombineResult, ExtensionResult, MasterPlane
-from flatd.frames import Frame, GroupValue
+from flatd.frames import Frame, GroupKey, GroupValue
 from flatd.reasons import one_line, reason_of
+from flatd.settings import SETTINGS
 
 if TYPE_CHECKING:
     from astropy.io import fits
 
     from flatd.calibrate.provenance import Provenance
+    from flatd.index import Duplicate
 
 log = structlog.get_logger("flatd.masters")
 
 SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
+MASTER_NAME = re.compile(r"flat_(?P<group>.+)_(?P<start>\d{8}T\d{6})\.fits")
+DUPLICATE_OF = "duplicate of "
 MAX_VALUE_LENGTH = 32
 LATEST = "latest"
 UNCERTAINTY_CARD = ("UTYPE", "StdDevUncertainty", "standard deviation of the mean")
@@ -204,8 +212,9 @@ def master_path(output_dir: Path, group: Any, start: datetime) -> Path:
 
 
 def latest_path(output_dir: Path, group: Any) -> Path:
-    """`<output_dir>/latest/flat_<group>.fits`."""
-    path = output_dir / LATEST / f"flat_{group_slug(group)}.fits"
+    """`<output_dir>/latest/flat_<group>.fits` (`group`: its keys, or its safe name)."""
+    slug = group if isinstance(group, str) else group_slug(group)
+    path = output_dir / LATEST / f"flat_{slug}.fits"
     _check_inside(path, output_dir)
     return path
 
@@ -227,13 +236,14 @@ def write_master(
     qa_cards: list[tuple[str, Any, str]] | None = None,
     calibration: Provenance | None = None,
     extension_qa: Sequence[list[tuple[str, Any, str]]] = (),
+    duplicates: Iterable[Duplicate] = (),
 ) -> MasterRecord:
     """Write the master of one sequence atomically and return its record. The images
     are written as they are: big-endian arrays ('>f4') go out without a byte-swap.
     `calibration` says how raw inputs were calibrated (its cards and HISTORY are added,
-    the raw readout's section cards removed). A mosaic's master (`combined.extensions`)
-    is laid out extension by extension (`_write_mosaic`), `extension_qa` holding each
-    extension's QA cards."""
+    the raw readout's section cards removed); `duplicates` are listed in INPUTS as what
+    they duplicate. A mosaic's master (`combined.extensions`) is laid out extension by
+    extension (`_write_mosaic`), `extension_qa` holding each extension's QA cards."""
     from astropy.io import fits
 
     path = master_path(output_dir, group, start)
@@ -242,7 +252,7 @@ def write_master(
     first = next(f for f in frames if any(s.path == f.path for s in used))
     qa = qa_cards or []
     header = _header(first, frames, combined, group, start, created, config, qa, calibration)
-    table = _inputs_table(frames, combined)
+    table = _inputs_table(frames, combined, list(duplicates))
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         _write_file(path, combined, first, header, table, extension_qa, config)
@@ -483,11 +493,15 @@ def _set_checked(header: fits.Header, key: str, value: Any) -> None:
     header[key] = value
 
 
-def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTableHDU:
+def _inputs_table(
+    frames: list[Frame], combined: CombineResult, duplicates: list[Duplicate]
+) -> fits.BinTableHDU:
+    """One row per input frame, then one per duplicate of an input ("duplicate of ...")."""
     from astropy.io import fits
 
     stats = {s.path: s for s in combined.stats}
-    rows = [(f, stats.get(f.path)) for f in frames]
+    rows = [(f, stats.get(f.path), "") for f in frames]
+    rows += [(d.frame, None, f"{DUPLICATE_OF}{d.of}") for d in duplicates]
 
     def column(name: str, form: str, values: list[Any]) -> fits.Column:
         return fits.Column(name=name, format=form, array=np.array(values))
@@ -497,24 +511,23 @@ def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTable
         encoded = [_to_bytes(v) for v in values]
         return column(name, f"{max([1, *map(len, encoded)])}A", encoded)
 
-    names = [f.path.name for f, _ in rows]
-    paths = [str(f.path) for f, _ in rows]
-    reasons = [s.reason if s else "not combined" for _, s in rows]
-    dates = [f.date.isoformat(timespec="milliseconds").replace("+00:00", "") for f, _ in rows]
+    reasons = [why or (s.reason if s else "not combined") for _, s, why in rows]
+    dates = [f.date.isoformat(timespec="milliseconds").replace("+00:00", "") for f, _, _ in rows]
     columns = [
-        text("FILE", names),
-        text("PATH", paths),
-        column("SIZE", "K", [f.size for f, _ in rows]),
-        column("MTIME_NS", "K", [f.mtime_ns for f, _ in rows]),
+        text("FILE", [f.path.name for f, _, _ in rows]),
+        text("PATH", [str(f.path) for f, _, _ in rows]),
+        column("SIZE", "K", [f.size for f, _, _ in rows]),
+        column("MTIME_NS", "K", [f.mtime_ns for f, _, _ in rows]),
         text("DATEOBS", dates),
-        column("MEDIAN", "D", [s.median if s else np.nan for _, s in rows]),
-        column("MEAN", "D", [s.mean if s else np.nan for _, s in rows]),
-        column("SCALE", "D", [s.scale if s else 0.0 for _, s in rows]),
-        column("USED", "L", [bool(s and s.used) for _, s in rows]),
+        column("MEDIAN", "D", [s.median if s else np.nan for _, s, _ in rows]),
+        column("MEAN", "D", [s.mean if s else np.nan for _, s, _ in rows]),
+        column("SCALE", "D", [s.scale if s else 0.0 for _, s, _ in rows]),
+        column("USED", "L", [bool(s and s.used) for _, s, _ in rows]),
         text("REASON", reasons),
-        column("CLIPFRAC", "D", [s.clipped_fraction if s else 0.0 for _, s in rows]),
+        column("CLIPFRAC", "D", [s.clipped_fraction if s else 0.0 for _, s, _ in rows]),
+        text("CHECKSUM", [f.content for f, _, _ in rows]),
     ]
-    plane_scales = [s.plane_scales if s else () for _, s in rows]
+    plane_scales = [s.plane_scales if s else () for _, s, _ in rows]
     width = max(map(len, plane_scales), default=0)
     if width:  # a mosaic's extensions each scaled by its own factor
         padded = [[*scales, *[0.0] * (width - len(scales))] for scales in plane_scales]
@@ -530,7 +543,7 @@ def _inputs_table(frames: list[Frame], combined: CombineResult) -> fits.BinTable
 # -- latest/ and reading back --------------------------------------------------------------
 def promote_latest(path: Path, group: Any, output_dir: Path) -> Path:
     """Make `latest/flat_<group>.fits` the master at `path` (a hard link, replaced
-    atomically; a copy where links are not possible)."""
+    atomically; a copy where links are not possible). `group`: its keys or safe name."""
     target = latest_path(output_dir, group)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}{TEMP_SUFFIX}")
@@ -551,28 +564,188 @@ def _copy_into(path: Path, fh: Any) -> None:
         shutil.copyfileobj(source, fh)
 
 
+@dataclass(frozen=True)
+class InputRow:
+    """One row of a master's INPUTS table: a frame it was made from (or considered)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content: str  # the frame's content digest; "" in masters older than CHECKSUM
+    used: bool
+    reason: str
+    median: float
+
+    @property
+    def identity(self) -> str:
+        """As `Frame.identity`: the content, else path, size and time."""
+        return self.content or self.stamp
+
+    @property
+    def stamp(self) -> str:
+        """The row's path, size and time, as a frame without a digest is known."""
+        return f"{self.path}|{self.size}|{self.mtime_ns}"
+
+    @property
+    def duplicate_of(self) -> str | None:
+        return self.reason.removeprefix(DUPLICATE_OF) if self.is_duplicate else None
+
+    @property
+    def is_duplicate(self) -> bool:
+        return self.reason.startswith(DUPLICATE_OF)
+
+
+@dataclass(frozen=True)
+class MasterFile:
+    """A master on disk as its header and INPUTS table describe it."""
+
+    path: Path
+    group: GroupKey | None  # its header's values of the group's keys (None: one missing)
+    start: datetime  # SEQSTART (else the name's start)
+    written: datetime | None  # DATE
+    rows: tuple[InputRow, ...]
+    n_frames: int
+    n_rejected: int
+    flagged: bool  # QAFLAG
+    confirmed: bool  # QACONFIR: a change confirmed by the next sequence
+    settings: dict[str, Any]  # the settings cards it has (`flatd.settings`)
+    qa: dict[str, Any]  # the QA record read back from its QA cards
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """The frames it claims (used, rejected or duplicates), by content when known."""
+        return frozenset(row.identity for row in self.rows)
+
+    def claims(self, frame: Frame) -> bool:
+        """Whether `frame` is one of the frames this master was made from or considered
+        (by its content; a master from before content digests, by path, size and time)."""
+        return bool(self._claimed & {frame.identity, f"{frame.path}|{frame.size}|{frame.mtime_ns}"})
+
+    @functools.cached_property
+    def _claimed(self) -> frozenset[str]:
+        # a master from before CHECKSUM claims frames by path, size and time
+        return frozenset(key for row in self.rows for key in (row.identity, row.stamp))
+
+    @property
+    def used_medians(self) -> list[float]:
+        return [round(r.median, 1) for r in self.rows if r.used]
+
+
 def read_master_inputs(path: Path) -> list[dict[str, Any]]:
     """The rows of a master's INPUTS table as dicts (column name -> value)."""
-    return read_master(path, ())[1]
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        table = hdul["INPUTS"].data
+        names = table.columns.names
+        return [{name: _plain(row[name]) for name in names} for row in table]
 
 
-def read_master(path: Path, keys: Iterable[str]) -> tuple[Any, list[dict[str, Any]]]:
-    """From one open: the group a master was made for (its header's values of `keys`,
-    as a group key; None when one is missing) and its INPUTS rows."""
+def read_master_file(path: Path, keys: Iterable[str]) -> MasterFile:
+    """A master's header facts and INPUTS rows, from one open; `keys` are its group's keys
+    (their values make `group`). Raises OSError, KeyError or ValueError for a file that is
+    not a readable master."""
     from astropy.io import fits
 
     keys = tuple(keys)
     with fits.open(path) as hdul:
         header = hdul[0].header
+        table = hdul["INPUTS"].data
+        names = set(table.columns.names)
+        rows = tuple(_input_row(row, names) for row in table)
         values = [(key, header[key]) for key in keys if key in header]
         group = (
             tuple((k, v.strip() if isinstance(v, str) else v) for k, v in values)
             if len(values) == len(keys)
             else None
         )
-        table = hdul["INPUTS"].data
-        names = table.columns.names
-        return group, [{name: _plain(row[name]) for name in names} for row in table]
+        return MasterFile(
+            path=path,
+            group=group,
+            start=_header_date(header.get("SEQSTART")) or _name_start(path),
+            written=_header_date(header.get("DATE")),
+            rows=rows,
+            n_frames=int(header.get("NCOMBINE", sum(r.used for r in rows))),
+            n_rejected=int(header.get("NREJECT", 0)),
+            flagged=bool(header.get("QAFLAG", False)),
+            confirmed=bool(header.get("QACONFIR", False)),
+            settings={s.card: _plain(header[s.card]) for s in SETTINGS if s.card in header},
+            qa=_qa_record(header, hdul),
+        )
+
+
+QA_CARDS = {  # master header card -> the QA record's key (`qa.MasterQA.to_dict`)
+    "QAMASKFR": "masked_fraction",
+    "QAMASK": "masked_pixels",
+    "QANOISE": "noise",
+    "QAEXPNS": "expected_noise",
+    "QACHGRMS": "change_rms",
+    "QACHGFR": "changed_fraction",
+    "QAFLAG": "flagged",
+    "QAPREV": "previous",
+    "QACONFIR": "confirmed",
+    "QAREF": "reference",
+}
+
+
+def _qa_record(header: fits.Header, hdul: fits.HDUList | None = None) -> dict[str, Any]:
+    """The QA record of a master's primary header; a mosaic's (`hdul` given, a primary
+    HDU without data) with each extension's own, as `mosaic_qa.MosaicQA.to_dict` has it.
+    Its headers were read already, to reach INPUTS."""
+    record = {key: _plain(header[card]) for card, key in QA_CARDS.items() if card in header}
+    if hdul is None or header.get("NAXIS", 0) != 0:
+        return record
+    extensions = [
+        {"name": hdu.name, **_qa_record(hdu.header)}
+        for hdu in hdul[1:]
+        if hdu.is_image and "QAMASK" in hdu.header
+    ]
+    if extensions:
+        record["extensions"] = extensions
+    return record
+
+
+def _input_row(row: Any, names: set[str]) -> InputRow:
+    return InputRow(
+        path=_plain(row["PATH"]),
+        size=int(row["SIZE"]),
+        mtime_ns=int(row["MTIME_NS"]),
+        content=_plain(row["CHECKSUM"]) if "CHECKSUM" in names else "",
+        used=bool(row["USED"]),
+        reason=_plain(row["REASON"]),
+        median=float(row["MEDIAN"]),
+    )
+
+
+def _header_date(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def name_start(path: Path) -> datetime | None:
+    """The sequence start in a master's file name (None: not a master's name)."""
+    match = MASTER_NAME.fullmatch(path.name)
+    if match is None:
+        return None
+    return datetime.strptime(match["start"], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+
+
+def name_group(path: Path) -> str | None:
+    """The group's safe name in a master's file name (None: not a master's name)."""
+    match = MASTER_NAME.fullmatch(path.name)
+    return match["group"] if match else None
+
+
+def _name_start(path: Path) -> datetime:
+    start = name_start(path)
+    if start is None:
+        raise ValueError(f"not a master's name: {path.name}")
+    return start
 
 
 def _to_bytes(text: str) -> bytes:
@@ -591,4 +764,4 @@ def _plain(value: Any) -> Any:
 
 def find_masters(output_dir: Path) -> list[Path]:
     """Masters in `output_dir` (not `latest/`), oldest name first."""
-    return sorted(p for p in output_dir.glob("flat_*.fits") if p.is_file())
+    return sorted(p for p in output_dir.glob("flat_*.fits") if p.is_file() and name_start(p))

@@ -268,12 +268,21 @@ def _group_families(
     values = {
         name: GaugeMetricFamily(name, text, labels=labels) for name, text, _ in _MASTER_VALUES
     }
+    held = GaugeMetricFamily(
+        "flatd_master_held_back",
+        "1 while the group's newest sequence's master is not latest/ (QA held it back, or "
+        "it was demoted): flatd promote accepts it",
+        labels=labels,
+    )
     for group in groups:
         keys = [daemon, _label(group.get("name")), _label(filter_of(group.get("group")))]
         if isinstance(group.get("frames"), int):
             frames.add_metric(keys, float(group["frames"]))
         for state in GROUP_STATES:
             states.add_metric([*keys, state], 1.0 if group.get("state") == state else 0.0)
+        history = [h for h in _list(group.get("history")) if isinstance(h, dict)]
+        if history:
+            held.add_metric(keys, float(history[0].get("path") != group.get("latest_master")))
         master = _latest_master(group, masters)
         if master is None:
             continue
@@ -285,7 +294,7 @@ def _group_families(
             value = _number(_dig(master, where))
             if value is not None:
                 values[name].add_metric(keys, value)
-    yield from (frames, states, named, written, *values.values())
+    yield from (frames, states, named, written, held, *values.values())
 
 
 def _latest_master(group: dict[str, Any], masters: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -3,19 +3,29 @@
 Each extension is measured as a single master is (`qa.assess`): its masked fraction, its
 noise against its own inputs' Poisson limit (their levels there, in electrons through
 that extension's GAIN), and its change against the same extension of the previous
-master, found by name. Its cards go into its own header; the primary header, the status
-file, the history, the metrics and the page's headline get the summary (`MosaicQA`):
+sequence's master (`qa.Baseline.previous`), found by name. Its cards go into its own
+header; the primary header, the status file, the history, the metrics and the page's
+headline get the summary (`MosaicQA`):
 
 - the masked pixels of all extensions, and their fraction of the whole mosaic;
 - the noise and Poisson limit of the extension whose noise is furthest above its limit;
 - the largest change (robust rms) and the largest fraction of changed blocks;
-- flagged when any extension is, the reason naming each flagged extension.
+- flagged when any extension differs from the previous master, the reason naming each.
+
+A mosaic is held back, promoted or confirmed as a whole (`latest/` names a file), so the
+"change confirmed" verdict is the summary's, made as for a single image (`qa.confirm`):
+when the previous master was held back, every extension is also compared with the same
+extension of the master in use (`qa.Baseline.reference`); no extension unlike it: the
+held-back master was a one-off (not flagged); some extension unlike it while none is
+unlike the previous master: the change is confirmed; else flagged. The extensions' own
+records keep their comparison with the previous master (their QAFLAG: that extension
+differs from it) and their change against the master in use (QAREF, QAREFRMS).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +53,16 @@ class MosaicQA(qa.MasterQA):
 
 
 def assess_mosaic(
-    combined: CombineResult, frames: Sequence[Frame], previous: Path | None, config: Config
+    combined: CombineResult, frames: Sequence[Frame], baseline: qa.Baseline, config: Config
 ) -> MosaicQA:
     """`qa.assess` on every extension of a mosaic's master (read one at a time) against
-    `previous`'s extension of the same name, and the summary."""
+    the baseline's extension of the same name, and the summary's verdict."""
     used = [s for s in combined.stats if s.used]
     by_path = {f.path: f for f in frames}
-    results = []
+    previous_only = qa.Baseline(baseline.previous)
+    reference = qa.in_use(baseline)
+    results: list[tuple[str, qa.MasterQA]] = []
+    against_reference: list[tuple[float, list[str]] | None] = []
     for e, extension in enumerate(combined.extensions):
         plane = combined.plane(e)
         levels = _levels_in_electrons(plane, e, used, by_path, config)
@@ -58,14 +71,47 @@ def assess_mosaic(
             plane.uncertainty,
             plane.mask,
             levels,
-            previous,
+            previous_only,
             config.qa.max_change,
             extension.name,
         )
+        if reference is not None and assessed.change_rms is not None:
+            measured = qa.reference_changes(
+                plane.data, plane.mask, reference, config.qa.max_change, extension.name
+            )
+            against_reference.append(measured)
+            if measured is not None:
+                assessed = replace(
+                    assessed, reference=str(reference), reference_change_rms=measured[0]
+                )
         results.append((extension.name, assessed))
         del plane
     pixels = sum(e.shape[0] * e.shape[1] for e in combined.extensions)
-    return summarise(results, pixels)
+    summary = summarise(results, pixels)
+    return _verdict(summary, reference, [name for name, _ in results], against_reference)
+
+
+def _verdict(
+    summary: MosaicQA,
+    reference: Path | None,
+    names: list[str],
+    against_reference: list[tuple[float, list[str]] | None],
+) -> MosaicQA:
+    """The summary judged against the master in use as well, as a whole (`qa.confirm`):
+    only when the previous master was held back and every extension was compared with
+    both."""
+    if reference is None or not against_reference or len(against_reference) != len(names):
+        return summary
+    measured = [m for m in against_reference if m is not None]
+    if len(measured) != len(names):  # some extension of it unreadable: as for one image
+        return summary
+    rms = max(change for change, _ in measured)
+    differs = [
+        f"{name}: {why}"
+        for name, (_, reasons) in zip(names, measured, strict=True)
+        for why in reasons
+    ]
+    return qa.confirm(summary, reference, rms, differs)
 
 
 def _levels_in_electrons(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
-__all__ = ["notify", "watchdog_interval"]
+__all__ = ["notify", "reloading", "watchdog_interval"]
 
 
 def notify(message: str) -> bool:
@@ -31,6 +32,15 @@ def notify(message: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def reloading(status: str = "") -> bool:
+    """Tell systemd a reload of the configuration begins: `RELOADING=1` with the
+    `MONOTONIC_USEC=` it needs to match the message to the reload it asked for
+    (`Type=notify-reload`, sd_notify(3)); READY=1 must follow once the reload is done."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    message = f"RELOADING=1\nMONOTONIC_USEC={usec}"
+    return notify(f"{message}\nSTATUS={status}" if status else message)
 
 
 def watchdog_interval() -> float | None:

@@ -27,14 +27,20 @@ import hashlib
 import html
 import math
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flatd import present
 from flatd.atomic import atomic_write_bytes
+from flatd.present import ago as _ago
+from flatd.present import duration as _duration
+from flatd.present import group_name as _group_name
+from flatd.present import stamp as _stamp
 from flatd.preview import preview_path, ratio_path
 from flatd.reasons import one_line
-from flatd.status import STALE_SECONDS, parse_iso
+from flatd.status.schema import STALE_SECONDS, parse_iso
 
 PAGE_NAME = "index.html"
 REFRESH_SECONDS = 60
@@ -118,27 +124,13 @@ svg.spark{display:block;margin-top:6px;background:#f8f9fb;border:1px solid #e3e5
 footer{padding:8px 24px 24px;color:#5b6375;font-size:13px}
 """
 
-_STATE_CLASS = {
-    "running": "ok",
-    "done": "ok",
-    "waiting": "busy",
-    "pending": "busy",
-    "combining": "busy",
-    "starting": "busy",
-    "stopping": "busy",
-    "too_few": "bad",
-    "stopped": "bad",
-    "failed": "bad",
-    "error": "bad",
-}
-
 
 def page_path(status_path: Path) -> Path:
     """Where the page of a status file goes: `index.html` in the same directory."""
     return Path(status_path).parent / PAGE_NAME
 
 
-def write_page(status_document: dict, status_path: Path, output_dir: Path) -> Path:
+def write_page(status_document: Mapping[str, Any], status_path: Path, output_dir: Path) -> Path:
     """Render `status_document` into `index.html` beside `status_path`, atomically.
 
     `output_dir` is where the masters are written; relative master paths in the document
@@ -153,7 +145,7 @@ def write_page(status_document: dict, status_path: Path, output_dir: Path) -> Pa
 
 
 def render_page(
-    document: dict[str, Any],
+    document: Mapping[str, Any],
     page_dir: Path,
     output_dir: Path,
     *,
@@ -252,7 +244,10 @@ def _group_card(
     master = _master_of(group, history, masters)
     gstate = str(group.get("state", "?"))
     title = f"<h2>{_e(name)} {_badge(gstate)}"
-    if master and _dict(master.get("qa")).get("flagged"):
+    qa = _dict(master.get("qa")) if master else {}
+    if qa.get("confirmed"):
+        title += ' <span class="badge ok">change confirmed</span>'
+    elif qa.get("flagged"):
         title += ' <span class="badge bad">QA flagged</span>'
     title += "</h2>"
     facts = _group_facts(group, gstate, now)
@@ -281,6 +276,21 @@ def _group_facts(group: dict[str, Any], gstate: str, now: datetime) -> list[tupl
     if group.get("reason") and gstate != "done":
         facts.append(("why", one_line(group["reason"])))
     facts.extend(("note", one_line(note)) for note in _list(group.get("notes")))
+    return facts + _trust_facts(group)
+
+
+def _trust_facts(group: dict[str, Any]) -> list[tuple[str, str]]:
+    """New frames waiting, inputs gone from disk, duplicates: one fact each."""
+    facts = []
+    if group.get("held"):
+        facts.append(("not combined", one_line(group["held"])))
+    gone = [g for g in _list(group.get("gone")) if isinstance(g, dict)]
+    if gone:
+        count = group.get("gone_count") or len(gone)
+        names = ", ".join(Path(str(g.get("path"))).name for g in gone[:3])
+        facts.append(("inputs gone", f"{count} (the masters stay): {names}"))
+    for duplicate in [d for d in _list(group.get("duplicates")) if isinstance(d, dict)][:5]:
+        facts.append(("duplicate", f"{duplicate.get('path')} of {duplicate.get('duplicate_of')}"))
     return facts
 
 
@@ -298,6 +308,9 @@ def _master_facts(master: dict[str, Any], now: datetime) -> list[tuple[str, str]
     for extension in _list(qa.get("extensions")):  # a mosaic's: each extension's own
         if isinstance(extension, dict):
             facts.append((f"QA {extension.get('name', '?')}", _qa_summary(extension)))
+    other = [str(o) for o in _list(master.get("other_settings"))]
+    if other:
+        facts.append(("made with other settings", "; ".join(other) + " (flatd remake)"))
     return facts
 
 
@@ -492,7 +505,7 @@ def _daemon_line(daemon: dict[str, Any], now: datetime) -> str:
     return ", ".join(facts)
 
 
-def _index_line(document: dict[str, Any]) -> str:
+def _index_line(document: Mapping[str, Any]) -> str:
     index = _dict(document.get("index"))
     watch = _dict(document.get("watch"))
     where = ", ".join(str(d) for d in _list(watch.get("directories"))) or "(nothing)"
@@ -502,52 +515,12 @@ def _index_line(document: dict[str, Any]) -> str:
 
 def _badge(state: str, element_id: str = "") -> str:
     id_attribute = f' id="{element_id}"' if element_id else ""
-    css = _STATE_CLASS.get(state, "other")
+    css = present.tone(state)
     return f'<span{id_attribute} class="badge {css}">{_e(state)}</span>'
 
 
-def _group_name(group: dict[str, Any]) -> str:
-    if group.get("name"):
-        return str(group["name"])
-    keys = _dict(group.get("group"))
-    return "_".join(str(v) for v in keys.values()) or "?"
-
-
-def _stamp(moment: datetime | None) -> str:
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if moment else "?"
-
-
-def _ago(now: datetime, moment: datetime | None) -> str:
-    if moment is None:
-        return "?"
-    seconds = int((now - moment).total_seconds())
-    if seconds < 5:
-        return "just now"
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    if seconds < 172800:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min ago"
-    return f"{seconds // 86400} d ago"
-
-
-def _duration(seconds: float) -> str:
-    """A length of time as the stale banner says it (the same as the script's)."""
-    s = int(max(0.0, seconds))
-    m, h, d = s // 60, s // 3600, s // 86400
-    if s < 120:
-        return f"{s} s"
-    if m < 120:
-        return f"{m} min"
-    if h < 48:
-        return f"{h} h {m % 60} min"
-    return f"{d} d {h % 24} h"
-
-
 def _when(now: datetime, moment: datetime) -> str:
-    seconds = (moment - now).total_seconds()
-    return "now" if seconds <= 0 else f"in {round(seconds)} s ({_stamp(moment)})"
+    return f"{present.when(now, moment)} ({_stamp(moment)})"
 
 
 def _e(value: object) -> str:

@@ -1,5 +1,13 @@
 """Checks on a finished master: masked fraction, noise against the inputs' Poisson limit,
-and change against the previous master of its group.
+and change against the master of the previous sequence of its group.
+
+The master it is compared with (`Baseline.previous`) is the one of the group's previous
+sequence by observation date — never an earlier combination of the same sequence. When
+that master was itself held back (flagged, not `latest/`), the new one is also compared
+with the master in use (`Baseline.reference`): agreeing with the held-back one but not
+with the one in use, it *confirms* the change (`confirmed`: promoted, "change confirmed");
+agreeing with the one in use, the held-back one was a one-off; it is flagged only when it
+differs from both.
 
 A moved dust donut or a slipped filter wheel changes a small part of the flat by a few
 per cent: the global robust rms of new/previous barely moves, so the ratio is also
@@ -11,15 +19,24 @@ flags the master.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 BLOCK = 8  # pixels a side over which the ratio is averaged before counting changes
 MAX_CHANGED_BLOCK_FRACTION = 0.001  # more changed blocks than this flags the master
 ROWS_PER_STEP = 512  # the previous master is read this many rows at a time
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a new master is compared with: the master of the group's previous sequence,
+    and, when that one was held back, the master in use (`latest/`)."""
+
+    previous: Path | None = None
+    reference: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,9 @@ class MasterQA:
     flagged: bool = False
     reason: str = ""
     masked_pixels: int = 0  # pixels set in MASK (dead, weak or never finite)
+    reference: str | None = None  # the master in use, when `previous` was held back
+    reference_change_rms: float | None = None
+    confirmed: bool = False  # agrees with the held-back `previous`, not with `reference`
     # the block map behind change_rms/changed_fraction (not part of the record)
     comparison: Comparison | None = field(default=None, repr=False, compare=False)
 
@@ -48,6 +68,7 @@ class MasterQA:
             ("QAMASK", self.masked_pixels, "number of pixels set in MASK"),
             ("QAMASKFR", self.masked_fraction, "fraction of pixels set in MASK"),
             ("QAFLAG", self.flagged, "master differs from the previous one"),
+            ("QACONFIR", self.confirmed, "a change confirmed by this master"),
         ]
         optional = [
             ("QANOISE", self.noise, "median uncertainty of the master"),
@@ -58,6 +79,10 @@ class MasterQA:
         cards += [(k, float(v), c) for k, v, c in optional if v is not None]
         if self.previous:
             cards.append(("QAPREV", Path(self.previous).name[:68], "compared with"))
+        if self.reference:
+            cards.append(("QAREF", Path(self.reference).name[:68], "and with (in use)"))
+        if self.reference_change_rms is not None:
+            cards.append(("QAREFRMS", float(self.reference_change_rms), "rms vs QAREF"))
         return cards
 
 
@@ -66,13 +91,13 @@ def assess(
     uncertainty: np.ndarray,
     mask: np.ndarray,
     used_levels: Sequence[float],
-    previous: Path | None,
+    baseline: Baseline,
     max_change: float,
     hdu: int | str = 0,
 ) -> MasterQA:
-    """Measure a normalised master (and compare it with `previous` when there is one,
-    its HDU `hdu`: a mosaic's extension by name); `used_levels` are the used inputs'
-    levels in electrons (ADU times gain)."""
+    """Measure a normalised master and compare it with its `baseline` (its HDU `hdu`
+    in each: a mosaic's extension by name); `used_levels` are the used inputs' levels in
+    electrons (ADU times gain)."""
     masked_pixels = int(np.count_nonzero(mask))
     masked_fraction = masked_pixels / mask.size if mask.size else 0.0
     sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
@@ -82,37 +107,100 @@ def assess(
         if len(used_levels)
         else None
     )
+    measured = MasterQA(masked_fraction, noise, expected, masked_pixels=masked_pixels)
+    previous = baseline.previous
     if previous is None or not previous.exists():
-        return MasterQA(masked_fraction, noise, expected, masked_pixels=masked_pixels)
+        return measured
     try:
         comparison = compare(data, mask, previous, max_change, hdu)
     except (OSError, ValueError) as exc:
-        return MasterQA(
-            masked_fraction,
-            noise,
-            expected,
-            str(previous),
-            reason=f"previous master unreadable: {exc}",
-            masked_pixels=masked_pixels,
-        )
-    change_rms, changed = comparison.change_rms, comparison.changed_fraction
-    reasons = []
-    if change_rms > max_change:
-        reasons.append(f"rms change {change_rms:.4f} > qa.max_change {max_change:g}")
-    if changed > MAX_CHANGED_BLOCK_FRACTION:
-        reasons.append(f"{changed:.4f} of the image changed by more than {max_change:g}")
-    return MasterQA(
-        masked_fraction,
-        noise,
-        expected,
-        str(previous),
-        change_rms,
-        changed,
-        bool(reasons),
-        "; ".join(reasons),
-        masked_pixels,
-        comparison,
+        reason = f"previous master unreadable: {exc}"
+        return replace(measured, previous=str(previous), reason=reason)
+    reasons = _changes(comparison, max_change)
+    judged = replace(
+        measured,
+        previous=str(previous),
+        change_rms=comparison.change_rms,
+        changed_fraction=comparison.changed_fraction,
+        flagged=bool(reasons),
+        reason="; ".join(reasons),
+        comparison=comparison,
     )
+    reference = in_use(baseline)
+    if reference is None:
+        return judged
+    return _against_reference(judged, data, mask, reference, max_change, hdu)
+
+
+def in_use(baseline: Baseline) -> Path | None:
+    """The master in use to judge against as well, when the previous one was held back
+    (None: there is none, or it is the previous master, or it is gone)."""
+    reference = baseline.reference
+    if reference is None or reference == baseline.previous or not reference.exists():
+        return None
+    return reference
+
+
+def _changes(comparison: Comparison, max_change: float) -> list[str]:
+    """Why a comparison flags a master ([] when it does not)."""
+    reasons = []
+    if comparison.change_rms > max_change:
+        reasons.append(f"rms change {comparison.change_rms:.4f} > qa.max_change {max_change:g}")
+    if comparison.changed_fraction > MAX_CHANGED_BLOCK_FRACTION:
+        reasons.append(
+            f"{comparison.changed_fraction:.4f} of the image changed by more than {max_change:g}"
+        )
+    return reasons
+
+
+def _against_reference(
+    judged: MasterQA,
+    data: np.ndarray,
+    mask: np.ndarray,
+    reference: Path,
+    max_change: float,
+    hdu: int | str = 0,
+) -> MasterQA:
+    """The previous master was held back: judge against the master in use as well."""
+    measured = reference_changes(data, mask, reference, max_change, hdu)
+    if measured is None:
+        return judged
+    return confirm(judged, reference, *measured)
+
+
+def reference_changes(
+    data: np.ndarray,
+    mask: np.ndarray,
+    reference: Path,
+    max_change: float,
+    hdu: int | str = 0,
+) -> tuple[float, list[str]] | None:
+    """The change rms against the master in use (its HDU `hdu`), and why it differs from
+    it ([]: it does not); None when it cannot be read."""
+    try:
+        comparison = compare(data, mask, reference, max_change, hdu)
+    except (OSError, ValueError):
+        return None
+    return comparison.change_rms, _changes(comparison, max_change)
+
+
+Judged = TypeVar("Judged", bound="MasterQA")
+
+
+def confirm(judged: Judged, reference: Path, reference_rms: float, differs: list[str]) -> Judged:
+    """The verdict once the master is also compared with the one in use (`reference`):
+    like it, the held-back previous master was a one-off (not flagged); unlike it but like
+    the previous one, the change is confirmed; unlike both, flagged."""
+    record = replace(judged, reference=str(reference), reference_change_rms=reference_rms)
+    if not differs:  # the held-back previous master was a one-off
+        return replace(record, flagged=False, reason="")
+    if not judged.flagged:  # like the held-back one, unlike the one in use
+        reason = (
+            f"change confirmed: agrees with {Path(str(judged.previous)).name} (held back), "
+            f"differs from {reference.name} ({'; '.join(differs)})"
+        )
+        return replace(record, confirmed=True, reason=reason)
+    return replace(record, reason=f"{judged.reason}; also unlike {reference.name} in use")
 
 
 @dataclass(frozen=True)

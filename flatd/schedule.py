@@ -7,18 +7,35 @@ rather than `reschedule_job` (a date job leaves the store while it is being subm
 `max_instances=2` (a job that fires while the group's previous run is still going must
 not be skipped and deleted — the job itself serialises per group and finds no work
 when there is none); UTC throughout.
+
+`Timer` is what the combination jobs need of it (`jobs`): a unit test of their timing
+logic passes a fake one, driven by a fake clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 Key = TypeVar("Key", bound=Hashable)
+KeyIn = TypeVar("KeyIn", bound=Hashable, contravariant=True)
+Clock = Callable[[], datetime]
+
+
+class Timer(Protocol[KeyIn]):
+    """Runs a job per key at the time it was last armed for, and tasks at an interval."""
+
+    def start(self) -> None: ...
+
+    def arm(self, key: KeyIn, at: datetime) -> None: ...
+
+    def every(self, seconds: float, task: Callable[[], None], name: str) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 class Debouncer(Generic[Key]):
@@ -39,6 +56,18 @@ class Debouncer(Generic[Key]):
         """(Re)set `key`'s one job to run at `at`."""
         self._scheduler.add_job(
             self._job, "date", run_date=at, args=[key], id=_job_id(key), replace_existing=True
+        )
+
+    def every(self, seconds: float, task: Callable[[], None], name: str) -> None:
+        """Run `task` every `seconds` (a run still going when the next is due is not
+        doubled: that one is skipped)."""
+        self._scheduler.add_job(
+            task,
+            "interval",
+            seconds=seconds,
+            id=f"every:{name}",
+            replace_existing=True,
+            max_instances=1,
         )
 
     def shutdown(self) -> None:

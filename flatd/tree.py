@@ -98,6 +98,7 @@ class Tree:
         self._watcher = watcher
         self._clock = clock
         self._keep_ns = int(config.sequence.keep_days * DAY_NS)
+        self._roots = config.watch.directories
         self._known: dict[Path, _Known] = {}
         self._children: dict[Path, set[Path]] = {}
         self._owners: dict[Identity, Path] = {}
@@ -106,7 +107,7 @@ class Tree:
 
     @property
     def roots(self) -> tuple[Path, ...]:
-        return self._config.watch.directories
+        return self._roots
 
     def horizon_ns(self) -> int:
         """Files and directories modified before this (ns since the epoch) are cold."""
@@ -126,6 +127,8 @@ class Tree:
         """A directory appeared, moved or went (or a root came back): scan it and what is
         under it, or forget it."""
         tally = ScanTally()
+        if not self._inside_roots(directory):
+            return tally  # under a root a reload dropped: asked for just before
         if directory in self.roots or self._config.watch.recursive:
             self._visit(directory, tally, at_startup=False)
         return tally
@@ -149,8 +152,24 @@ class Tree:
             self._visit(directory, tally, at_startup=False, recurse_known=False)
         return tally
 
+    def set_roots(self, roots: tuple[Path, ...]) -> int:
+        """Take these roots from now on (a reload): directories under none of them are
+        forgotten — unwatched, their files out of the index, as if flatd had started with
+        these roots (the files stay on disk). Returns how many directories were forgotten.
+        New roots are scanned when the watcher asks (`rescan`)."""
+        self._roots = tuple(roots)
+        outside = [d for d in self._known if not self._inside_roots(d)]
+        tops = [d for d in outside if not any(_under(d, o) and d != o for o in outside)]
+        before = len(self._known)
+        for top in tops:
+            self._forget(top, files_gone=False)
+        return before - len(self._known)
+
     def directories(self) -> int:
         return len(self._known)
+
+    def _inside_roots(self, directory: Path) -> bool:
+        return any(_under(directory, root) for root in self._roots)
 
     # -- one directory at a time ----------------------------------------------------------
     def _visit(
@@ -284,13 +303,16 @@ class Tree:
         for child in self._children.get(directory, set()) - set(listing.subdirectories):
             self._forget(child)
 
-    def _forget(self, top: Path) -> None:
+    def _forget(self, top: Path, *, files_gone: bool = True) -> None:
         """A directory is gone (or no longer one flatd reads): forget it and everything
-        under it; its held frames go through ingest, so their groups hear of it."""
+        under it; its held frames go through ingest, so their groups hear of it. With
+        `files_gone` False (a root dropped by a reload: the files are still there, ingest
+        would read them again) they leave the index here, and no group is run for it."""
         pending = [top]
         while pending:
             directory = pending.pop()
-            pending += self._children.pop(directory, set())
+            children = self._children.pop(directory, set())
+            pending += [c for c in children if files_gone or not self._inside_roots(c)]
             known = self._known.pop(directory, None)
             if known is not None and self._owners.get(known.identity) == directory:
                 del self._owners[known.identity]
@@ -299,7 +321,14 @@ class Tree:
             if directory not in self.roots:
                 self._watcher.unwatch(directory)
             for path in self._index.forget_directory(directory):
-                self._ingest.submit(path, "deleted")
+                if files_gone:
+                    self._ingest.submit(path, "deleted")
+                else:
+                    self._index.remove(path)
+
+
+def _under(directory: Path, root: Path) -> bool:
+    return directory.is_relative_to(root)
 
 
 def _is_directory(mode: int) -> bool:
@@ -339,6 +368,7 @@ class Scanner:
         self._wake = threading.Condition()
         self._directories: dict[Path, None] = {}  # an ordered set
         self._reconcile = False
+        self._roots: tuple[Path, ...] | None = None  # new roots, from a reload
         self._stopping = False
         self.started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flatd-scan", daemon=True)
@@ -362,6 +392,12 @@ class Scanner:
     def reconcile(self) -> None:
         with self._wake:
             self._reconcile = True
+            self._wake.notify()
+
+    def set_roots(self, roots: tuple[Path, ...]) -> None:
+        """New roots (a reload): applied before any rescan asked for after this call."""
+        with self._wake:
+            self._roots = tuple(roots)
             self._wake.notify()
 
     def busy(self) -> bool:
@@ -392,6 +428,9 @@ class Scanner:
     def _next(self) -> Callable[[], object] | None:
         with self._wake:
             while not self._stopping:
+                if self._roots is not None:
+                    roots, self._roots = self._roots, None
+                    return lambda: self._set_roots(roots)
                 if self._directories:
                     directory = next(iter(self._directories))
                     del self._directories[directory]
@@ -401,6 +440,11 @@ class Scanner:
                     return self._reconcile_all
                 self._wake.wait()
         return None
+
+    def _set_roots(self, roots: tuple[Path, ...]) -> None:
+        forgotten = self._tree.set_roots(roots)
+        if forgotten:
+            log.info("directories_forgotten", directories=forgotten, reason="not watched any more")
 
     def _rescan(self, directory: Path) -> None:
         tally = self._tree.rescan(directory)

@@ -18,19 +18,24 @@ dispatch thread).
 
 `check()` is the health check the service runs every few seconds: it re-watches a root
 that was deleted and recreated (inotify forgets it) or whose symlink now points
-elsewhere, retries watches that failed, and reports what is not watched. A watch that
-failed for lack of inotify resources (`ENOSPC` past `fs.inotify.max_user_watches`, `EMFILE`
-past `max_user_instances`) makes the watcher unhealthy: the daemon then stops pinging
-systemd's watchdog, because it is deaf to part of its tree.
+elsewhere, retries watches that failed, and says what is not watched as a `WatchHealth`
+value: each problem with its kind (`Problem`) and whether the daemon is healthy. A dead
+observer, or a watch that failed for lack of inotify resources (`ENOSPC` past
+`fs.inotify.max_user_watches`, `EMFILE` past `max_user_instances`), makes it unhealthy:
+the daemon then stops pinging systemd's watchdog, because it is deaf to part of its tree.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import structlog
@@ -79,6 +84,43 @@ ADVICE = (
 )
 
 
+class ProblemKind(StrEnum):
+    NO_OBSERVER = "no_observer"  # the observer could not start, or its thread stopped
+    NO_ROOT = "no_root"  # a watched directory does not exist
+    OUT_OF_RESOURCES = "out_of_resources"  # the kernel's inotify limits
+    WATCH_FAILED = "watch_failed"  # any other reason a directory cannot be watched
+    MORE = "more"  # past MAX_PROBLEMS: how many more directories
+
+
+UNHEALTHY = frozenset({ProblemKind.NO_OBSERVER, ProblemKind.OUT_OF_RESOURCES})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the watcher cannot watch, and why (`reason`, one line for people)."""
+
+    kind: ProblemKind
+    reason: str
+    directory: Path | None = None
+
+
+@dataclass(frozen=True)
+class WatchHealth:
+    """What one health check found: the problems, and whether the daemon may tell
+    systemd's watchdog it is alive (not when it is deaf: no observer, or inotify's limits
+    reached)."""
+
+    problems: tuple[Problem, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        return not any(p.kind in UNHEALTHY for p in self.problems)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [p.reason for p in self.problems]
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher) -> None:
         self._watcher = watcher
@@ -124,7 +166,7 @@ class Watcher:
         self._lock = threading.RLock()
         self._watches: dict[Path, ObservedWatch] = {}
         self._identity: dict[Path, tuple[int, int]] = {}  # root -> (st_dev, st_ino) watched
-        self._failed: dict[Path, str] = {}  # directory -> why it cannot be watched
+        self._failed: dict[Path, Problem] = {}  # directory -> why it cannot be watched
 
     @property
     def observer_name(self) -> str:
@@ -134,8 +176,8 @@ class Watcher:
     def roots(self) -> tuple[Path, ...]:
         return self._config.directories
 
-    def start(self) -> list[str]:
-        """Start the observer and watch the roots; return what cannot be watched yet."""
+    def start(self) -> WatchHealth:
+        """Start the observer and watch the roots; say what cannot be watched yet."""
         logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow_handler)
         try:
             self._observer = self._new_observer()
@@ -159,6 +201,24 @@ class Watcher:
             self._observer.stop()
             if self._observer.is_alive():
                 self._observer.join(timeout=5)
+
+    def set_roots(self, directories: tuple[Path, ...]) -> None:
+        """Watch these roots from now on (a reload): those no longer listed are unwatched
+        at once (their subdirectories by the scanner); new ones are watched by the next
+        `check()`."""
+        with self._lock:
+            gone = [root for root in self.roots if root not in directories]
+            self._config = dataclasses.replace(self._config, directories=tuple(directories))
+            for root in gone:
+                self.unwatch(root)
+                self._identity.pop(root, None)
+            for root in directories:  # watched already, as a subdirectory: a root as it is
+                if root in self._watches and root not in self._identity:
+                    with contextlib.suppress(OSError):
+                        found = root.stat()
+                        self._identity[root] = (found.st_dev, found.st_ino)
+        for root in gone:
+            log.info("unwatching", directory=str(root), reason="no longer in watch.directories")
 
     # -- the scanner asks ----------------------------------------------------------------
     def watch(self, directory: Path) -> bool:
@@ -190,7 +250,8 @@ class Watcher:
             self._failed.pop(directory, None)
             watch = self._watches.pop(directory, None)
             if watch is not None and self._observer is not None:
-                self._observer.unschedule(watch)
+                with contextlib.suppress(KeyError):  # its emitter already went
+                    self._observer.unschedule(watch)
                 log.debug("watch_removed", directory=str(directory))
 
     def watching(self, directory: Path) -> bool:
@@ -203,30 +264,25 @@ class Watcher:
 
     def _watch_failed(self, directory: Path, exc: OSError) -> None:
         reason = f"cannot watch {directory}: {_explain(exc)}"
+        kind = ProblemKind.WATCH_FAILED
         if exc.errno in RESOURCE_ERRORS:
             reason += f"; {ADVICE}"
-        if self._failed.get(directory) != reason:
+            kind = ProblemKind.OUT_OF_RESOURCES
+        if self._failed.get(directory) != Problem(kind, reason, directory):
             log.error("watch_failed", directory=str(directory), reason=reason)
-        self._failed[directory] = reason
+        self._failed[directory] = Problem(kind, reason, directory)
 
     # -- health ----------------------------------------------------------------------------
-    @property
-    def healthy(self) -> bool:
-        """False while the observer is dead or a watch failed for lack of inotify resources."""
-        with self._lock:
-            if self._observer is None or not self._observer.is_alive():
-                return False
-            return not any(ADVICE in reason for reason in self._failed.values())
-
-    def check(self, initial: bool = False) -> list[str]:
+    def check(self, initial: bool = False) -> WatchHealth:
         """Re-watch roots that (re)appeared or were re-pointed and retry failed watches,
-        asking for a scan of each (files may have landed meanwhile); return what is not
+        asking for a scan of each (files may have landed meanwhile); say what is not
         being watched."""
         if self._observer is None:
-            return [self._broken]
-        problems = []
-        if not self._observer.is_alive():
-            problems.append("the file observer thread has stopped")
+            return WatchHealth((Problem(ProblemKind.NO_OBSERVER, self._broken),))
+        if not self._observer.is_alive():  # nothing can be watched again through it
+            stopped = "the file observer thread has stopped"
+            return WatchHealth((Problem(ProblemKind.NO_OBSERVER, stopped),))
+        problems: list[Problem] = []
         with self._lock:  # no watch is added meanwhile, which would look dead
             alive = {e.watch for e in self._observer.emitters if e.is_alive()}
             problems += [p for p in (self._check_root(r, alive, initial) for r in self.roots) if p]
@@ -234,13 +290,19 @@ class Watcher:
         for directory in self._retry_failed():
             self._on_directory(directory)
         with self._lock:
-            failed = [r for d, r in sorted(self._failed.items()) if d not in self.roots]
+            failed = [f for d, f in sorted(self._failed.items()) if d not in self.roots]
         problems += failed[:MAX_PROBLEMS]
         if len(failed) > MAX_PROBLEMS:
-            problems.append(f"and {len(failed) - MAX_PROBLEMS} more directories cannot be watched")
-        return problems
+            more = f"and {len(failed) - MAX_PROBLEMS} more directories cannot be watched"
+            worst = (
+                ProblemKind.OUT_OF_RESOURCES
+                if any(f.kind in UNHEALTHY for f in failed)
+                else ProblemKind.MORE
+            )
+            problems.append(Problem(worst, more))
+        return WatchHealth(tuple(problems))
 
-    def _check_root(self, root: Path, alive: set[ObservedWatch], initial: bool) -> str:
+    def _check_root(self, root: Path, alive: set[ObservedWatch], initial: bool) -> Problem | None:
         try:
             stat = root.stat()
         except OSError:
@@ -249,14 +311,16 @@ class Watcher:
             watch = self._watches.get(root)
             identity = (stat.st_dev, stat.st_ino) if stat is not None else None
             if watch is not None and watch in alive and identity == self._identity.get(root):
-                return ""
+                return None
             if watch is not None:
                 self.unwatch(root)
                 log.warning("watch_lost", directory=str(root))
             if stat is None or not root.is_dir():
-                return f"watched directory {root} does not exist"
+                missing = f"watched directory {root} does not exist"
+                return Problem(ProblemKind.NO_ROOT, missing, root)
             if not self.watch(root):
-                return self._failed.get(root, f"cannot watch {root}")
+                failed = Problem(ProblemKind.WATCH_FAILED, f"cannot watch {root}", root)
+                return self._failed.get(root, failed)
             assert identity is not None
             self._identity[root] = identity
         log.info(
@@ -268,7 +332,7 @@ class Watcher:
         )
         if not initial:
             self._on_directory(root)
-        return ""
+        return None
 
     def _forget_dead(self, alive: set[ObservedWatch]) -> None:
         """Watches of subdirectories stop when their directory is deleted: drop them (the

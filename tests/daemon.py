@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -261,3 +262,11 @@ class NotifySocket:
     def close(self) -> None:
         self._running = False
         self.sock.close()
+
+
+def numbered(content: bytes, n: int) -> bytes:
+    """A FITS file's bytes with its first float32 pixel set to `n`: another frame (content
+    identifies a frame: a byte-identical copy of one would be a duplicate of it)."""
+    end = next(i for i in range(0, len(content), 80) if content[i : i + 8] == b"END     ")
+    data = -(-(end + 80) // 2880) * 2880
+    return content[:data] + struct.pack(">f", float(n)) + content[data + 4 :]

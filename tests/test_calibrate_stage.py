@@ -15,7 +15,7 @@ from flatd.calibrate import WORK_DIRECTORY, MasterLibraries
 from flatd.calibrate.stage import calibrated_inputs
 from flatd.config import CalibrateConfig, Config, OutputConfig, SequenceConfig
 from flatd.engine.pixels import PixelSource, PlaneReader
-from flatd.index import Sequence, index_paths
+from flatd.index import FlatSequence, index_paths
 from flatd.masters import read_master_inputs
 from flatd.pipeline import make_master
 from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
@@ -41,7 +41,7 @@ def configured(output: Path, bias: Path | str, **calibrate: object) -> Config:
     )
 
 
-def the_sequence(paths: list[Path], config: Config) -> Sequence:
+def the_sequence(paths: list[Path], config: Config) -> FlatSequence:
     (sequence,) = index_paths(paths, config).sequences()
     return sequence
 
@@ -69,6 +69,24 @@ def test_the_engine_reads_trimmed_float32_copies_gone_afterwards(night, tmp_path
             assert copy.extras["SATURATE"] == pytest.approx(65535.0 - level, abs=1e-3)
         assert inputs.provenance is not None and inputs.rejected == {}
     assert not (tmp_path / "masters" / WORK_DIRECTORY).exists()
+
+
+def test_a_stop_between_two_frames_abandons_the_stage_and_its_workspace(night, tmp_path) -> None:
+    """How the daemon stops at once: `make_master`'s progress is called before each raw
+    frame is calibrated; what it raises abandons the sequence, with nothing left behind."""
+    config = configured(tmp_path / "masters", night.bias)
+    calls: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what the daemon raises is its own; anything goes
+
+    with pytest.raises(KeyboardInterrupt):
+        make_master(the_sequence(night.frames, config), config, progress=progress)
+    assert calls == [(0, 24)] * 3  # before the first, second and third frame
+    assert not (tmp_path / "masters" / WORK_DIRECTORY).exists()
+    assert list((tmp_path / "masters").glob("*.fits")) == []
 
 
 def test_a_sequence_without_raw_frames_passes_through(night, tmp_path: Path) -> None:

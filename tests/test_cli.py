@@ -17,7 +17,7 @@ import pytest
 import structlog
 from astropy.io import fits
 
-from flatd import report
+from flatd import oneshot
 from flatd.cli import main
 from flatd.config import Config, parse_config
 from flatd.simulate import broken_bytes, fits_bytes, simulate_sequence, write_sequence
@@ -132,7 +132,7 @@ def test_progress_line_updates_in_place() -> None:
             pass
 
     terminal = Terminal()
-    line = report.ProgressLine(terminal)  # type: ignore[arg-type]
+    line = oneshot.ProgressLine(terminal)  # type: ignore[arg-type]
     progress = line.for_group("r_SIMCAM_1_1")
     for done in (1520, 1521, 4096):
         progress(done, 4096)
@@ -150,7 +150,7 @@ def test_progress_line_survives_a_closed_terminal() -> None:
         def write(self, text: str) -> None:
             raise BrokenPipeError(32, "Broken pipe")
 
-    line = report.ProgressLine(Gone())  # type: ignore[arg-type]
+    line = oneshot.ProgressLine(Gone())  # type: ignore[arg-type]
     line.for_group("r")(1, 2)  # no exception: the combination goes on
     line.clear()
 
@@ -278,7 +278,7 @@ def test_a_command_that_raises_says_what_failed_and_exits_1(
     def broken(*args, **kwargs):
         raise RuntimeError("the index is on fire\nsecond line")
 
-    monkeypatch.setattr(report, "index_paths", broken)
+    monkeypatch.setattr(oneshot, "index_paths", broken)
     for command in ("combine", "scan"):
         args = combine_args(tmp_path, night)
         args[0] = command
@@ -359,3 +359,82 @@ def test_python_m_flatd_combine(tmp_path: Path, night: Path) -> None:
     assert "r_SIMCAM_1_1" in done.stdout and "\r" not in done.stderr
     master = tmp_path / "masters" / "flat_r_SIMCAM_1_1_20261123T173000.fits"
     assert fits.getheader(master)["NCOMBINE"] == 6
+
+
+# -- promote, remake, duplicates, without a daemon ----------------------------------------------
+def two_nights(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Two nights of r flats of the same flat combined into tmp_path/masters; the config."""
+    config = write_config(tmp_path / "flatd.toml", "[sequence]\nmin_frames = 3\n")
+    first = simulate_sequence((32, 32), 4, seed=1, stars=False)
+    second = simulate_sequence(
+        (32, 32), 4, seed=2, stars=False, true_flat=first.true_flat, start=_day(24)
+    )
+    write_sequence(first, tmp_path / "n23", prefix="a")
+    write_sequence(second, tmp_path / "n24", prefix="b")
+    args = ["combine", "--config", str(config), str(tmp_path / "n23"), str(tmp_path / "n24")]
+    assert main(args) == 0
+    masters = sorted((tmp_path / "masters").glob("flat_*.fits"))
+    assert [p.name[-20:] for p in masters] == ["20261123T173000.fits", "20261124T173000.fits"]
+    return config, masters
+
+
+def _day(day: int):
+    from datetime import datetime
+
+    return datetime(2026, 11, day, 17, 30)
+
+
+def test_promote_demote_and_reset_move_latest_by_the_rule(tmp_path: Path, capsys) -> None:
+    config, (older, newer) = two_nights(tmp_path)
+    latest = tmp_path / "masters" / "latest" / "flat_r_SIMCAM_1_1.fits"
+    assert latest.samefile(newer)
+    capsys.readouterr()
+    assert main(["promote", "--config", str(config), "--demote", str(latest)]) == 0
+    out = capsys.readouterr().out
+    assert f"{newer.name}: demoted" in out and f"-> {older.name}" in out
+    assert latest.samefile(older)
+    assert main(["promote", "--config", str(config), str(older)]) == 0  # older: accepted ...
+    out = capsys.readouterr().out
+    assert f"-> {newer.name}" not in out and f"-> {older.name}" in out
+    assert main(["promote", "--config", str(config), "--reset", newer.name]) == 0
+    assert latest.samefile(newer)  # ... but the newest accepted sequence is latest/
+    decisions = json.loads((tmp_path / "masters" / ".flatd-decisions.json").read_text())
+    assert decisions["masters"][older.name]["decision"] == "promote"
+    assert newer.name not in decisions["masters"]
+    assert main(["promote", "--config", str(config), "flat_x.fits"]) == 2
+
+
+def test_remake_without_a_daemon_makes_the_master_again_here(tmp_path: Path, capsys) -> None:
+    config, (older, newer) = two_nights(tmp_path)
+    capsys.readouterr()
+    assert main(["remake", "--config", str(config), "--all"]) == 0
+    assert "every master of the output directory was made with the configuration's" in (
+        capsys.readouterr().out
+    )
+    config.write_text(config.read_text() + "[combine]\nsigma_high = 4.0\n")
+    written = newer.stat().st_mtime_ns
+    assert main(["remake", "--config", str(config), "--group", "r_SIMCAM_1_1"]) == 0
+    out = capsys.readouterr().out
+    assert f"{older}: -> {older}" in out and f"{newer}: -> {newer}" in out
+    assert fits.getheader(newer)["CMBSHIGH"] == 4.0 and newer.stat().st_mtime_ns > written
+    assert (tmp_path / "masters" / "latest" / "flat_r_SIMCAM_1_1.fits").samefile(newer)
+    for frame in (tmp_path / "n24").glob("*.fits"):
+        frame.unlink()  # its inputs gone: it cannot be made again, and is left as it is
+    assert main(["remake", "--config", str(config), str(newer)]) == 1
+    assert "none of its 4 inputs is on disk as it was" in capsys.readouterr().out
+    assert newer.exists()
+
+
+def test_scan_lists_a_copy_as_a_duplicate_of_the_frame(tmp_path: Path, capsys) -> None:
+    incoming = tmp_path / "incoming"
+    [first, *_] = write_sequence(simulate_sequence((16, 16), 3, seed=4), incoming)
+    (incoming / "again").mkdir()
+    (incoming / "again" / first.name).write_bytes(first.read_bytes())
+    assert main(["scan", "--json", str(incoming)]) == 0
+    scanned = json.loads(capsys.readouterr().out)
+    assert scanned["duplicates"] == [
+        {"path": str(incoming / "again" / first.name), "duplicate_of": str(first)}
+    ]
+    assert scanned["index"] == {"frames": 4, "flats": 3, "skipped": 0, "rejected": 0}
+    assert main(["scan", str(incoming)]) == 0
+    assert f"{incoming / 'again' / first.name}: duplicate of {first}" in capsys.readouterr().out

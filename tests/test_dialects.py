@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from astropy.io import fits
 from structlog.testing import capture_logs
@@ -20,8 +21,8 @@ from flatd.config import Config, FramesConfig, parse_config
 from flatd.frames import Frame, Skip, read_frame
 from flatd.index import index_paths
 from flatd.masters import group_slug
+from flatd.oneshot import combine_paths
 from flatd.page import render_page
-from flatd.report import combine_paths
 from flatd.simulate import simulate_sequence
 from flatd.status import render_status
 from tests.daemon import FlatdProcess
@@ -322,13 +323,14 @@ def twilight_cards(form: str, moment: datetime) -> dict[str, Any]:
     "form", ["iso", "date+UTCSTART", "date+TIME-OBS", "DD/MM/YY+UT", "MJD-OBS", "date only"]
 )
 def test_evening_and_morning_twilight_are_two_sequences(tmp_path, form):
-    for twilight, start in (("evening", EVENING), ("morning", MORNING)):
+    for n, (twilight, start) in enumerate((("evening", EVENING), ("morning", MORNING))):
         for i in range(3):
             moment = start + timedelta(minutes=2 * i)
             if form == "DD/MM/YY+UT":
                 moment = moment.replace(year=1996)
+            data = np.full((16, 20), 20000.0 - 1000 * (3 * n + i), np.float32)  # not copies
             path = CORPUS[0].write(
-                tmp_path / f"{twilight}_{i}.fits", **twilight_cards(form, moment)
+                tmp_path / f"{twilight}_{i}.fits", data, **twilight_cards(form, moment)
             )
             os.utime(path, (moment.timestamp(), moment.timestamp()))
     config = Config()
@@ -367,6 +369,7 @@ def test_a_master_written_before_binnings_were_numbers_still_belongs_to_its_grou
 
 
 # -- names, the daemon and scan --------------------------------------------------------------
+@pytest.mark.slow
 def test_the_daemon_takes_capitalised_names_of_any_dialect(tmp_path):
     """The real daemon: Gemini frames (an image extension, a date-only DATE-OBS with
     TIME-OBS, two filter wheels) named in capitals by Windows capture software become a

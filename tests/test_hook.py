@@ -131,6 +131,36 @@ def test_hooks_run_one_at_a_time_in_order_with_arguments_and_environment(
     assert env["FLATD_SITE"] == "kept" and "NOTIFY_SOCKET" not in env
 
 
+GATED = """
+import pathlib, sys, time
+folder, path = pathlib.Path(sys.argv[1]), sys.argv[2]
+(folder / "started").write_text(path)
+while not (folder / "gate").exists():
+    time.sleep(0.01)
+with open(folder / "ran", "a") as out:
+    out.write(path + "\\n")
+"""
+
+
+def test_a_reload_turns_the_hook_on_and_off_between_two_masters(tmp_path: Path) -> None:
+    runner = HookRunner((), 20.0)  # no hook at start: no worker
+    runner.start()
+    runner.submit(record("/m/before.fits"))
+    runner.reconfigure([sys.executable, "-c", GATED, str(tmp_path), "{path}"], 20.0)
+    runner.submit(record("/m/first.fits"))
+    runner.submit(record("/m/second.fits"))  # waits behind the first
+    wait_for(lambda: (tmp_path / "started").exists(), what="the first hook running")
+    with capture_logs() as events:
+        runner.reconfigure((), 20.0)  # off again: the running one finishes, the next is not run
+        (tmp_path / "gate").touch()
+        wait_for(lambda: any(e["event"] == "hook_not_run" for e in events), what="hook_not_run")
+        runner.stop()
+    assert (tmp_path / "ran").read_text().splitlines() == ["/m/first.fits"]
+    [skipped] = [e for e in events if e["event"] == "hook_not_run"]
+    assert skipped["master"] == "/m/second.fits"
+    assert skipped["reason"] == "output.on_master removed"
+
+
 def test_a_hanging_hook_is_killed_at_its_timeout_with_its_children(recorder) -> None:
     script, log = recorder
     runner = HookRunner([sys.executable, str(script), str(log), "hang"], 1.0)
@@ -201,6 +231,7 @@ def _write_sequence(flatd: FlatdProcess, prefix: str, seed: int, day: int) -> No
         write_atomically(flatd.incoming / f"{prefix}_{i:03d}.fits", seq.frames[i], seq.headers[i])
 
 
+@pytest.mark.slow
 def test_the_daemon_runs_the_hook_once_per_master_in_order(tmp_path: Path, recorder) -> None:
     script, log = recorder
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)
@@ -227,6 +258,7 @@ def test_the_daemon_runs_the_hook_once_per_master_in_order(tmp_path: Path, recor
     assert len(flatd.named("hook_done")) == 2  # once per master, never again
 
 
+@pytest.mark.slow
 def test_a_hanging_hook_never_holds_up_the_daemon(tmp_path: Path, recorder) -> None:
     script, log = recorder
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)

@@ -1,13 +1,16 @@
-"""The in-memory index: groups, sequences split by gap, re-sightings, removals, counts."""
+"""The in-memory index: groups, sequences split by gap, re-sightings, removals, counts; one
+frame, one input (a copy is a duplicate, a touched file the same frame)."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from flatd.config import FramesConfig, load_config
+from flatd.fingerprint import identified
 from flatd.frames import Frame, Skip, read_frame
 from flatd.index import Index, index_paths
 from tests.conftest import write_frame
@@ -70,7 +73,7 @@ def test_index_paths_walks_patterns_and_leaves_temporaries_and_output_alone(tmp_
     config_file.write_text('[watch]\ndirectories = ["in"]\n[output]\ndirectory = "in/masters"\n')
     config = load_config(config_file)
     write_frame(tmp_path / "in" / "night1" / "a.fits")
-    write_frame(tmp_path / "in" / "b.fit")
+    write_frame(tmp_path / "in" / "b.fit", **{"DATE-OBS": "2026-11-23T17:31:00"})
     write_frame(tmp_path / "in" / "bias.fits", IMAGETYP="BIAS")
     write_frame(tmp_path / "in" / ".a.fits.Xy12ab")  # rsync's temporary name
     write_frame(tmp_path / "in" / "c.fits.part")
@@ -188,3 +191,58 @@ def test_group_keys_are_shared_by_the_frames_of_a_group(tmp_path: Path):
         index.add(frame_at(tmp_path, f"f{i}.fits", f"2026-11-23T17:3{i}:00"))
     keys = {id(f.group) for f in index.frames()}
     assert len(keys) == 1
+
+
+# -- one frame, one input ----------------------------------------------------------------------
+def identified_frame(path: Path) -> Frame:
+    frame = identified(read_frame(path, FramesConfig()))
+    assert isinstance(frame, Frame) and frame.content
+    return frame
+
+
+def test_a_copy_is_a_duplicate_and_takes_the_place_of_the_frame_it_copies(tmp_path: Path):
+    index = Index(gap_minutes=120, keep_days=7)
+    original = identified_frame(write_frame(tmp_path / "a.fits"))
+    copy = tmp_path / "backup" / "a.fits"
+    copy.parent.mkdir()
+    copy.write_bytes(original.path.read_bytes())
+    assert index.add(original).groups == {original.group}
+    change = index.add(identified_frame(copy))
+    assert change.changed and change.duplicate_of == original.path and not change.groups
+    assert index.counts() == {"frames": 2, "flats": 1, "skipped": 0, "rejected": 0}
+    assert [(d.path, d.of) for d in index.duplicates()] == [(copy, original.path)]
+    [sequence] = index.sequences()
+    assert [f.path for f in sequence.frames] == [original.path]
+    assert [d.path for d in sequence.duplicates] == [copy]
+
+    assert index.remove(original.path) is None  # the copy takes its place: same frames
+    [sequence] = index.sequences()
+    assert [f.path for f in sequence.frames] == [copy] and sequence.duplicates == ()
+    assert index.duplicates() == [] and index.duplicate_count() == 0
+    assert index.counts() == {"frames": 1, "flats": 1, "skipped": 0, "rejected": 0}
+    assert index.remove(copy) == original.group  # the last path: the frame leaves
+
+
+def test_a_touched_frame_changes_no_group(tmp_path: Path):
+    index = Index(gap_minutes=120)
+    frame = identified_frame(write_frame(tmp_path / "a.fits"))
+    index.add(frame)
+    os.utime(frame.path, (1e9, 1e9))
+    change = index.add(identified_frame(frame.path))
+    assert change.changed and not change.new and change.groups == frozenset()
+    assert index.knows(frame.path, frame.size, 1_000_000_000 * 10**9)
+
+
+def test_duplicates_leave_memory_with_the_sequence_they_copy(tmp_path: Path):
+    index = Index(gap_minutes=120, keep_days=7)
+    old = identified_frame(write_frame(tmp_path / "old.fits", **{"DATE-OBS": "2026-10-01T17:30"}))
+    new = identified_frame(write_frame(tmp_path / "new.fits"))
+    copy = tmp_path / "copy.fits"
+    copy.write_bytes(old.path.read_bytes())
+    for frame in (old, new, identified_frame(copy)):
+        index.add(frame)
+    [gone] = index.forget(datetime(2026, 11, 1, tzinfo=UTC), lambda group: True)
+    assert [f.path for f in gone.frames] == [old.path]
+    assert index.duplicates() == []
+    assert index.counts() == {"frames": 3, "flats": 1, "skipped": 0, "rejected": 0}
+    assert index.knows(copy, copy.stat().st_size, copy.stat().st_mtime_ns)  # not read again

@@ -304,7 +304,9 @@ def test_qamask_counts_the_masked_pixels() -> None:
     mask = np.zeros(SHAPE, bool)
     mask[:, 7] = True  # a dead column
     mask[3:5, 20:30] = True  # and a dead block
-    assessment = qa.assess(data, np.full(SHAPE, 0.01, np.float32), mask, [20000.0], None, 0.02)
+    assessment = qa.assess(
+        data, np.full(SHAPE, 0.01, np.float32), mask, [20000.0], qa.Baseline(), 0.02
+    )
     cards_ = {k: v for k, v, _ in assessment.header_cards()}
     assert cards_["QAMASK"] == SHAPE[0] + 20 == assessment.masked_pixels
     assert cards_["QAMASKFR"] == pytest.approx((SHAPE[0] + 20) / mask.size)

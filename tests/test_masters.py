@@ -16,9 +16,11 @@ from astropy.nddata import CCDData, StdDevUncertainty
 
 from flatd import __version__, masters
 from flatd.atomic import is_temporary
+from flatd.catalogue import Catalogue
 from flatd.config import Config, parse_config
 from flatd.index import index_paths
-from flatd.pipeline import make_master
+from flatd.latest import Curator
+from flatd.pipeline import combine_and_publish, make_master
 from tests.conftest import write_frame
 
 ccdproc = pytest.importorskip("ccdproc")
@@ -35,6 +37,7 @@ INPUT_COLUMNS = [
     "USED",
     "REASON",
     "CLIPFRAC",
+    "CHECKSUM",
 ]
 START = datetime(2026, 11, 23, 17, 30, tzinfo=UTC)
 
@@ -67,7 +70,7 @@ def combine_directory(directory: Path, output: Path, config: Config | None = Non
     config = config or Config()
     sequences = index_paths([directory], config).sequences()
     assert len(sequences) == 1
-    result = make_master(sequences[0], config, output_dir=output)
+    result = combine_and_publish(sequences[0], config, Curator(Catalogue(output), config))
     assert result.outcome == "done", result.reason
     return result
 
@@ -184,7 +187,7 @@ def test_inputs_table_is_what_from_columns_builds(tmp_path: Path) -> None:
     import io
 
     frames, combined, _ = _combined(tmp_path / "in")
-    table = masters._inputs_table(frames, combined)
+    table = masters._inputs_table(frames, combined, [])
     ours, official = io.BytesIO(), io.BytesIO()
     table.writeto(ours)
     fits.BinTableHDU.from_columns(table.columns, name="INPUTS").writeto(official)

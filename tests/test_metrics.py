@@ -10,18 +10,19 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from flatd.config import ConfigError, load_config, parse_config
-from flatd.groups import Groups
 from flatd.index import index_paths
 from flatd.metrics import MetricsFile, outcome_class
 from flatd.simulate import simulate_sequence, write_sequence
 from flatd.status import parse_iso
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
 from tests.faults.conftest import set_config
+from tests.inprocess import combination_jobs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,23 +41,32 @@ def one(found: dict[str, list], name: str, **labels: str) -> float:
     return value
 
 
-def _write_sequence(flatd: FlatdProcess, filter_name: str, seed: int, day: int) -> None:
-    seq = flat_sequence(3, filter_name=filter_name, seed=seed, start=datetime(2026, 11, day, 17))
+def _write_sequence(
+    flatd: FlatdProcess, filter_name: str, seed: int, day: int, **options: object
+) -> np.ndarray:
+    """A sequence of three frames; returns its true flat."""
+    seq = flat_sequence(
+        3, filter_name=filter_name, seed=seed, start=datetime(2026, 11, day, 17), **options
+    )
     for i in range(3):
         name = f"{filter_name}{day}_{i:03d}.fits"
         write_atomically(flatd.incoming / name, seq.frames[i], seq.headers[i])
+    return seq.true_flat
 
 
+@pytest.mark.slow
 def test_the_metrics_file_names_the_latest_master_of_each_group(tmp_path: Path) -> None:
     flatd = FlatdProcess(tmp_path, quiet=0.5, min_frames=3)
     set_config(flatd, "status", metrics_file="textfile/flatd-cam1.prom")
     metrics = tmp_path / "textfile" / "flatd-cam1.prom"
     try:
         flatd.start()
-        _write_sequence(flatd, "r", seed=1, day=23)
+        r_flat = _write_sequence(flatd, "r", seed=1, day=23, stars=False)
         _write_sequence(flatd, "g", seed=2, day=23)
         flatd.wait_event("master_written", count=2)
-        _write_sequence(flatd, "r", seed=3, day=24)  # r's second master: compared with the first
+        # r's second master, of the same flat (no stars, which 3 frames cannot clip): compared
+        # with the first, not flagged, so latest/
+        _write_sequence(flatd, "r", seed=3, day=24, true_flat=r_flat, stars=False)
         flatd.wait_event("master_written", count=3)
         status = wait_for(
             lambda: (
@@ -116,9 +126,27 @@ def test_the_metrics_file_names_the_latest_master_of_each_group(tmp_path: Path) 
     assert one(found, "flatd_master_change_rms", **r) == r_master["qa"]["change_rms"] > 0
     # g has no previous master: no change rms for it
     assert [s.labels["group"] for s in found["flatd_master_change_rms"]] == ["r_SIMCAM_1_1"]
+    assert one(found, "flatd_master_held_back", **r) == 0  # its newest master is latest/
 
     assert one(final, "flatd_up") == 0 and one(final, "flatd_state", state="stopped") == 1
     assert not [p for p in metrics.parent.iterdir() if p != metrics]  # no temporaries left
+
+
+def test_a_master_held_back_by_qa_is_a_metric(tmp_path: Path) -> None:
+    masters = "/m/flat_r_SIMCAM_1_1_2026112{}T170000.fits"
+    group = {
+        "group": {"FILTER": "r"},
+        "name": "r_SIMCAM_1_1",
+        "state": "done",
+        "latest_master": masters.format(3),
+        "history": [
+            {"path": masters.format(4), "qa": {"flagged": True}},
+            {"path": masters.format(3)},
+        ],
+    }
+    metrics = MetricsFile(tmp_path / "flatd.prom")
+    assert metrics.write({"daemon": {"state": "running"}, "groups": [group], "masters": []})
+    assert one(samples(tmp_path / "flatd.prom"), "flatd_master_held_back") == 1
 
 
 def test_a_failed_write_is_logged_once_and_its_recovery_once(tmp_path: Path) -> None:
@@ -175,7 +203,7 @@ def test_the_metrics_file_is_configured_relative_to_the_config(tmp_path: Path) -
 def test_every_combination_is_counted_by_its_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`Groups` in-process on real files: a crash (the one fault injected here: no input
+    """The combination jobs in-process on real files: a crash (the one fault injected here: no input
     makes the pipeline raise, that is what a crash is) and then a written master."""
     incoming = tmp_path / "incoming"
     write_sequence(simulate_sequence((24, 24), 4, seed=8, stars=False), incoming)
@@ -187,12 +215,9 @@ def test_every_combination_is_counted_by_its_outcome(
     )
     index = index_paths([incoming], config)
     metrics = MetricsFile(tmp_path / "flatd.prom")
-    groups = Groups(
+    jobs, _ = combination_jobs(
         index,
         config,
-        on_master=lambda record: None,
-        on_error=lambda path, reason: None,
-        on_change=lambda: None,
         on_outcome=lambda r: metrics.combination_finished(r.outcome, r.reason, r.seconds),
     )
     [group] = index.groups()
@@ -201,10 +226,10 @@ def test_every_combination_is_counted_by_its_outcome(
         raise KeyError("a bug")
 
     with monkeypatch.context() as patch:
-        patch.setattr("flatd.groups.make_master", crash)
-        groups.run(group)
-    groups.run(group)
-    groups.stop()
+        patch.setattr("flatd.jobs.combine_and_publish", crash)
+        jobs.run(group)
+    jobs.run(group)
+    jobs.stop()
     assert metrics.write({})
     found = samples(tmp_path / "flatd.prom")
     counts = {s.labels["outcome"]: s.value for s in found["flatd_combinations_total"]}

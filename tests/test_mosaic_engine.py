@@ -179,6 +179,7 @@ print(before, after, result.peak_bytes, result.outputs.spilled)
 """
 
 
+@pytest.mark.slow
 def test_a_mosaic_stays_within_its_memory_limit_in_a_real_process(tmp_path: Path) -> None:
     """8 frames of 4 extensions of 1000x600 (77 MB of float32) under 20 MB: the process's
     resident memory grows by no more than the limit, planes read back included."""

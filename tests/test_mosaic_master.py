@@ -16,11 +16,17 @@ import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
 
+from flatd.catalogue import Catalogue
 from flatd.cli import main
 from flatd.config import Config
-from flatd.masters import read_master_inputs
+from flatd.fingerprint import content_digest
+from flatd.frames import Frame, read_frame
+from flatd.latest import Curator
+from flatd.masters import read_master_file, read_master_inputs
+from flatd.oneshot import combine_paths
 from flatd.page import render_page
-from flatd.report import combine_paths
+from flatd.remake import remake_now
+from flatd.settings import differences
 from flatd.simulate_mosaic import SimulatedMosaic, simulate_mosaic, write_mosaic_sequence
 from tests.daemon import FlatdProcess, wait_for
 
@@ -153,6 +159,81 @@ def test_a_changed_amplifier_is_flagged_by_name_against_the_previous_master(
     assert "QA AMP3" in page and "QA AMP4" in page
 
 
+def mosaic_night(day: int, seed: int, like: SimulatedMosaic | None = None) -> SimulatedMosaic:
+    """A night's mosaic flats (noise from `seed`); `like` another night's camera (its
+    flat and gains) with a dust donut new in AMP3 (10 % deep)."""
+    night = simulate_mosaic((80, 96), 4, 5, seed=seed, start=datetime(2026, 11, day, 17, 30))
+    if like is not None:
+        camera = night.camera.camera
+        night.camera.amplifiers = like.camera.amplifiers
+        camera.true_flat = like.camera.camera.true_flat.copy()
+        region = night.camera.amplifiers[2]  # AMP3's part of the detector
+        y0, x0 = region.rows.start + 30, region.columns.start + 40
+        camera.true_flat[y0 : y0 + 16, x0 : x0 + 16] *= 0.9
+    return night
+
+
+def test_a_mosaic_change_held_back_is_confirmed_by_the_next_sequence_as_a_whole(
+    tmp_path: Path,
+) -> None:
+    """A change in one amplifier holds the mosaic's master back; the next night's master,
+    like the held-back one in every extension and unlike the one in use in AMP3, confirms
+    it: the verdict is the mosaic's (primary header, latest/), each extension keeping its
+    own comparisons."""
+    output = tmp_path / "out"
+    first = mosaic_night(22, 1)
+    nights = [first, mosaic_night(23, 2, like=first), mosaic_night(24, 3, like=first)]
+    paths = [
+        combine_into(output, write_mosaic_sequence(night, tmp_path / f"night{i}"))
+        for i, night in enumerate(nights)
+    ]
+    latest = output / "latest" / "flat_r_SIMCAM_1_1.fits"
+    with fits.open(paths[1]) as hdul:
+        assert hdul[0].header["QAFLAG"] is True and hdul[0].header["QACONFIR"] is False
+    with fits.open(paths[2]) as hdul:
+        primary = hdul[0].header
+        assert primary["QACONFIR"] is True and primary["QAFLAG"] is False
+        assert primary["QAPREV"] == paths[1].name and primary["QAREF"] == paths[0].name
+        assert hdul["AMP3"].header["QAREFRMS"] > 0 and hdul["AMP3"].header["QAFLAG"] is False
+    assert latest.samefile(paths[2])
+    master = read_master_file(paths[2], ["FILTER"])
+    assert master.confirmed and not master.flagged
+    by_name = {e["name"]: e for e in master.qa["extensions"]}
+    assert list(by_name) == NAMES and by_name["AMP3"]["reference"] == paths[0].name
+    assert by_name["AMP3"]["changed_fraction"] < 0.001  # like the held-back one
+
+
+def test_a_mosaic_master_is_read_back_as_any_master(
+    tmp_path: Path, sequence: SimulatedMosaic
+) -> None:
+    """`read_master_file` (restart, catalogue, latest/, remake) on a mosaic's master: its
+    group and frames by content, a duplicate's row, the QA summary with each extension's,
+    the settings it was made with (the normalisation included)."""
+    paths = write_mosaic_sequence(sequence, tmp_path / "in", compress="tile")
+    copy = tmp_path / "in" / "copies" / paths[0].name
+    copy.parent.mkdir()
+    copy.write_bytes(paths[0].read_bytes())
+    path = combine_into(tmp_path / "out", [tmp_path / "in"])
+    master = read_master_file(path, ["FILTER", "INSTRUME"])
+    assert master.group == (("FILTER", "r"), ("INSTRUME", "SIMCAM"))
+    assert master.n_frames == 7 and len(master.rows) == 8
+    [duplicate] = [row for row in master.rows if row.is_duplicate]
+    assert duplicate.path == str(copy) and duplicate.duplicate_of == str(paths[0])
+    frame = read_frame(paths[3], CONFIG.frames)
+    assert isinstance(frame, Frame) and frame.extensions
+    assert master.claims(replace(frame, content=content_digest(paths[3])[0]))
+    assert all(len(row.content) == 32 for row in master.rows)
+    assert [e["name"] for e in master.qa["extensions"]] == NAMES
+    assert master.qa["masked_pixels"] == sum(e["masked_pixels"] for e in master.qa["extensions"])
+    assert master.settings["CMBNMODE"] == "mosaic" and "QAMAXCHG" in master.settings
+    other = replace(CONFIG, combine=replace(CONFIG.combine, normalise="extension"))
+    assert differences(master.settings, other) == ["combine.normalise = mosaic (now extension)"]
+    [remade] = remake_now("all", other, Curator(Catalogue(path.parent), other))  # flatd remake
+    assert remade["outcome"] == "done" and remade["written"] == str(path)
+    again = read_master_file(path, ["FILTER"])
+    assert again.settings["CMBNMODE"] == "extension" and again.identities == master.identities
+
+
 def test_scan_shows_the_layout(tmp_path: Path, sequence: SimulatedMosaic, capsys) -> None:
     write_mosaic_sequence(sequence, tmp_path, compress="tile")
     assert main(["scan", str(tmp_path)]) == 0
@@ -171,6 +252,7 @@ def test_scan_shows_the_layout(tmp_path: Path, sequence: SimulatedMosaic, capsys
     }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_a_restart_recognises_a_mosaic_masters_inputs(tmp_path: Path) -> None:
     sequence = simulate_mosaic((48, 64), 4, 4, seed=13)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from flatd.notify import notify, watchdog_interval
+from flatd.notify import notify, reloading, watchdog_interval
 
 
 @pytest.fixture
@@ -33,6 +34,22 @@ def test_notify_sends_one_datagram(tmp_path: Path, clean_env: pytest.MonkeyPatch
         assert sock.recv(4096) == b"READY=1"
         assert notify("STATUS=3 flats in 1 groups\nWATCHDOG=1") is True
         assert sock.recv(4096) == b"STATUS=3 flats in 1 groups\nWATCHDOG=1"
+
+
+def test_reloading_carries_the_monotonic_time_systemd_matches_it_with(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "n.sock"
+    with _receiver(str(path)) as sock:
+        clean_env.setenv("NOTIFY_SOCKET", str(path))
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert reloading("reloading /etc/flatd/config.toml") is True
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        lines = sock.recv(4096).decode().split("\n")
+    assert lines[0] == "RELOADING=1"
+    assert lines[1].startswith("MONOTONIC_USEC=")
+    assert before <= int(lines[1].removeprefix("MONOTONIC_USEC=")) <= after
+    assert lines[2:] == ["STATUS=reloading /etc/flatd/config.toml"]
 
 
 def test_notify_without_socket_is_silent(clean_env: pytest.MonkeyPatch) -> None:

@@ -230,6 +230,7 @@ def test_malformed_documents_still_render(tmp_path: Path) -> None:
         assert "</html>" in text
 
 
+@pytest.mark.slow
 def test_daemon_writes_the_page_with_every_status_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +279,7 @@ def _run_browser(browser: str, *args: str, cwd: Path) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_renders_in_a_headless_browser(tmp_path: Path) -> None:
     browser = _browser()
@@ -367,6 +369,7 @@ def _dom_after_scripts(browser: str, tmp_path: Path, document: dict, name: str) 
     return dom.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_page_an_hour_old_says_it_is_stale_in_a_real_browser(tmp_path: Path) -> None:
     browser = _require_browser()
@@ -470,3 +473,22 @@ def test_the_ratio_picture_of_the_latest_master_is_shown(tmp_path: Path) -> None
     assert all((path.parent / str(src)).is_file() for src in images)
     assert ratio.is_file()
     assert "What changed: this master / the previous one (flat_g_prev.fits)" in text
+
+
+def test_what_the_page_says_of_a_groups_frames_and_masters(tmp_path: Path) -> None:
+    """Inputs gone, frames held, duplicates, a confirmed change, other settings."""
+    document = _document(tmp_path)
+    g = document["groups"][0]
+    g["gone"] = [{"path": "/data/old/flat_g_001.fits", "master": g["latest_master"]}]
+    g["gone_count"] = 3
+    g["held"] = "2 new frame(s) not combined: 1 of the 6 inputs ... are gone from disk"
+    g["duplicates"] = [{"path": "/backup/flat_g_002.fits", "duplicate_of": "/data/flat_g_002.fits"}]
+    document["masters"][0]["qa"] = {"confirmed": True, "flagged": False}
+    document["masters"][0]["other_settings"] = ["combine.sigma_high = 5 (now 4)"]
+    text = render_page(document, tmp_path, tmp_path / "masters", now=NOW)
+    card = text.split('<article class="card">')[1]
+    assert '<span class="badge ok">change confirmed</span>' in card and "QA flagged" not in card
+    assert "<dt>inputs gone</dt><dd>3 (the masters stay): flat_g_001.fits</dd>" in card
+    assert "<dt>not combined</dt><dd>2 new frame(s) not combined" in card
+    assert "/backup/flat_g_002.fits of /data/flat_g_002.fits" in card
+    assert "combine.sigma_high = 5 (now 4) (flatd remake)" in card

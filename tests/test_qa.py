@@ -1,8 +1,11 @@
 """Flat QA (issue 6): bad frames rejected with their reasons, masters compared with the
-previous one of their group, and the noise-model clip for small stacks.
+master of their group's previous sequence (never an earlier combination of the same
+sequence), a flagged change confirmed by the next sequence, and the noise-model clip for
+small stacks.
 
-Every case runs the real pipeline (`make_master`) on simulated flats written as FITS
-files, and measures the master against the true flat the simulator used."""
+Every case runs the real pipeline (`combine_and_publish`: the master, then `latest/` by
+the rule) on simulated flats written as FITS files, and measures the master against the
+true flat the simulator used."""
 
 from __future__ import annotations
 
@@ -13,11 +16,14 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from flatd.catalogue import Catalogue
 from flatd.config import Config, parse_config
+from flatd.fingerprint import identified
 from flatd.frames import Frame, read_frame
-from flatd.index import Sequence
+from flatd.index import FlatSequence
+from flatd.latest import Curator
 from flatd.masters import latest_path, read_master_inputs
-from flatd.pipeline import Result, make_master
+from flatd.pipeline import Result, combine_and_publish
 from flatd.simulate import SimulatedSequence, simulate_sequence
 
 SHAPE = (256, 256)
@@ -44,11 +50,18 @@ def write(seq: SimulatedSequence, directory: Path, prefix: str = "f", edit=None)
     return paths
 
 
-def sequence_of(paths: list[Path], config: Config) -> Sequence:
-    frames = [read_frame(p, config.frames) for p in paths]
+def sequence_of(paths: list[Path], config: Config) -> FlatSequence:
+    frames = [identified(read_frame(p, config.frames)) for p in paths]
     assert all(isinstance(f, Frame) for f in frames), frames
     group = frames[0].group
-    return Sequence(group, tuple(sorted(frames, key=lambda f: f.date)))
+    return FlatSequence(group, tuple(sorted(frames, key=lambda f: f.date)))
+
+
+def make_master(sequence: FlatSequence, config: Config) -> Result:
+    """The master of `sequence`, published in the configured output directory as the
+    daemon and `flatd combine` publish it."""
+    curator = Curator(Catalogue(config.output.directory), config)
+    return combine_and_publish(sequence, config, curator)
 
 
 def error_against_truth(result: Result, truth: np.ndarray) -> np.ndarray:

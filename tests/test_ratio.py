@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from flatd import preview, qa
 from flatd.preview import ratio_path, write_ratio_picture
 from flatd.simulate import simulate_sequence
-from tests.test_qa import config_for, sequence_of, write
+from tests.test_qa import config_for, make_master, sequence_of, write
 
 mpimg = pytest.importorskip("matplotlib.image")
 
@@ -38,8 +38,6 @@ def two_masters(tmp_path: Path, changed: np.ndarray | None, preview_on: bool = T
         shape=SHAPE, n_frames=8, seed=62, true_flat=flat, start=datetime(2026, 11, 24, 17, 30)
     )
     config = config_for(tmp_path, output={"preview": preview_on})
-    from flatd.pipeline import make_master
-
     one = make_master(sequence_of(write(first, tmp_path / "n1"), config), config)
     two = make_master(sequence_of(write(second, tmp_path / "n2"), config), config)
     return one, two, config

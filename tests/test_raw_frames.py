@@ -178,6 +178,7 @@ def daemon(tmp_path: Path) -> Iterator[list[FlatdProcess]]:
         process.kill()
 
 
+@pytest.mark.slow
 def test_the_daemon_refuses_raw_frames_and_removes_stale_workspaces(tmp_path, daemon) -> None:
     stale = tmp_path / "masters" / WORK_DIRECTORY / "999999999-crashed"  # no such process
     stale.mkdir(parents=True)
@@ -196,6 +197,7 @@ def test_the_daemon_refuses_raw_frames_and_removes_stale_workspaces(tmp_path, da
     assert flatd.stop() == 0
 
 
+@pytest.mark.slow
 def test_the_daemon_waits_for_a_master_bias_then_combines(tmp_path: Path, daemon) -> None:
     biases = tmp_path / "biases"
     calibration = f'[calibrate]\nraw = "calibrate"\nbias = "{biases}"'

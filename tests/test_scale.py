@@ -25,12 +25,13 @@ from tests.daemon import (
     NotifySocket,
     flat_sequence,
     night,
+    numbered,
     wait_for,
     write_frames,
 )
 from tests.faults.conftest import flat_bytes
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 @pytest.fixture
@@ -301,7 +302,7 @@ def test_pings_keep_their_interval_through_a_burst_of_new_directories(daemon, tm
             directory = flatd.incoming / f"burst_{d:02d}"
             directory.mkdir()
             for i in range(50):
-                (directory / f"r_{i:03d}.fits").write_bytes(content)
+                (directory / f"r_{i:03d}.fits").write_bytes(numbered(content, 50 * d + i))
         last_write = time.monotonic()
         wait_for(lambda: flatd.status()["index"]["flats"] == 2000, timeout=60, what="2000 frames")
         caught_up = time.monotonic() - last_write

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flatd.config import Config
 from flatd.frames import Frame, read_frame
-from flatd.groups import Groups
+from flatd.groupstate import GroupStates
 from flatd.index import Index
 from tests.conftest import write_frame
 
@@ -15,13 +15,13 @@ from tests.conftest import write_frame
 def test_counts_and_notes_follow_the_frames_without_regrouping_every_flat(tmp_path: Path):
     config = Config()
     index = Index(gap_minutes=120, keep_days=7)
-    groups = Groups(index, config, on_master=print, on_error=print, on_change=lambda: None)
+    groups = GroupStates(index, config.frames)
 
     def arrive(name: str, **header: object) -> Frame:
         frame = read_frame(write_frame(tmp_path / name, **header), config.frames)
         assert isinstance(frame, Frame)
         index.add(frame)
-        groups.frame_arrived(frame.group)
+        groups.frames_changed(frame.group, frame.date)
         return frame
 
     first = arrive("r1.fits")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from flatd.frames import Skip
 from flatd.status import (
     StatusBoard,
     daemon_running,
@@ -117,7 +118,7 @@ def test_burst_of_changes_is_coalesced(tmp_path: Path) -> None:
         started = time.monotonic()
         for _ in range(5000):
             board.mark_changed()
-        board.add_master({"path": "masters/flat_a.fits", "n_frames": 9})
+        board.put_master({"path": "masters/flat_a.fits", "n_frames": 9})
         _wait_for(lambda: bool(documents[-1]["masters"]))
         elapsed = time.monotonic() - started
         writes = len(documents) - 1
@@ -164,7 +165,7 @@ def test_errors_bounded_newest_first_and_deduplicated(tmp_path: Path) -> None:
     assert errors[0]["count"] == 3 and errors[1]["count"] == 1
     assert all(e["reason"] == "too faint" and e["at"].endswith("Z") for e in errors)
     for i in range(7):
-        board.add_master({"path": f"m{i}.fits", "n_frames": i})
+        board.put_master({"path": f"m{i}.fits", "n_frames": i})
     masters = board.document()["masters"]
     assert [m["path"] for m in masters] == [f"m{i}.fits" for i in (6, 5, 4, 3, 2)]
     assert all(m["created_at"].endswith("Z") for m in masters)
@@ -262,7 +263,7 @@ def test_read_status_missing_or_broken(tmp_path: Path) -> None:
 
 def _document(tmp_path: Path, state: str, pid: int | None = None) -> dict:
     board = _board(tmp_path / "status.json")
-    board.add_master(
+    board.put_master(
         {
             "path": "masters/flat_gp_LFC_1_1_20261123T173000.fits",
             "n_frames": 10,
@@ -352,7 +353,7 @@ ONE_LINE = "VerifyError: Card 'RA' is not FITS standard (invalid value string: '
 def test_reasons_are_one_line_in_the_document_and_the_summary(tmp_path: Path) -> None:
     board = _board(tmp_path / "status.json")
     board.add_error("/data/masters/flat_r.fits", VERIFY_REPORT)
-    board.add_skip("/data/x.fits", "first line\nsecond line")
+    board.add_skip(Skip(Path("/data/x.fits"), "skipped", "first line\nsecond line"))
     document = board.document()
     assert document["errors"][0]["reason"] == ONE_LINE
     assert document["skipped"][0]["reason"] == "first line; second line"
@@ -363,3 +364,89 @@ def test_reasons_are_one_line_in_the_document_and_the_summary(tmp_path: Path) ->
     assert "\033[31mfailed" in group_line and ONE_LINE in group_line
     assert "combines" not in group_line  # a failed group is not scheduled
     assert text.count("Note: astropy") == 0
+
+
+# -- the board: masters once each, skips, a failing disk ---------------------------------------
+def test_each_master_file_is_listed_once_as_it_is_on_disk(tmp_path: Path) -> None:
+    board = _board(tmp_path / "status.json")
+    board.put_master({"path": "/m/flat_r_20261123T173000.fits", "n_frames": 3})
+    board.put_master({"path": "/m/flat_g_20261123T173000.fits", "n_frames": 5})
+    board.put_master({"path": "/m/flat_r_20261123T173000.fits", "n_frames": 5})  # made again
+    board.put_master({"path": "/m/flat_r_20261120T173000.fits", "n_frames": 4}, newest=False)
+    masters = board.document()["masters"]
+    assert [(Path(m["path"]).name, m["n_frames"]) for m in masters] == [
+        ("flat_r_20261123T173000.fits", 5),
+        ("flat_g_20261123T173000.fits", 5),
+        ("flat_r_20261120T173000.fits", 4),  # found on disk: after those written
+    ]
+    board.drop_master("/m/flat_g_20261123T173000.fits")  # superseded, or deleted by hand
+    assert [Path(m["path"]).name for m in board.document()["masters"]] == [
+        "flat_r_20261123T173000.fits",
+        "flat_r_20261120T173000.fits",
+    ]
+    text = render_status(board.document(), color=False)
+    assert text.count("flat_r_20261123T173000.fits") == 1
+
+
+def test_refused_files_are_errors_and_skipped_ones_are_listed(tmp_path: Path) -> None:
+    board = _board(tmp_path / "status.json")
+    board.add_skip(Skip(Path("/d/broken.fits"), "rejected", "truncated: 100 bytes expected"))
+    board.add_skip(Skip(Path("/d/bias.fits"), "skipped", "IMAGETYP = 'Bias' is not a flat"))
+    document = board.document()
+    assert [(e["path"], e["reason"]) for e in document["errors"]] == [
+        ("/d/broken.fits", "truncated: 100 bytes expected")
+    ]
+    assert [(s["path"], s["reason"]) for s in document["skipped"]] == [
+        ("/d/bias.fits", "IMAGETYP = 'Bias' is not a flat")
+    ]
+
+
+FULL_DISK_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from flatd.logs import configure_logging
+configure_logging("json", "info")
+from flatd.status import StatusBoard
+target = Path(sys.argv[1])
+board = StatusBoard(target / "status.json", directories=[], observer="inotify",
+                    snapshot=lambda: ({}, []), heartbeat_seconds=0.1)
+i = 0
+while True:  # use up the filesystem's inodes: every new temporary fails (ENOSPC)
+    try:
+        (target / f"f{i}").touch()
+    except OSError:
+        break
+    i += 1
+board.start()
+for _ in range(30):
+    board.mark_changed()
+    time.sleep(0.1)
+board.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_status_file_that_cannot_be_written_is_logged_once(tmp_path: Path) -> None:
+    """A real filesystem out of inodes (a tmpfs with nr_inodes in a mount namespace of its
+    own): each failed write names another temporary file, and is still one failure."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    root = str(Path(__file__).resolve().parents[1])
+    shell = 'mount -t tmpfs -o size=1m,nr_inodes=8 tmpfs "$1" && exec "$2" "$3" "$1" "$4"'
+    run = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", shell, "sh", str(mount), sys.executable, str(script), root],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if run.returncode != 0 and "mount" in run.stderr:
+        pytest.skip(f"no mount namespace here: {run.stderr.strip()}")
+    lines = (run.stdout + run.stderr).splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "status_write_failed"]
+    assert len(failed) == 1, run.stdout + run.stderr
+    assert failed[0]["reason"] == "OSError: [Errno 28] No space left on device"

@@ -53,6 +53,7 @@ def test_unit_content(source: str, name: str) -> None:
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
         "KillMode=mixed",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "WatchdogSec=60s",
         "WantedBy=multi-user.target",
     ):

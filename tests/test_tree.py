@@ -118,6 +118,37 @@ def test_a_directory_that_went_is_forgotten_with_its_subdirectories(parts: Parts
     wait_for(lambda: parts.index.counts()["frames"] == 0, what="everything forgotten")
 
 
+def test_new_roots_forget_what_lies_under_none_of_them_and_keep_the_rest(parts: Parts):
+    """A reload's new roots: `incoming` -> `incoming/2026` (narrowed) and `other` (added)."""
+    night(parts.incoming / "2025", 3, 3, seed=1)
+    night(parts.incoming / "2026" / "a", 2, 3, seed=2)
+    night(parts.incoming / "2026" / "b", 1, 3, seed=3)
+    parts.tree.startup()
+    parts.ingest.start()
+    assert parts.tree.directories() == 5
+    other = parts.incoming.parent / "other"
+    night(other / "c", 1, 3, seed=4)
+
+    roots = (parts.incoming / "2026", other)
+    forgotten = parts.tree.set_roots(roots)
+    parts.watcher.set_roots(roots)
+    assert forgotten == 2  # incoming and incoming/2025; 2026 and its nights are kept
+    assert parts.tree.roots == roots and parts.tree.directories() == 3
+    assert parts.incoming not in parts.watcher.watched()
+    assert parts.incoming / "2025" not in parts.watcher.watched()
+    assert {p.parent.name for p in parts.index.paths()} == {"a", "b"}  # without ingest's help
+    assert (parts.incoming / "2025" / "r_000.fits").exists()  # the files stay where they are
+
+    parts.tree.rescan(parts.incoming / "2025")  # an event from just before: ignored
+    assert parts.tree.directories() == 3
+    parts.rescans.clear()
+    assert parts.watcher.check().problems == ()
+    assert parts.rescans == [other]  # 2026, watched already, is taken as it is
+    parts.tree.rescan(other)  # what the scanner does when the watcher asks
+    wait_for(lambda: parts.index.counts()["flats"] == 9, what="other's night read")
+    assert {p.parent.name for p in parts.index.paths()} == {"a", "b", "c"}
+
+
 def test_housekeeping_lets_settled_old_sequences_leave_memory(tmp_path: Path):
     """A real daemon in-process: two old nights of one filter, both combined; after the
     housekeeping only the newest stays in memory, and the status says so."""
@@ -138,11 +169,11 @@ def test_housekeeping_lets_settled_old_sequences_leave_memory(tmp_path: Path):
     server.start()
     try:
         wait_for(lambda: len(masters_in(tmp_path / "masters")) == 2, timeout=30, what="2 masters")
-        wait_for(lambda: all(g["state"] == "done" for g in daemon.groups.snapshot()), what="done")
+        wait_for(lambda: all(g["state"] == "done" for g in daemon.states.snapshot()), what="done")
         assert daemon.index.counts()["flats"] == 6
         daemon._housekeeping()
         assert daemon.index.counts() == {"frames": 6, "flats": 3, "skipped": 0, "rejected": 0}
-        [group] = daemon.groups.snapshot()
+        [group] = daemon.states.snapshot()
         assert group["frames"] == 3
         [sequence] = daemon.index.sequences()
         assert {f.path.parent.name for f in sequence.frames} == {"n1"}

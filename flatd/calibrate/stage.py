@@ -24,7 +24,7 @@ tie the calibrated frames are kept, which need nothing that could be missing).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from flatd.frames.cards import read_header
 if TYPE_CHECKING:
     from flatd.config import Config
     from flatd.engine import CombineResult
-    from flatd.index import Sequence
+    from flatd.index import FlatSequence
 
 log = structlog.get_logger("flatd.calibrate")
 
@@ -88,7 +88,7 @@ class CalibrationPlan:
 
 
 def plan_sequence(
-    sequence: Sequence, config: Config, libraries: MasterLibraries
+    sequence: FlatSequence, config: Config, libraries: MasterLibraries
 ) -> CalibrationPlan:
     """The frames to calibrate, those refused and the recipe; headers only. Raises
     CalibrationUnavailable when no master bias or dark fits the sequence yet."""
@@ -191,10 +191,16 @@ class Inputs:
 
 @contextlib.contextmanager
 def calibrated_inputs(
-    sequence: Sequence, config: Config, output_dir: Path, libraries: MasterLibraries
+    sequence: FlatSequence,
+    config: Config,
+    output_dir: Path,
+    libraries: MasterLibraries,
+    before_each: Callable[[], None] = lambda: None,
 ) -> Iterator[Inputs]:
     """The calibration stage (see the module docstring); the workspace lives until the
-    `with` block ends. Raises CalibrationUnavailable while no master fits yet."""
+    `with` block ends. Raises CalibrationUnavailable while no master fits yet.
+    `before_each` is called before each raw frame is calibrated: what it raises abandons
+    the stage (the workspace is removed)."""
     frames = list(sequence.frames)
     chosen = plan_sequence(sequence, config, libraries)
     if chosen.recipe is None:
@@ -202,11 +208,15 @@ def calibrated_inputs(
         yield Inputs(kept, frames, dict(chosen.refused))
         return
     with Workspace(output_dir) as workspace:
-        yield _calibrate(frames, chosen, chosen.recipe, workspace)
+        yield _calibrate(frames, chosen, chosen.recipe, workspace, before_each)
 
 
 def _calibrate(
-    frames: list[Frame], chosen: CalibrationPlan, recipe: Recipe, workspace: Workspace
+    frames: list[Frame],
+    chosen: CalibrationPlan,
+    recipe: Recipe,
+    workspace: Workspace,
+    before_each: Callable[[], None],
 ) -> Inputs:
     """Calibrate the plan's raw frames one at a time (the masters released afterwards)."""
     rejected = dict(chosen.refused)
@@ -216,6 +226,7 @@ def _calibrate(
         for frame in chosen.raw:
             if frame.path in rejected:
                 continue
+            before_each()
             try:
                 calibrated = calibrator.calibrate(frame.path, workspace)
             except CalibrationError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,6 @@ GroupKey = tuple[tuple[str, GroupValue], ...]
 """A group's canonical keys and values, in `frames.group_by` order (hashable)."""
 
 Compression = Literal["none", "gzip", "tile"]
-SkipKind = Literal["skipped", "rejected"]
 Layout = tuple[tuple[str, tuple[int, int]], ...]
 """Each image plane's name and shape (`Frame.layout`)."""
 
@@ -40,6 +40,14 @@ class Extension:
     bzero: float = 0.0
     extras: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
     detsec: str = ""
+
+
+class SkipKind(StrEnum):
+    """Why a file is not an input. Its values are the status file's and `flatd scan`'s
+    names (SPEC.md), and compare equal to them."""
+
+    IGNORED = "skipped"  # not a flat flatd combines: a bias, a light, a master
+    REFUSED = "rejected"  # should have been one but cannot be used: truncated, unreadable, raw
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Frame:
     date_note: str = ""
     raw: bool = False
     overscan: tuple[str, str] | None = None
+    content: str = ""  # the digest of the file's bytes (`flatd.fingerprint`); "" if not taken
     # every image plane, in file order, for a frame of several (a mosaic or a multi-
     # amplifier camera); () for a single image, which the fields above describe
     extensions: tuple[Extension, ...] = ()
@@ -112,9 +121,10 @@ class Frame:
         return tuple((plane.name, plane.shape) for plane in self.extensions)
 
     @property
-    def identity(self) -> tuple[str, int, int]:
-        """What makes two sightings of a file the same frame: path, size, mtime."""
-        return (str(self.path), self.size, self.mtime_ns)
+    def identity(self) -> str:
+        """What makes two sightings of a frame the same frame: its content (a link, a copy
+        or a touched file is the same frame); without a digest, its path, size and mtime."""
+        return self.content or f"{self.path}|{self.size}|{self.mtime_ns}"
 
 
 def describe_layout(layout: Layout) -> str:
@@ -135,8 +145,8 @@ def describe_layout(layout: Layout) -> str:
 
 @dataclass(frozen=True)
 class Skip:
-    """A file that is not an input: `skipped` when it is simply not a flat we combine
-    (a bias, a master), `rejected` when it should have been one but cannot be used."""
+    """A file that is not an input: IGNORED when it is simply not a flat we combine (a
+    bias, a master), REFUSED when it should have been one but cannot be used."""
 
     path: Path
     kind: SkipKind
@@ -144,3 +154,7 @@ class Skip:
     size: int = 0
     mtime_ns: int = 0
     incomplete: bool = False  # shorter than its header says: maybe still being written
+
+    @property
+    def refused(self) -> bool:
+        return self.kind == SkipKind.REFUSED

@@ -34,7 +34,7 @@ from flatd.frames.extensions import (
     read_hdus,
 )
 from flatd.frames.frametype import frame_type
-from flatd.frames.model import Compression, Extension, Frame, Skip
+from flatd.frames.model import Compression, Extension, Frame, Skip, SkipKind
 from flatd.frames.roles import every_keyword, keywords_for, read_roles
 
 if TYPE_CHECKING:
@@ -80,15 +80,19 @@ def read_frame(
     try:
         stat = path.stat()
     except OSError as exc:
-        return Skip(path, "rejected", f"cannot stat: {exc.strerror or exc}")
+        return Skip(path, SkipKind.REFUSED, f"cannot stat: {exc.strerror or exc}")
     try:
         return _read(path, stat, config, calibrate)
     except Broken as exc:
-        return Skip(path, "rejected", str(exc), stat.st_size, stat.st_mtime_ns, exc.incomplete)
+        return Skip(
+            path, SkipKind.REFUSED, str(exc), stat.st_size, stat.st_mtime_ns, exc.incomplete
+        )
     except EOFError as exc:
-        return Skip(path, "rejected", f"truncated: {exc}", stat.st_size, stat.st_mtime_ns, True)
+        return Skip(
+            path, SkipKind.REFUSED, f"truncated: {exc}", stat.st_size, stat.st_mtime_ns, True
+        )
     except (OSError, gzip.BadGzipFile) as exc:
-        return Skip(path, "rejected", f"unreadable: {exc}", stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, f"unreadable: {exc}", stat.st_size, stat.st_mtime_ns)
 
 
 def _read(
@@ -102,12 +106,12 @@ def _read(
     cards = found[0].cards if found[0].number == 0 else {**hdus[0].cards, **found[0].cards}
     kind = frame_type(cards, config)
     if kind.not_flat:
-        return Skip(path, "skipped", kind.not_flat, stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.IGNORED, kind.not_flat, stat.st_size, stat.st_mtime_ns)
     roles = read_roles(cards, config)
     missing = [key for key in roles.missing() if key in config.required]
     if missing:
         reason = _missing_reason(missing, config)
-        return Skip(path, "rejected", reason, stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, reason, stat.st_size, stat.st_mtime_ns)
     first = _stored(found[0], compression)
     extensions = _extensions(found, hdus[0].cards, compression) if len(found) > 1 else []
     _check_length(hdus, compression, stat.st_size)
@@ -115,9 +119,9 @@ def _read(
     raw = signs is not None and signs.is_raw
     names = [e.name for e in extensions]
     if extensions and (why := _raw_mosaic(found, names, hdus[0].cards, overscan_keywords)):
-        return Skip(path, "rejected", why, stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, why, stat.st_size, stat.st_mtime_ns)
     if signs is not None and raw and (calibrate is None or calibrate.raw != "calibrate"):
-        return Skip(path, "rejected", signs.reason(), stat.st_size, stat.st_mtime_ns)
+        return Skip(path, SkipKind.REFUSED, signs.reason(), stat.st_size, stat.st_mtime_ns)
     date = observation_date(cards, config, stat.st_mtime)
     if date.unreadable:
         _warn_date(path, cards, date)

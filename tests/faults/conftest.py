@@ -1,4 +1,5 @@
-"""Fixtures and helpers shared by the fault-injection tests."""
+"""Fixtures and helpers shared by the fault-injection tests (every one of them runs the
+real daemon: marked `slow`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import pytest
 from astropy.io import fits
 
 from tests.daemon import FlatdProcess
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.parent == here:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.daemon import flat_sequence, wait_for, write_atomically, write_frames
+from tests.daemon import flat_sequence, numbered, wait_for, write_atomically, write_frames
 from tests.faults.conftest import flat_bytes, per_path
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,7 +37,7 @@ def test_missing_at_start_then_created_then_deleted_and_recreated(daemon):
     time.sleep(0.5)
     flatd.incoming.mkdir()
     time.sleep(0.2)
-    g = flat_sequence(3, seed=102, filter_name="g")
+    g = flat_sequence(4, seed=102, filter_name="g")
     for i in range(3):
         write_atomically(flatd.incoming / f"g_{i:03d}.fits", g.frames[i], g.headers[i])
     flatd.wait_event("master_written", count=2, timeout=20)
@@ -47,7 +47,7 @@ def test_missing_at_start_then_created_then_deleted_and_recreated(daemon):
         f"r_{i:03d}.fits" for i in range(3)
     }
     # and it goes on being watched: a frame written now is indexed by its event
-    write_atomically(flatd.incoming / "g_003.fits", g.frames[0], g.headers[0])
+    write_atomically(flatd.incoming / "g_003.fits", g.frames[3], g.headers[3])
     flatd.wait_event("frame_indexed", timeout=10, path=str(flatd.incoming / "g_003.fits"))
     assert flatd.proc.poll() is None
     assert flatd.stop() == 0
@@ -60,7 +60,7 @@ def test_thousands_of_files_at_start_are_all_indexed_quickly(daemon):
     for i in range(3000):
         sub = flatd.incoming / f"night{i % 3}"
         sub.mkdir(exist_ok=True)
-        (sub / f"r_{i:05d}.fits").write_bytes(content)
+        (sub / f"r_{i:05d}.fits").write_bytes(numbered(content, i))
     started = time.monotonic()
     flatd.start()
     to_ready = time.monotonic() - started
@@ -76,6 +76,6 @@ def test_thousands_of_files_at_start_are_all_indexed_quickly(daemon):
         what="3000 frames, too few to combine",
     )
     # still watching: one more lands and is indexed
-    (flatd.incoming / "night0" / "late.fits").write_bytes(content)
+    (flatd.incoming / "night0" / "late.fits").write_bytes(numbered(content, 3000))
     flatd.wait_event("frame_indexed", path=str(flatd.incoming / "night0" / "late.fits"))
     assert flatd.stop() == 0

@@ -1,4 +1,6 @@
-"""The one-shot commands' work and what they print: `flatd scan` and `flatd combine`."""
+"""The one-shot commands' work and what they print: `flatd scan` and `flatd combine` (the
+same `frames` → `index` → `pipeline` path as the daemon, once, without watch, ingest or
+the scheduler)."""
 
 from __future__ import annotations
 
@@ -14,16 +16,18 @@ import structlog
 from flatd import engine
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import CalibrationPlan, plan_sequence
+from flatd.catalogue import Catalogue
 from flatd.checks import saturation_levels
 from flatd.config import Config, FramesConfig
-from flatd.frames import Frame, Skip, describe_layout, group_notes
+from flatd.frames import Frame, Skip, SkipKind, describe_layout, group_notes
 from flatd.frames import sources as frame_sources
-from flatd.index import Index, Sequence, index_paths
+from flatd.index import FlatSequence, Index, index_paths
+from flatd.latest import Curator
 from flatd.masters import group_slug
-from flatd.pipeline import Result, make_master
+from flatd.pipeline import Result, combine_and_publish
 from flatd.reasons import one_line, reason_of
 
-log = structlog.get_logger("flatd.report")
+log = structlog.get_logger("flatd.oneshot")
 
 
 @dataclass
@@ -36,22 +40,25 @@ class ScanReport:
     index: Index
     levels: dict[Path, engine.FrameLevels]
     frames_config: FramesConfig = field(default_factory=FramesConfig)
-    calibration: dict[Sequence, CalibrationPlan | str] = field(default_factory=dict)
+    calibration: dict[FlatSequence, CalibrationPlan | str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         skips = self.index.skips()
         return {
             "index": self.index.counts(),
             "groups": [self._group(key, seqs) for key, seqs in _by_group(self.index)],
-            "skipped": [_skip_dict(s) for s in skips if s.kind == "skipped"],
-            "rejected": [_skip_dict(s) for s in skips if s.kind == "rejected"],
+            "skipped": [_skip_dict(s) for s in skips if not s.refused],
+            "rejected": [_skip_dict(s) for s in skips if s.refused],
+            "duplicates": [
+                {"path": str(d.path), "duplicate_of": str(d.of)} for d in self.index.duplicates()
+            ],
             "not_taken": [
                 {"kind": kind, "reason": reason, "count": len(paths), "examples": paths[:3]}
                 for kind, reason, paths in _not_taken(skips)
             ],
         }
 
-    def _group(self, key: Any, sequences: list[Sequence]) -> dict[str, Any]:
+    def _group(self, key: Any, sequences: list[FlatSequence]) -> dict[str, Any]:
         frames = [f for seq in sequences for f in seq.frames]
         return {
             "group": dict(key),
@@ -82,7 +89,7 @@ class ScanReport:
             ],
         }
 
-    def _calibration_dict(self, sequence: Sequence) -> dict[str, Any]:
+    def _calibration_dict(self, sequence: FlatSequence) -> dict[str, Any]:
         plan = self.calibration.get(sequence)
         if plan is None:
             return {}
@@ -90,7 +97,7 @@ class ScanReport:
             return {"calibration": {"action": "wait", "reason": plan}}
         return {"calibration": plan.to_dict()}
 
-    def _calibration_lines(self, sequence: Sequence) -> list[str]:
+    def _calibration_lines(self, sequence: FlatSequence) -> list[str]:
         plan = self.calibration.get(sequence)
         if plan is None:
             return []
@@ -104,6 +111,7 @@ class ScanReport:
         lines = [
             f"{counts['frames']} files: {counts['flats']} flats, "
             f"{counts['skipped']} skipped, {counts['rejected']} rejected"
+            + (f", {n} duplicates" if (n := self.index.duplicate_count()) else "")
         ]
         for key, sequences in _by_group(self.index):
             lines.extend(self._render_group(key, sequences))
@@ -114,13 +122,17 @@ class ScanReport:
                 f"  {len(paths)} file{'s' if len(paths) != 1 else ''} {kind}: {reason}"
                 for kind, reason, paths in _not_taken(skips)
             )
-        rejected = [s for s in skips if s.kind == "rejected"]
+        rejected = [s for s in skips if s.refused]
         if rejected:
             lines.append("\nrejected:")
             lines.extend(f"  {s.path}: {s.reason}" for s in rejected)
+        duplicates = self.index.duplicates()
+        if duplicates:
+            lines.append("\nduplicates (the same frame at another path, used once):")
+            lines.extend(f"  {d.path}: duplicate of {d.of}" for d in duplicates)
         return "\n".join(lines)
 
-    def _render_group(self, key: Any, sequences: list[Sequence]) -> list[str]:
+    def _render_group(self, key: Any, sequences: list[FlatSequence]) -> list[str]:
         frames = [f for seq in sequences for f in seq.frames]
         lines = [
             f"\ngroup {group_slug(key)}  ({_describe_group(key)}): {len(frames)} frames "
@@ -157,18 +169,18 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
     )
     for frame, level in zip(frames, measured, strict=True):
         if isinstance(level, str):
-            index.add(Skip(frame.path, "rejected", level, frame.size, frame.mtime_ns))
+            index.add(Skip(frame.path, SkipKind.REFUSED, level, frame.size, frame.mtime_ns))
         else:
             levels[frame.path] = level
     return ScanReport(index, levels, config.frames, _calibration_plans(index, config))
 
 
-def _calibration_plans(index: Index, config: Config) -> dict[Sequence, CalibrationPlan | str]:
+def _calibration_plans(index: Index, config: Config) -> dict[FlatSequence, CalibrationPlan | str]:
     """What calibrating each sequence of raw frames would do, or why it would wait."""
     if config.calibrate.raw != "calibrate":
         return {}
     libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
-    plans: dict[Sequence, CalibrationPlan | str] = {}
+    plans: dict[FlatSequence, CalibrationPlan | str] = {}
     for sequence in index.sequences():
         if any(f.raw for f in sequence.frames):
             try:
@@ -193,7 +205,7 @@ def _layout_dicts(frame: Frame) -> list[dict[str, Any]]:
     ]
 
 
-def _layout_lines(sequence: Sequence) -> list[str]:
+def _layout_lines(sequence: FlatSequence) -> list[str]:
     """`    layout: 4 extensions AMP1, AMP2, AMP3, AMP4 of 2048x2048` for a sequence of
     mosaic frames (each layout with its count when they differ); nothing for single
     images."""
@@ -238,9 +250,11 @@ class CombineSummary:
 
     @property
     def failed(self) -> bool:
-        """Whether `flatd combine` failed: a group failed or waits for a master bias or
-        dark (which a one-shot command cannot wait for), or no master was written."""
-        return any(r.outcome in ("failed", "waiting") for r in self.results) or not self.written
+        """Whether `flatd combine` failed: a group failed, waits for a master bias or
+        dark (which a one-shot command cannot wait for) or had an input rewritten while it
+        was combined, or no master was written."""
+        unfinished = ("failed", "waiting", "changed")
+        return any(r.outcome in unfinished for r in self.results) or not self.written
 
     @property
     def written(self) -> list[Result]:
@@ -278,7 +292,7 @@ class CombineSummary:
             if r.outcome != "done"
         ]
         rejected = [f"  {p.name}: {why}" for r in self.results for p, why in r.rejected.items()]
-        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips() if s.kind == "rejected"]
+        skips = [f"  {s.path.name}: {s.reason}" for s in self.index.skips() if s.refused]
         for title, block in (
             ("not combined", notes),
             ("frames rejected", rejected),
@@ -301,12 +315,19 @@ def combine_paths(
     output_dir: Path | None = None,
     show_progress: bool = False,
 ) -> CombineSummary:
-    """Index `paths` and make a master of every sequence; nothing is raised for bad data."""
+    """Index `paths` and make a master of every sequence; nothing is raised for bad data.
+    Each master is compared with the previous sequence's master in the output directory,
+    supersedes the masters that claimed its frames, and `latest/` follows the rule
+    (`latest.Curator`)."""
     index = index_paths(paths, config)
     for skip in index.skips():
         log.info("frame_skipped", path=str(skip.path), kind=skip.kind, reason=skip.reason)
+    for duplicate in index.duplicates():
+        log.info("frame_duplicate", path=str(duplicate.path), duplicate_of=str(duplicate.of))
     results = []
     libraries = MasterLibraries.from_settings(config.calibrate, Path.cwd())
+    curator = Curator(Catalogue(output_dir or config.output.directory), config)
+    curator.catalogue.refresh(force=True)
     line = ProgressLine(sys.stderr) if show_progress else None
     for sequence in index.sequences():
         name = group_slug(sequence.group)
@@ -316,7 +337,7 @@ def combine_paths(
                 line.show(f"{name}: {len(sequence.frames)} frames, measuring")
                 progress = line.for_group(name)
             try:
-                result = _make_master(sequence, config, output_dir, progress, libraries)
+                result = _make_master(sequence, config, progress, libraries, curator)
             finally:
                 if line is not None:
                     line.clear()
@@ -326,17 +347,17 @@ def combine_paths(
 
 
 def _make_master(
-    sequence: Sequence,
+    sequence: FlatSequence,
     config: Config,
-    output_dir: Path | None,
     progress: engine.Progress | None,
     libraries: MasterLibraries,
+    curator: Curator,
 ) -> Result:
     """`make_master`, with anything it raises a failure of this sequence alone (its
     traceback logged at debug level): the other groups are still combined."""
     try:
-        return make_master(
-            sequence, config, output_dir=output_dir, progress=progress, libraries=libraries
+        return combine_and_publish(
+            sequence, config, curator, progress=progress, libraries=libraries
         )
     except Exception as exc:
         log.debug("combine_crashed", exc_info=True)
@@ -388,7 +409,11 @@ def _log_result(result: Result) -> None:
     if result.record is not None:
         log.info("master_written", **result.record.to_dict())
         return
-    events = {"too_few": "too_few_frames", "waiting": "calibration_waiting"}
+    events = {
+        "too_few": "too_few_frames",
+        "waiting": "calibration_waiting",
+        "changed": "frame_changed_while_combining",
+    }
     event = events.get(result.outcome, "combine_failed")
     log.warning(
         event,
@@ -429,8 +454,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     )
 
 
-def _by_group(index: Index) -> list[tuple[Any, list[Sequence]]]:
-    grouped: dict[Any, list[Sequence]] = {}
+def _by_group(index: Index) -> list[tuple[Any, list[FlatSequence]]]:
+    grouped: dict[Any, list[FlatSequence]] = {}
     for seq in index.sequences():
         grouped.setdefault(seq.group, []).append(seq)
     return list(grouped.items())
