@@ -12,12 +12,17 @@ Cases (files made once into `bench-data/` by the simulated camera, with stars):
   D  10,000 small FITS files               start-up scan (flatd's index) vs ImageFileCollection
   R  10 raw 4096x4096 uint16 + overscan     calibrate + combine vs the guide's ccdproc steps
                                            (benchmarks/raw.py)
+  M  10 frames x 4 extensions of 2048x2048 a four-amplifier camera (`flatd simulate
+     float32 (flatd simulate --extensions 4)   --extensions 4`): flatd combine vs the guide's
+                                           recipe run by ccdproc.combine on each extension
+                                           (hdu=name), written as one file, whole process
+  N  M's frames tile-compressed (.fits.fz)  flatd only: time and peak RSS above imports
 
 Wall time is measured around each child process (interpreter start included), after
 writing out the page cache's dirty pages (flatd fsyncs its master; ccdproc does not, and
 would otherwise leave its writes for flatd's fsync to wait on); peak RSS
 comes from the rusage of a small launcher's child, minus the peak of a process that only
-imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases AEFBCGDR]`.
+imports the same modules. Usage: `python benchmarks/run.py [--repeat N] [--cases AEFBCGDRMN]`.
 """
 
 from __future__ import annotations
@@ -50,6 +55,24 @@ master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.medi
                          sigma_clip_func=np.ma.median, sigma_clip_dev_func=mad_std,
                          mem_limit=350e6, unit="adu")
 master.write(output, overwrite=True)
+"""
+CCDPROC_MOSAIC = """
+import sys
+import numpy as np
+import ccdproc
+from astropy.io import fits
+from astropy.stats import mad_std
+files, output = sys.argv[1:-1], sys.argv[-1]
+with fits.open(files[0]) as hdul:
+    names = [hdu.name for hdu in hdul[1:]]
+fits.PrimaryHDU().writeto(output, overwrite=True)
+for name in names:  # the guide's recipe on each extension, appended as it is done
+    master = ccdproc.combine(files, method="average", scale=lambda a: 1 / np.ma.median(a),
+                             sigma_clip=True, sigma_clip_low_thresh=5, sigma_clip_high_thresh=5,
+                             sigma_clip_func=np.ma.median, sigma_clip_dev_func=mad_std,
+                             mem_limit=350e6, unit="adu", hdu=name)
+    fits.append(output, master.data, fits.Header({"EXTNAME": name}))
+    fits.append(output, master.uncertainty.array, fits.Header({"EXTNAME": name + "_UNCERT"}))
 """
 FLATD_IMPORTS = (
     "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
@@ -158,7 +181,28 @@ def converted_frames(name: str, source: list[Path], kind: str) -> list[Path]:
     return sorted(directory.glob("*.fits"))
 
 
-def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
+def make_mosaic_frames(name: str, n: int, shape: tuple[int, int], compress: str) -> list[Path]:
+    """One simulated twilight sequence of a four-amplifier camera (`flatd simulate
+    --extensions 4`), n frames of 4 extensions of `shape` each."""
+    from flatd.simulate import write_atomic
+    from flatd.simulate_mosaic import simulate_mosaic
+
+    directory = DATA / name
+    suffix = ".fits.fz" if compress == "tile" else ".fits"
+    if (directory / "complete").exists():
+        return sorted(directory.glob(f"*{suffix}"))
+    print(f"  making {n} frames of 4 x {shape[1]}x{shape[0]} in {directory} ...", flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    camera = simulate_mosaic(shape, 4, n, seed=0).camera
+    for i in range(n):
+        write_atomic(directory / f"frame_{i:03d}{suffix}", camera.file_bytes(i, compress))
+    (directory / "complete").touch()
+    return sorted(directory.glob(f"*{suffix}"))
+
+
+def compare(
+    label: str, files: list[Path], repeat: int, work: Path, recipe: str = CCDPROC_RECIPE
+) -> None:
     config = work / "bench.toml"
     config.write_text(CONFIG)
 
@@ -177,7 +221,7 @@ def compare(label: str, files: list[Path], repeat: int, work: Path) -> None:
             *map(str, files),
         ]
 
-    ccd_cmd = [PYTHON, "-c", CCDPROC_RECIPE, *map(str, files), str(work / "ccdproc.fits")]
+    ccd_cmd = [PYTHON, "-c", recipe, *map(str, files), str(work / "ccdproc.fits")]
     flatd_base, ccd_base = baseline(FLATD_IMPORTS), baseline(CCDPROC_IMPORTS)
     run_child(flatd_cmd(-1))  # warm the page cache for both
     results: dict[str, list[tuple[float, float]]] = {"flatd": [], "ccdproc": []}
@@ -213,7 +257,7 @@ def memory_only(label: str, files: list[Path], work: Path) -> None:
                 "--config",
                 str(config),
                 "--output",
-                str(work / f"flatd-out-{run}"),
+                str(work / f"flatd-out-{label[0]}-{run}"),
                 *map(str, files),
             ]
         )
@@ -349,7 +393,7 @@ def scan(n_files: int, sample: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cases", default="AEFBCGDR")
+    parser.add_argument("--cases", default="AEFBCGDRMN")
     args = parser.parse_args()
     # a pip install compiles flatd's bytecode; an editable checkout run with
     # PYTHONDONTWRITEBYTECODE would otherwise recompile it in every run
@@ -385,6 +429,12 @@ def main() -> int:
             from raw import compare_raw  # benchmarks/raw.py, beside this file
 
             compare_raw(run_child, baseline, args.repeat, work)
+        if "M" in args.cases:
+            m = make_mosaic_frames("m", 10, (2048, 2048), "none")
+            compare("M 10 x 4 x 2048x2048 mosaic", m, args.repeat, work, CCDPROC_MOSAIC)
+        if "N" in args.cases:
+            fz = make_mosaic_frames("n", 10, (2048, 2048), "tile")
+            memory_only("N 10 x 4 x 2048x2048 mosaic .fits.fz", fz, work)
     return 0
 
 

@@ -2,13 +2,14 @@
 sequence must not be combined, each with the measured value and the limit it broke (the
 reason goes into the INPUTS table, the status file and one `frame_rejected` log event).
 
-From the headers: a shape, binning or readout (GAIN/RDNOISE) unlike the sequence's
-majority. From the levels pass (`engine.measure_frames`): a median level outside
-`qa.min_level`..`qa.max_level`; more saturated pixels than `qa.max_saturated_fraction`
-(fewer are only left out of their pixels' combination); a large-scale pattern that departs
-from the sequence's median image far more than the others do (dome light off, the dome
-slit in the beam, a cloud edge), measured by `engine.score_structure` on the rows the levels
-pass sampled.
+From the headers: a layout (a mosaic's image extensions: how many, their names and
+shapes), a shape, binning or readout (GAIN/RDNOISE) unlike the sequence's majority. From
+the levels pass (`engine.measure_frames`, over all of a frame's image extensions): a median
+level outside `qa.min_level`..`qa.max_level`; more saturated pixels than
+`qa.max_saturated_fraction` (fewer are only left out of their pixels' combination); a
+large-scale pattern that departs from the sequence's median image far more than the others
+do (dome light off, the dome slit in the beam, a cloud edge), measured by
+`engine.score_structure` on the rows the levels pass sampled.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from flatd.config import Config
 from flatd.engine import FrameLevels
-from flatd.frames import Frame
+from flatd.frames import Frame, describe_layout
 
 STRUCTURE_FLOOR = 0.02  # a block departure below 2% is never a reason to reject
 STRUCTURE_FACTOR = 5.0  # ... nor one below 5x the sequence's typical departure
@@ -31,7 +32,8 @@ OUTLYING_FACTOR = 5.0  # ... and than 5x the sequence's typical share is unlike 
 
 
 def odd_frames(frames: list[Frame]) -> dict[Path, str]:
-    """Frames whose shape, binning or readout differs from the sequence's majority."""
+    """Frames whose layout (a mosaic's extensions: their number, names and shapes),
+    shape, binning or readout differs from the sequence's majority."""
 
     def shape(f: Frame) -> str:
         return f"{f.shape[1]}x{f.shape[0]}"
@@ -46,8 +48,12 @@ def odd_frames(frames: list[Frame]) -> dict[Path, str]:
             else "?"
         )
 
+    def layout(f: Frame) -> str:  # a mosaic's extensions: number, names, shapes
+        return describe_layout(f.layout) if f.extensions else "one image"
+
     reasons: dict[Path, str] = {}
-    for what, key in (("shape", shape), ("binning", binning), ("readout", readout)):
+    checked = (("layout", layout), ("shape", shape), ("binning", binning), ("readout", readout))
+    for what, key in checked:
         for path, value, majority in _minority(frames, key):
             reasons.setdefault(path, f"{what} {value} differs from the sequence's {majority}")
     return reasons
@@ -113,3 +119,11 @@ def structure_outliers(levels: Mapping[Path, FrameLevels]) -> dict[Path, str]:
 def saturation_level(frame: Frame, config: Config) -> float:
     """The configured saturation level, else the frame's SATURATE; 0 means not checked."""
     return config.qa.saturation_level or frame.extras.get("SATURATE", 0.0)
+
+
+def saturation_levels(frame: Frame, config: Config) -> tuple[float, ...]:
+    """`saturation_level` for each of a frame's image planes: the configured level, else
+    the plane's own SATURATE (a mosaic's extension's, else its primary header's)."""
+    if config.qa.saturation_level:
+        return (config.qa.saturation_level,) * len(frame.planes)
+    return tuple(plane.extras.get("SATURATE", 0.0) for plane in frame.planes)

@@ -169,6 +169,13 @@ class CombineConfig:
         choices=("float32", "float64"),
         synonyms={"float": "float32", "single": "float32", "double": "float64"},
     )
+    # a mosaic's frames: one scale over all their extensions (the amplifiers' and CCDs'
+    # relative gains stay in the master), or each extension scaled and normalised alone
+    normalise: str = _opt(
+        "mosaic",
+        choices=("mosaic", "extension"),
+        synonyms={"whole": "mosaic", "frame": "mosaic", "per_extension": "extension"},
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,14 @@ after a restart which frames a master holds. This is the only module that knows 
 `INPUTS` columns: `read_master_file` gives the rest of flatd a `MasterFile`, whose
 `InputRow`s say which frames (by content, `CHECKSUM`) the master claims. Every value that
 comes from a header is made safe before it reaches a path.
+
+A mosaic's master (frames of several image extensions) keeps its inputs' layout: the
+primary HDU holds the provenance header and no data; then, for each input extension in
+input order, its image under the input's EXTNAME (or IM1, IM2, ...), `<NAME>_UNCERT` and
+`<NAME>_MASK`; then INPUTS. `CCDData.read(path, hdu=NAME, hdu_uncertainty=NAME +
+"_UNCERT", hdu_mask=NAME + "_MASK")` reads one extension whole. (`CCDData.read(path)`
+alone gives the first extension's data, astropy's first HDU with data, without its
+uncertainty and mask: a primary HDU holding one extension's data would hide which one.)
 """
 
 from __future__ import annotations
@@ -18,11 +26,11 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import structlog
@@ -31,7 +39,7 @@ from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.cards import COMMENTARY, checked_cards
 from flatd.config import Config
-from flatd.engine import CombineResult
+from flatd.engine import CombineResult, ExtensionResult, MasterPlane
 from flatd.frames import Frame, GroupKey, GroupValue
 from flatd.reasons import one_line, reason_of
 from flatd.settings import SETTINGS
@@ -49,6 +57,8 @@ MASTER_NAME = re.compile(r"flat_(?P<group>.+)_(?P<start>\d{8}T\d{6})\.fits")
 DUPLICATE_OF = "duplicate of "
 MAX_VALUE_LENGTH = 32
 LATEST = "latest"
+UNCERTAINTY_CARD = ("UTYPE", "StdDevUncertainty", "standard deviation of the mean")
+INHERIT_CARD = ("INHERIT", True, "the primary header's cards apply here too")
 STRUCTURAL_KEYWORDS = {
     "SIMPLE",
     "XTENSION",
@@ -225,13 +235,15 @@ def write_master(
     output_dir: Path,
     qa_cards: list[tuple[str, Any, str]] | None = None,
     calibration: Provenance | None = None,
+    extension_qa: Sequence[list[tuple[str, Any, str]]] = (),
     duplicates: Iterable[Duplicate] = (),
 ) -> MasterRecord:
     """Write the master of one sequence atomically and return its record. The images
     are written as they are: big-endian arrays ('>f4') go out without a byte-swap.
     `calibration` says how raw inputs were calibrated (its cards and HISTORY are added,
     the raw readout's section cards removed); `duplicates` are listed in INPUTS as what
-    they duplicate."""
+    they duplicate. A mosaic's master (`combined.extensions`) is laid out extension by
+    extension (`_write_mosaic`), `extension_qa` holding each extension's QA cards."""
     from astropy.io import fits
 
     path = master_path(output_dir, group, start)
@@ -240,21 +252,10 @@ def write_master(
     first = next(f for f in frames if any(s.path == f.path for s in used))
     qa = qa_cards or []
     header = _header(first, frames, combined, group, start, created, config, qa, calibration)
-    mask = combined.mask.view(np.uint8)
-    uncertainty_header = fits.Header(
-        [("UTYPE", "StdDevUncertainty", "standard deviation of the mean")]
-    )
-    hdul = fits.HDUList(
-        [
-            fits.PrimaryHDU(combined.data, header),
-            fits.ImageHDU(mask, name="MASK"),
-            fits.ImageHDU(combined.uncertainty, uncertainty_header, name="UNCERT"),
-            _inputs_table(frames, combined, list(duplicates)),
-        ]
-    )
+    table = _inputs_table(frames, combined, list(duplicates))
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, lambda fh: hdul.writeto(fh))
+        _write_file(path, combined, first, header, table, extension_qa, config)
     except fits.VerifyError as exc:  # not expected: every copied card was verified
         log.warning(
             "master_header_refused",
@@ -262,10 +263,8 @@ def write_master(
             reason=reason_of(exc),
             action="written without the first input's cards",
         )
-        hdul[0].header = _header(
-            None, frames, combined, group, start, created, config, qa, calibration
-        )
-        atomic_write(path, lambda fh: hdul.writeto(fh))
+        header = _header(None, frames, combined, group, start, created, config, qa, calibration)
+        _write_file(path, combined, None, header, table, extension_qa, config)
     return MasterRecord(
         group=dict(group),
         path=path,
@@ -274,6 +273,94 @@ def write_master(
         n_rejected=len(combined.stats) - len(used),
         median_levels=[round(s.median, 1) for s in used],
     )
+
+
+def _write_file(
+    path: Path,
+    combined: CombineResult,
+    first: Frame | None,
+    header: fits.Header,
+    table: fits.BinTableHDU,
+    extension_qa: Sequence[list[tuple[str, Any, str]]],
+    config: Config,
+) -> None:
+    """The master file, atomically: a single image's layout, or a mosaic's."""
+    from astropy.io import fits
+
+    if combined.extensions:
+        atomic_write(
+            path,
+            lambda fh: _write_mosaic(fh, combined, first, header, table, extension_qa, config),
+        )
+        return
+    uncertainty_header = fits.Header([UNCERTAINTY_CARD])
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(combined.data, header),
+            fits.ImageHDU(combined.mask.view(np.uint8), name="MASK"),
+            fits.ImageHDU(combined.uncertainty, uncertainty_header, name="UNCERT"),
+            table,
+        ]
+    )
+    atomic_write(path, lambda fh: hdul.writeto(fh))
+
+
+# -- a mosaic's layout ---------------------------------------------------------------------
+def _write_mosaic(
+    fh: BinaryIO,
+    combined: CombineResult,
+    first: Frame | None,
+    header: fits.Header,
+    table: fits.BinTableHDU,
+    extension_qa: Sequence[list[tuple[str, Any, str]]],
+    config: Config,
+) -> None:
+    """A mosaic's master: the primary HDU (the provenance, no data), then for each input
+    extension in input order its image (named as the input's), `<NAME>_UNCERT` and
+    `<NAME>_MASK`, then INPUTS. Each plane is read (from memory or the engine's scratch
+    file) and appended on its own, so no more than one is in memory."""
+    from astropy.io import fits
+
+    header["NEXTEND"] = (3 * len(combined.extensions) + 1, "extensions: 3 per input extension")
+    header["CMBNMODE"] = (config.combine.normalise, "mosaic: one scale and median over all")
+    fits.HDUList([fits.PrimaryHDU(header=header)]).writeto(fh)
+    fh.flush()
+    for e, extension in enumerate(combined.extensions):
+        cards = extension_qa[e] if e < len(extension_qa) else []
+        for hdu in _extension_hdus(extension, combined.plane(e), first, cards, config):
+            hdu.verify("exception")
+            fits.append(fh.name, hdu.data, hdu.header, verify=False)
+    fits.append(fh.name, table.data, table.header, verify=False)
+
+
+def _extension_hdus(
+    extension: ExtensionResult,
+    plane: MasterPlane,
+    first: Frame | None,
+    qa_cards: list[tuple[str, Any, str]],
+    config: Config,
+) -> list[fits.ImageHDU]:
+    """One extension of a mosaic's master: its image, `_UNCERT` and `_MASK` HDUs. The
+    image's header holds the first input's cards of that extension that may be copied
+    (DETSEC, DATASEC, CCDSUM, ...), what it was divided by, and its QA."""
+    from astropy.io import fits
+
+    copied_cards = _verified_cards(first, extension.hdu) if first is not None else []
+    header = fits.Header([card for card in copied_cards if copied(card.keyword, config)])
+    normalised = "its own median" if config.combine.normalise == "extension" else "the mosaic's"
+    header["BUNIT"] = ("", f"dimensionless: response normalised to {normalised} median 1")
+    header["INHERIT"] = (True, "the primary header's cards apply here too")
+    header["CMBNORM"] = (extension.normalisation, "what the combined scaled frames were divided by")
+    for keyword, value, comment in qa_cards:
+        header[keyword] = (value, comment)
+    uncertainty = fits.Header([UNCERTAINTY_CARD, INHERIT_CARD])
+    return [
+        fits.ImageHDU(plane.data, header, name=extension.name),
+        fits.ImageHDU(plane.uncertainty, uncertainty, name=f"{extension.name}_UNCERT"),
+        fits.ImageHDU(
+            plane.mask.view(np.uint8), fits.Header([INHERIT_CARD]), name=f"{extension.name}_MASK"
+        ),
+    ]
 
 
 def _header(
@@ -342,10 +429,13 @@ def _header(
     return header
 
 
-def _verified_cards(first: Frame) -> list[fits.Card]:
-    """The first input's cards that can be written (`flatd.cards`); each one dropped is a
-    debug event naming it and why."""
-    kept, dropped = checked_cards(first.path, first.hdu)
+def _verified_cards(first: Frame, hdu: int | None = None) -> list[fits.Card]:
+    """The first input's cards that can be written (`flatd.cards`), of HDU `hdu` (by
+    default its image's; a mosaic's primary header); each one dropped is a debug event
+    naming it and why."""
+    if hdu is None:
+        hdu = 0 if first.extensions else first.hdu
+    kept, dropped = checked_cards(first.path, hdu)
     for card in dropped:
         log.debug(
             "header_card_dropped",
@@ -437,6 +527,11 @@ def _inputs_table(
         column("CLIPFRAC", "D", [s.clipped_fraction if s else 0.0 for _, s, _ in rows]),
         text("CHECKSUM", [f.content for f, _, _ in rows]),
     ]
+    plane_scales = [s.plane_scales if s else () for _, s, _ in rows]
+    width = max(map(len, plane_scales), default=0)
+    if width:  # a mosaic's extensions each scaled by its own factor
+        padded = [[*scales, *[0.0] * (width - len(scales))] for scales in plane_scales]
+        columns.append(column("EXTSCALE", f"{width}D", padded))
     # what BinTableHDU.from_columns(columns, name="INPUTS") builds, without its check for
     # an astropy Table, whose import (~0.1 s) is most of the cost of a small table
     table = fits.BinTableHDU()
@@ -575,7 +670,7 @@ def read_master_file(path: Path, keys: Iterable[str]) -> MasterFile:
             flagged=bool(header.get("QAFLAG", False)),
             confirmed=bool(header.get("QACONFIR", False)),
             settings={s.card: _plain(header[s.card]) for s in SETTINGS if s.card in header},
-            qa=_qa_record(header),
+            qa=_qa_record(header, hdul),
         )
 
 
@@ -593,8 +688,21 @@ QA_CARDS = {  # master header card -> the QA record's key (`qa.MasterQA.to_dict`
 }
 
 
-def _qa_record(header: fits.Header) -> dict[str, Any]:
-    return {key: _plain(header[card]) for card, key in QA_CARDS.items() if card in header}
+def _qa_record(header: fits.Header, hdul: fits.HDUList | None = None) -> dict[str, Any]:
+    """The QA record of a master's primary header; a mosaic's (`hdul` given, a primary
+    HDU without data) with each extension's own, as `mosaic_qa.MosaicQA.to_dict` has it.
+    Its headers were read already, to reach INPUTS."""
+    record = {key: _plain(header[card]) for card, key in QA_CARDS.items() if card in header}
+    if hdul is None or header.get("NAXIS", 0) != 0:
+        return record
+    extensions = [
+        {"name": hdu.name, **_qa_record(hdu.header)}
+        for hdu in hdul[1:]
+        if hdu.is_image and "QAMASK" in hdu.header
+    ]
+    if extensions:
+        record["extensions"] = extensions
+    return record
 
 
 def _input_row(row: Any, names: set[str]) -> InputRow:

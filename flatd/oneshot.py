@@ -17,9 +17,9 @@ from flatd import engine
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import CalibrationPlan, plan_sequence
 from flatd.catalogue import Catalogue
-from flatd.checks import saturation_level
+from flatd.checks import saturation_levels
 from flatd.config import Config, FramesConfig
-from flatd.frames import Skip, SkipKind, group_notes
+from flatd.frames import Frame, Skip, SkipKind, describe_layout, group_notes
 from flatd.frames import sources as frame_sources
 from flatd.index import FlatSequence, Index, index_paths
 from flatd.latest import Curator
@@ -80,6 +80,7 @@ class ScanReport:
                             "shape": list(f.shape),
                             "median": _rounded(self.levels.get(f.path)),
                             "raw": f.raw,
+                            "layout": _layout_dicts(f),
                         }
                         for f in seq.frames
                     ],
@@ -146,6 +147,7 @@ class ScanReport:
                 f"  sequence {seq.start:%Y-%m-%d %H:%M:%S} .. {seq.end:%H:%M:%S}"
                 f"  {len(seq.frames)} frames"
             )
+            lines.extend(_layout_lines(seq))
             lines.extend(self._calibration_lines(seq))
             lines.extend(
                 f"    {f.path.name:<40} {f.date:%H:%M:%S}{'' if f.date_from_header else '*'} "
@@ -163,7 +165,7 @@ def scan_report(paths: Iterable[Path], config: Config) -> ScanReport:
     frames = index.frames()
     levels = {}
     measured = engine.measure_frames(
-        frames, [saturation_level(f, config) for f in frames], config.combine
+        frames, [saturation_levels(f, config) for f in frames], config.combine
     )
     for frame, level in zip(frames, measured, strict=True):
         if isinstance(level, str):
@@ -186,6 +188,36 @@ def _calibration_plans(index: Index, config: Config) -> dict[FlatSequence, Calib
             except CalibrationUnavailable as exc:
                 plans[sequence] = exc.waiting()
     return plans
+
+
+def _layout_dicts(frame: Frame) -> list[dict[str, Any]]:
+    """For `flatd scan --json`: each image plane of a frame (one for a single image)."""
+    return [
+        {
+            "name": plane.name,
+            "hdu": plane.hdu,
+            "shape": list(plane.shape),
+            "bitpix": plane.bitpix,
+            "compression": plane.compression,
+            "detsec": plane.detsec,
+        }
+        for plane in frame.planes
+    ]
+
+
+def _layout_lines(sequence: FlatSequence) -> list[str]:
+    """`    layout: 4 extensions AMP1, AMP2, AMP3, AMP4 of 2048x2048` for a sequence of
+    mosaic frames (each layout with its count when they differ); nothing for single
+    images."""
+    if not any(f.extensions for f in sequence.frames):
+        return []
+    counts = Counter(f.layout for f in sequence.frames)
+    if len(counts) == 1:
+        return [f"    layout: {describe_layout(next(iter(counts)))}"]
+    return [
+        f"    layout: {describe_layout(layout)} ({n} frame{'s' if n != 1 else ''})"
+        for layout, n in counts.most_common()
+    ]
 
 
 def _not_taken(skips: list[Skip]) -> list[tuple[str, str, list[str]]]:

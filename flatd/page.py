@@ -305,6 +305,9 @@ def _master_facts(master: dict[str, Any], now: datetime) -> list[tuple[str, str]
     qa = _dict(master.get("qa"))
     if qa:
         facts.append(("QA", _qa_summary(qa)))
+    for extension in _list(qa.get("extensions")):  # a mosaic's: each extension's own
+        if isinstance(extension, dict):
+            facts.append((f"QA {extension.get('name', '?')}", _qa_summary(extension)))
     other = [str(o) for o in _list(master.get("other_settings"))]
     if other:
         facts.append(("made with other settings", "; ".join(other) + " (flatd remake)"))
@@ -428,7 +431,7 @@ def _qa_summary(qa: dict[str, Any]) -> str:
     numbers = [
         f"{key.replace('_', ' ')} {_number(value)}"
         for key, value in qa.items()
-        if key not in ("flagged", "reason") and value not in (None, "")
+        if key not in ("flagged", "reason", "name", "extensions") and value not in (None, "")
     ]
     return verdict + (f" ({', '.join(numbers)})" if numbers else "")
 

@@ -6,7 +6,8 @@
                   on the headers, then on the levels pass: `engine.measure_frames`)
     engine        the combination, once (`engine.combine`)
     QA            the master against its inputs and the previous sequence's master (`qa`;
-                  the caller says which that is: `qa.Baseline`)
+                  the caller says which that is: `qa.Baseline`); a mosaic's extension by
+                  extension, judged as a whole (`mosaic_qa`)
     write         the master, atomically, its INPUTS naming the indexed (raw) files and
                   their duplicates (`masters`), its settings, the preview
 
@@ -39,12 +40,13 @@ import structlog
 from flatd import checks, engine, masters, qa
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import Inputs, calibrated_inputs
-from flatd.checks import saturation_level
+from flatd.checks import saturation_levels
 from flatd.config import Config
 from flatd.frames import Frame
 from flatd.index import FlatSequence
 from flatd.latest import Curator, Published
 from flatd.masters import MasterFile
+from flatd.mosaic_qa import MosaicQA, assess_mosaic, extension_cards
 from flatd.qa import Baseline
 from flatd.reasons import reason_of
 from flatd.settings import limit_cards
@@ -249,21 +251,25 @@ def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
         config.combine,
         rejected=result.rejected,
         levels=levels,
-        saturation={f.path: saturation_level(f, config) for f in frames},
+        saturation={f.path: saturation_levels(f, config) for f in frames},
         min_response=config.qa.min_response,
         progress=stage.progress,
+        scratch=stage.output_dir,
     )
     stage.checkpoint(rows, rows)
     combined, frames = inputs.identify(combined), inputs.originals  # the indexed files again
     result.stats = combined.stats
-    assessment = qa.assess(
-        combined.data,
-        combined.uncertainty,
-        combined.mask,
-        _used_levels_in_electrons(frames, combined.stats, config),
-        stage.baseline,
-        config.qa.max_change,
-    )
+    if combined.extensions:  # a mosaic: extension by extension
+        assessment: qa.MasterQA = assess_mosaic(combined, frames, stage.baseline, config)
+    else:
+        assessment = qa.assess(
+            combined.data,
+            combined.uncertainty,
+            combined.mask,
+            _used_levels_in_electrons(frames, combined.stats, config),
+            stage.baseline,
+            config.qa.max_change,
+        )
     stage.checkpoint(rows, rows)
     record = masters.write_master(
         combined,
@@ -274,12 +280,13 @@ def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
         output_dir=stage.output_dir,
         qa_cards=assessment.header_cards() + limit_cards(config),
         calibration=inputs.provenance,
+        extension_qa=extension_cards(assessment),
         duplicates=result.sequence.duplicates,
     )
     record.qa = assessment.to_dict()
     if config.output.preview:
         _preview(record, combined, frames)
-        _ratio_picture(record, assessment, config.qa.max_change)
+        _ratio_picture(record, assessment, config.qa.max_change, combined)
     result.record, result.outcome = record, "done"
 
 
@@ -295,7 +302,7 @@ def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, 
     them (levels, saturation, unlike the others), so that the sequence is combined once."""
     to_measure = [f for f in frames if f.path not in result.rejected]
     measured = engine.measure_frames(
-        to_measure, [saturation_level(f, config) for f in to_measure], config.combine
+        to_measure, [saturation_levels(f, config) for f in to_measure], config.combine
     )
     levels = {}
     for frame, level in zip(to_measure, measured, strict=True):
@@ -340,13 +347,21 @@ def _preview(
     ]
     title = f"{record.path.name}: {record.n_frames} frames, {record.n_rejected} rejected"
     try:
-        write_preview(record.path, combined.data, combined.mask, title, levels)
+        if combined.extensions:
+            from flatd.mosaic_pictures import draw_preview
+
+            draw_preview(record.path, combined, title, levels)
+        else:
+            write_preview(record.path, combined.data, combined.mask, title, levels)
     except Exception as exc:  # a quicklook must never cost the master
         log.warning("preview_failed", path=str(record.path), reason=reason_of(exc))
 
 
 def _ratio_picture(
-    record: masters.MasterRecord, assessment: qa.MasterQA, max_change: float
+    record: masters.MasterRecord,
+    assessment: qa.MasterQA,
+    max_change: float,
+    combined: engine.CombineResult,
 ) -> None:
     """What changed since the previous master, beside the master; none (and an older one
     removed) when there is nothing to compare with."""
@@ -354,18 +369,30 @@ def _ratio_picture(
 
     comparison = assessment.comparison
     try:
+        if isinstance(assessment, MosaicQA) and assessment.previous is not None:
+            from flatd.mosaic_pictures import draw_ratio_picture
+
+            title = _ratio_title(record, assessment, max_change)
+            draw_ratio_picture(record.path, combined, assessment, title)
+            return
         if comparison is None or assessment.previous is None:
             ratio_path(record.path).unlink(missing_ok=True)
             return
-        title = (
-            f"{record.path.name} / {Path(assessment.previous).name}\n"
-            f"rms {comparison.change_rms:.4f}, {comparison.changed_fraction:.2%} of "
-            f"{qa.BLOCK}x{qa.BLOCK} blocks changed by > {max_change:g}"
-            + (" — QA FLAGGED" if assessment.flagged else "")
-        )
+        title = _ratio_title(record, assessment, max_change)
         write_ratio_picture(record.path, comparison.blocks, comparison.blocks_masked, title)
     except Exception as exc:  # a picture must never cost the master
         log.warning("ratio_picture_failed", path=str(record.path), reason=reason_of(exc))
+
+
+def _ratio_title(record: masters.MasterRecord, assessment: qa.MasterQA, max_change: float) -> str:
+    """The ratio picture's title: what was compared and what QA measured (a mosaic's
+    largest change of any extension)."""
+    return (
+        f"{record.path.name} / {Path(assessment.previous or '?').name}\n"
+        f"rms {assessment.change_rms or 0.0:.4f}, {assessment.changed_fraction or 0.0:.2%} of "
+        f"{qa.BLOCK}x{qa.BLOCK} blocks changed by > {max_change:g}"
+        + (" — QA FLAGGED" if assessment.flagged else "")
+    )
 
 
 def _too_few(result: Result, config: Config) -> bool:

@@ -11,6 +11,11 @@ the previous master in steps of rows and keeps 1/64 of the image), stretched sym
 around 1 so that a new dust donut, a moved filter or a shutter pattern stands out against
 the noise; it does not know or care how the previous master was chosen.
 
+A mosaic's master is drawn whole: each extension binned and placed where its DETSEC says
+on the detector (`flatd.placement`; side by side when that cannot be told), named, on one
+stretch, so the amplifiers' gain steps show; its ratio picture likewise, extension by
+extension.
+
 matplotlib's object API on the Agg canvas (no pyplot, so no global state: previews may be
 drawn from several worker threads at once), imported only when a preview is drawn.
 """
@@ -19,12 +24,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from flatd.atomic import atomic_write_bytes
+from flatd.placement import Placement, bounds
 
 PREVIEW_MAX_PIXELS = 1024  # the image is binned down to about this many pixels a side
 MASKED_COLOUR = "#ff00ff"
@@ -152,8 +159,8 @@ def _draw_levels(axes, levels: Sequence[tuple[str, float, float, bool, str]]) ->
     axes.legend(fontsize=9)
 
 
-def _binned(data: np.ndarray) -> np.ndarray:
-    blocks = _blocks(data)
+def _binned(data: np.ndarray, factor: int | None = None) -> np.ndarray:
+    blocks = _blocks(data, factor)
     if blocks is None:
         return np.asarray(data, dtype=np.float32)
     with warnings.catch_warnings():  # an all-masked block is NaN, and says so
@@ -161,16 +168,19 @@ def _binned(data: np.ndarray) -> np.ndarray:
         return np.asarray(np.nanmean(blocks, axis=(1, 3), dtype=np.float32))
 
 
-def _binned_any(flags: np.ndarray) -> np.ndarray:
-    blocks = _blocks(flags)
+def _binned_any(flags: np.ndarray, factor: int | None = None) -> np.ndarray:
+    blocks = _blocks(flags, factor)
     return flags if blocks is None else np.asarray(blocks.any(axis=(1, 3)))
 
 
-def _blocks(data: np.ndarray) -> np.ndarray | None:
-    """`data` as (ny, factor, nx, factor) blocks for binning to PREVIEW_MAX_PIXELS a side
-    (the last partial rows and columns left out); None when it is small enough."""
-    factor = max(1, int(np.ceil(max(data.shape) / PREVIEW_MAX_PIXELS)))
-    if factor == 1:
+def _blocks(data: np.ndarray, factor: int | None = None) -> np.ndarray | None:
+    """`data` as (ny, factor, nx, factor) blocks for binning (by default to
+    PREVIEW_MAX_PIXELS a side; the last partial rows and columns left out); None when it
+    is small enough."""
+    if factor is None:
+        factor = max(1, int(np.ceil(max(data.shape) / PREVIEW_MAX_PIXELS)))
+    factor = min(factor, *data.shape)
+    if factor <= 1:
         return None
     ny, nx = (s // factor * factor for s in data.shape)
     return data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
@@ -224,3 +234,112 @@ def ratio_half_width(ratio: np.ndarray) -> float:
     if not finite.size:
         return RATIO_MIN_HALF_WIDTH
     return max(float(np.percentile(finite, RATIO_STRETCH_PERCENTILE)), RATIO_MIN_HALF_WIDTH)
+
+
+# -- a mosaic: its extensions placed on the detector ------------------------------------------
+Load = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One extension as drawn: binned values, what is drawn apart, where it goes."""
+
+    name: str
+    image: np.ndarray
+    hidden: np.ndarray
+    placement: Placement
+
+
+def mosaic_tiles(
+    names: Sequence[str], shapes: Sequence[tuple[int, int]], placed: Sequence[Placement], load: Load
+) -> list[Tile]:
+    """Each extension binned so that the whole mosaic is about PREVIEW_MAX_PIXELS a side;
+    `load(e)` gives extension e's values and the flags of what is drawn apart (one
+    extension in memory at a time)."""
+    left, right, bottom, top = bounds(placed)
+    per_pixel = max(right - left, top - bottom) / PREVIEW_MAX_PIXELS  # detector pixels
+    tiles = []
+    for e, (name, shape, place) in enumerate(zip(names, shapes, placed, strict=True)):
+        scale = abs(place.right - place.left) / shape[1]  # detector pixels per pixel
+        factor = max(1, int(np.ceil(per_pixel / scale)))
+        values, flags = load(e)
+        bad = flags.astype(bool) | ~np.isfinite(values)
+        shown = _binned(np.where(bad, np.nan, values) if bad.any() else values, factor)
+        tiles.append(Tile(name, shown, _binned_any(bad, factor) | ~np.isfinite(shown), place))
+    return tiles
+
+
+def write_mosaic_preview(
+    master: Path,
+    tiles: Sequence[Tile],
+    n_masked: int,
+    title: str,
+    levels: Sequence[tuple[str, float, float, bool, str]],
+) -> Path:
+    """`write_preview` for a mosaic's master: its extensions drawn where they lie."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 5.2))
+    image_axes, level_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
+    shown = np.concatenate([t.image[~t.hidden] for t in tiles])
+    low, high = stretch(shown, np.zeros(shown.shape, bool))
+    cmap = colormaps["gray"].with_extremes(bad=MASKED_COLOUR)
+    drawn = _draw_tiles(image_axes, tiles, cmap, low, high)
+    note = f"; {n_masked} masked pixels in magenta" if n_masked else ""
+    image_axes.set_title(f"master flat (stretch {low:.3f} .. {high:.3f}{note})", fontsize=10)
+    figure.colorbar(drawn, ax=image_axes, fraction=0.046, pad=0.04, label="relative response")
+    _draw_levels(level_axes, levels)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    path = preview_path(master)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def write_mosaic_ratio_picture(master: Path, tiles: Sequence[Tile], title: str) -> Path:
+    """`write_ratio_picture` for a mosaic: each extension's block map of new/previous - 1
+    (`Tile.image`) drawn where the extension lies."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    ratios = [replace(t, image=t.image + np.float32(1.0)) for t in tiles]
+    half = ratio_half_width(np.concatenate([t.image[~t.hidden] for t in ratios]))
+    figure = Figure(figsize=(7.5, 6.2))
+    axes = figure.subplots()
+    cmap = colormaps["RdBu_r"].with_extremes(bad=MASKED_COLOUR)
+    drawn = _draw_tiles(axes, ratios, cmap, 1.0 - half, 1.0 + half)
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(drawn, ax=axes, fraction=0.046, pad=0.04, label="new / previous")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    path = ratio_path(master)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _draw_tiles(axes, tiles: Sequence[Tile], cmap, low: float, high: float):
+    """Each tile where it lies, named, on one stretch; the last image (for a colour bar)."""
+    drawn = None
+    for tile in tiles:
+        drawn = axes.imshow(
+            np.ma.masked_array(tile.image, tile.hidden),
+            origin="lower",
+            extent=tile.placement.extent,
+            cmap=cmap,
+            vmin=low,
+            vmax=high,
+            interpolation="nearest",
+        )
+        x, y = tile.placement.centre
+        axes.text(x, y, tile.name, ha="center", va="center", fontsize=8, color="tab:orange")
+    left, right, bottom, top = bounds([t.placement for t in tiles])
+    axes.set_xlim(left, right)
+    axes.set_ylim(bottom, top)
+    axes.set_aspect("equal")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return drawn

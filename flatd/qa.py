@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -93,9 +93,11 @@ def assess(
     used_levels: Sequence[float],
     baseline: Baseline,
     max_change: float,
+    hdu: int | str = 0,
 ) -> MasterQA:
-    """Measure a normalised master and compare it with its `baseline`; `used_levels` are
-    the used inputs' levels in electrons (ADU times gain)."""
+    """Measure a normalised master and compare it with its `baseline` (its HDU `hdu`
+    in each: a mosaic's extension by name); `used_levels` are the used inputs' levels in
+    electrons (ADU times gain)."""
     masked_pixels = int(np.count_nonzero(mask))
     masked_fraction = masked_pixels / mask.size if mask.size else 0.0
     sampled = uncertainty[::4, ::4][~mask[::4, ::4]]
@@ -110,7 +112,7 @@ def assess(
     if previous is None or not previous.exists():
         return measured
     try:
-        comparison = compare(data, mask, previous, max_change)
+        comparison = compare(data, mask, previous, max_change, hdu)
     except (OSError, ValueError) as exc:
         reason = f"previous master unreadable: {exc}"
         return replace(measured, previous=str(previous), reason=reason)
@@ -124,10 +126,19 @@ def assess(
         reason="; ".join(reasons),
         comparison=comparison,
     )
-    reference = baseline.reference
-    if reference is None or reference == previous or not reference.exists():
+    reference = in_use(baseline)
+    if reference is None:
         return judged
-    return _against_reference(judged, data, mask, reference, max_change)
+    return _against_reference(judged, data, mask, reference, max_change, hdu)
+
+
+def in_use(baseline: Baseline) -> Path | None:
+    """The master in use to judge against as well, when the previous one was held back
+    (None: there is none, or it is the previous master, or it is gone)."""
+    reference = baseline.reference
+    if reference is None or reference == baseline.previous or not reference.exists():
+        return None
+    return reference
 
 
 def _changes(comparison: Comparison, max_change: float) -> list[str]:
@@ -143,15 +154,44 @@ def _changes(comparison: Comparison, max_change: float) -> list[str]:
 
 
 def _against_reference(
-    judged: MasterQA, data: np.ndarray, mask: np.ndarray, reference: Path, max_change: float
+    judged: MasterQA,
+    data: np.ndarray,
+    mask: np.ndarray,
+    reference: Path,
+    max_change: float,
+    hdu: int | str = 0,
 ) -> MasterQA:
     """The previous master was held back: judge against the master in use as well."""
-    try:
-        comparison = compare(data, mask, reference, max_change)
-    except (OSError, ValueError):
+    measured = reference_changes(data, mask, reference, max_change, hdu)
+    if measured is None:
         return judged
-    differs = _changes(comparison, max_change)
-    record = replace(judged, reference=str(reference), reference_change_rms=comparison.change_rms)
+    return confirm(judged, reference, *measured)
+
+
+def reference_changes(
+    data: np.ndarray,
+    mask: np.ndarray,
+    reference: Path,
+    max_change: float,
+    hdu: int | str = 0,
+) -> tuple[float, list[str]] | None:
+    """The change rms against the master in use (its HDU `hdu`), and why it differs from
+    it ([]: it does not); None when it cannot be read."""
+    try:
+        comparison = compare(data, mask, reference, max_change, hdu)
+    except (OSError, ValueError):
+        return None
+    return comparison.change_rms, _changes(comparison, max_change)
+
+
+Judged = TypeVar("Judged", bound="MasterQA")
+
+
+def confirm(judged: Judged, reference: Path, reference_rms: float, differs: list[str]) -> Judged:
+    """The verdict once the master is also compared with the one in use (`reference`):
+    like it, the held-back previous master was a one-off (not flagged); unlike it but like
+    the previous one, the change is confirmed; unlike both, flagged."""
+    record = replace(judged, reference=str(reference), reference_change_rms=reference_rms)
     if not differs:  # the held-back previous master was a one-off
         return replace(record, flagged=False, reason="")
     if not judged.flagged:  # like the held-back one, unlike the one in use
@@ -174,14 +214,19 @@ class Comparison:
     blocks_masked: np.ndarray  # blocks holding any masked or non-finite pixel
 
 
-def compare(data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float) -> Comparison:
+def compare(
+    data: np.ndarray, mask: np.ndarray, previous: Path, max_change: float, hdu: int | str = 0
+) -> Comparison:
     """Robust rms of new/previous - 1, the fraction of blocks changed by more than
     `max_change`, and the block map they were counted on (1/BLOCK² of the image's size);
-    the previous master is read in steps of rows."""
+    the previous master's HDU `hdu` is read in steps of rows."""
     from astropy.io import fits
 
     with fits.open(previous, memmap=False, lazy_load_hdus=True) as hdul:
-        old = hdul[0]
+        try:
+            old = hdul[hdu]
+        except (KeyError, IndexError):
+            raise ValueError(f"it has no extension {hdu}") from None
         if old.shape != data.shape:
             raise ValueError(f"shape {old.shape} differs from {data.shape}")
         deviations, binned_steps, masked_steps = [], [], []

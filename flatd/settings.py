@@ -44,6 +44,7 @@ RECIPE = (  # written by masters.write_master
     Setting("CMBSHIGH", "combine", "sigma_high"),
     Setting("CMBCENT", "combine", "center"),
     Setting("CMBDEV", "combine", "deviation"),
+    Setting("CMBNMODE", "combine", "normalise"),  # a mosaic's master only
 )
 LIMITS = (  # written here, with the QA cards
     Setting("QAMINLVL", "qa", "min_level", "qa.min_level: fainter inputs rejected (ADU)"),

@@ -573,6 +573,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --raw: hot pixels' dark current in the frames, and a master dark too",
     )
+    parser.add_argument(
+        "--extensions",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="a multi-amplifier camera: each frame written as N image extensions (EXTNAME "
+        "AMP1..AMPN, a DETSEC each, per-amplifier gains), each of --shape, an empty "
+        "primary HDU before them (default: 1, a single image)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing per file")
 
 
@@ -584,8 +593,9 @@ def run(args: argparse.Namespace) -> int:
     write = _writer(args.write_mode, pace)
     cadence = 30.0
     start = args.start or DEFAULT_START
-    if args.dark and not args.raw:
-        print("flatd simulate: --dark needs --raw", file=sys.stderr)
+    invalid = _conflict(args)
+    if invalid:
+        print(f"flatd simulate: {invalid}", file=sys.stderr)
         return 2
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -605,12 +615,13 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(pace)
         first = False
 
-    cameras = []
+    cameras: list[_Camera] = []
+    sources: list[Any] = []  # what wrote each camera's frames
     try:
         detector = _raw_detector(args, start, say) if args.raw else None
         for k, filter_name in enumerate(args.filters):
             camera = _Camera(
-                (ny, nx),
+                _detector_shape(args.extensions, (ny, nx)),
                 args.frames,
                 filter_name,
                 start + timedelta(seconds=k * args.frames * cadence),
@@ -627,12 +638,13 @@ def run(args: argparse.Namespace) -> int:
                 cadence,
             )
             cameras.append(camera)
-            source = _readout(camera, detector, args.seed + 1000 * k)
+            source = _readout(camera, detector, args.seed + 1000 * k, args.extensions)
+            sources.append(source)
             prefix = "flat" if detector is None else "raw"
             for i in range(camera.n_frames):
                 pause()
                 path = outdir / file_name(prefix, filter_name, i, args.compress)
-                write(path, fits_bytes(source.frame(i), source.header(i), args.compress))
+                write(path, _file_bytes(source, i, args.compress))
                 say(f"wrote {path}  level {camera.levels[i]:.0f}")
         for j in range(args.broken):
             pause()
@@ -641,19 +653,34 @@ def run(args: argparse.Namespace) -> int:
             write(path, broken_bytes(header))
             say(f"wrote {path}  (truncated)")
         if args.truth:
-            _write_truths(cameras, outdir / "truth", say)
+            _write_truths(sources, outdir / "truth", say)
     except OSError as exc:
         print(f"flatd simulate: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _write_truths(cameras: list[_Camera], directory: Path, say: Callable[[str], None]) -> None:
-    """Each camera's true flat as directory/true_flat_<filter>.fits (IMAGETYP TRUTH)."""
+def _conflict(args: argparse.Namespace) -> str:
+    """Why these options cannot go together ("" when they can)."""
+    if args.dark and not args.raw:
+        return "--dark needs --raw"
+    if args.extensions > 1 and args.raw:
+        return "--extensions writes calibrated frames (no --raw)"
+    return ""
+
+
+def _write_truths(sources: list[Any], directory: Path, say: Callable[[str], None]) -> None:
+    """Each camera's true flat as directory/true_flat_<filter>.fits (IMAGETYP TRUTH); a
+    multi-amplifier camera's laid out as its frames are, one extension per amplifier."""
     directory.mkdir(exist_ok=True)
-    for camera in cameras:
+    for source in sources:
+        camera = getattr(source, "camera", source)  # the raw or mosaic readout's camera
         path = directory / f"true_flat_{sanitise(camera.filter_name)}.fits"
-        content = fits_bytes(camera.true_flat.astype(np.float32), truth_header(camera.filter_name))
+        if hasattr(source, "truth_bytes"):
+            content = source.truth_bytes()
+        else:
+            flat = camera.true_flat.astype(np.float32)
+            content = fits_bytes(flat, truth_header(camera.filter_name))
         write_atomic(path, content)
         say(f"wrote {path}  true flat")
 
@@ -670,8 +697,31 @@ def _raw_detector(args: argparse.Namespace, start: datetime, say: Callable[[str]
     return detector
 
 
-def _readout(camera: _Camera, detector: Any, seed: int) -> Any:
-    """What writes the frames: the calibrated camera itself, or its raw readout."""
+def _detector_shape(extensions: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """The detector's shape: one amplifier's `shape`, or a mosaic of them."""
+    if extensions == 1:
+        return shape
+    from flatd.simulate_mosaic import detector_shape
+
+    return detector_shape(extensions, shape)
+
+
+def _file_bytes(source: Any, i: int, compress: str) -> bytes:
+    """Frame i of `source` as a FITS file's bytes."""
+    if hasattr(source, "file_bytes"):  # a multi-amplifier camera
+        return bytes(source.file_bytes(i, compress))
+    return fits_bytes(source.frame(i), source.header(i), compress)
+
+
+def _readout(camera: _Camera, detector: Any, seed: int, extensions: int = 1) -> Any:
+    """What writes the frames: the calibrated camera itself, its amplifiers (a multi-
+    amplifier camera's `extensions`), or its raw readout."""
+    if extensions > 1:
+        from flatd.simulate_mosaic import MosaicCamera, amplifiers
+
+        ny, nx = camera.shape
+        grid = _detector_shape(extensions, (1, 1))
+        return MosaicCamera(camera, amplifiers(extensions, (ny // grid[0], nx // grid[1]), seed))
     if detector is None:
         return camera
     from flatd.simulate_raw import RawCamera

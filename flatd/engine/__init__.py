@@ -14,6 +14,8 @@ Its face is `combine()` (a sequence's frames → `CombineResult`) and the levels
 - `normalise`  median 1, dead and weak pixels masked;
 - `pixels`     where a plane's values are (`PixelSource`) and reading them;
 - `kernel`     the binding of the compiled kernel, `_kernel.c` its source;
+- `mosaic`     a mosaic's frames: extension by extension, normalised once over all;
+- `outputs`    a mosaic's combined planes, in memory or in a scratch file until written;
 - `combine`    the steps in order.
 """
 
@@ -26,8 +28,10 @@ from flatd.engine.pixels import PixelSource
 from flatd.engine.plane import combine_plane
 from flatd.engine.results import (
     CombineResult,
+    ExtensionResult,
     FrameLevels,
     FrameStats,
+    MasterPlane,
     PlaneResult,
     PlaneSample,
 )
@@ -36,8 +40,10 @@ from flatd.engine.structure import score_structure
 __all__ = [
     "CombineResult",
     "EngineChoice",
+    "ExtensionResult",
     "FrameLevels",
     "FrameStats",
+    "MasterPlane",
     "PixelSource",
     "PlaneResult",
     "PlaneSample",

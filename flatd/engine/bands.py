@@ -35,19 +35,21 @@ def plan_bands(
     ordered_reads_only: bool,
     mem_limit_mb: float,
     worker_bytes: int = 0,
+    held: int = 0,
 ) -> BandPlan:
     """Threads and rows per band for n frames of `shape` so that the outputs and every
-    worker's buffers (rows, plus `worker_bytes` of fixed scratch) fit the limit;
-    MemoryError (naming the limit) when not even one row does."""
+    worker's buffers (rows, plus `worker_bytes` of fixed scratch) fit the limit, less the
+    `held` bytes the combination already holds (a mosaic's planes combined before this
+    one); MemoryError (naming the limit) when not even one row does."""
     ny, nx = shape
-    limit = int(mem_limit_mb * MB)
+    limit = int(mem_limit_mb * MB) - held
     npix = ny * nx
     outputs = npix * (2 * itemsize + 1)
     normalising = npix * itemsize  # a copy of the master for its median
     per_row = n * nx * (2 * itemsize + 1) + raw_row_bytes + ROW_TEMPORARIES * 8 * nx
     available = limit - outputs
     if available < max(per_row + worker_bytes, normalising):
-        need = (outputs + max(per_row + worker_bytes, normalising)) / MB
+        need = (held + outputs + max(per_row + worker_bytes, normalising)) / MB
         raise MemoryError(
             f"combine.mem_limit_mb = {mem_limit_mb:g} is too small for "
             f"{n} frames of {nx}x{ny}: at least {need:.0f} MB needed"

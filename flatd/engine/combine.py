@@ -12,10 +12,14 @@ counts every buffer, outputs included.
    finite or reach the frame's saturation level left out of their pixel;
 4. normalising to median 1, dead and weak pixels masked (`normalise`);
 5. each input's row of the INPUTS table.
+
+Frames of several image extensions (a mosaic, a multi-amplifier camera) take the same
+steps extension by extension, normalised once over them all (`mosaic`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +29,9 @@ import numpy as np
 from flatd.config import CombineConfig
 from flatd.engine import kernel
 from flatd.engine.bands import Progress
-from flatd.engine.levels import measure
+from flatd.engine.levels import Saturation, measure, plane_saturations
 from flatd.engine.memory import Ledger
+from flatd.engine.mosaic import MosaicJob, layouts_differ
 from flatd.engine.normalise import normalisation, normalise_plane
 from flatd.engine.pixels import PixelSource
 from flatd.engine.plane import combine_plane, compiled_recipe
@@ -43,23 +48,31 @@ def combine(
     *,
     rejected: Mapping[Path, str] | None = None,
     levels: Mapping[Path, FrameLevels] | None = None,
-    saturation: Mapping[Path, float] | None = None,
+    saturation: Mapping[Path, Saturation] | None = None,
     min_response: float = 0.0,
     progress: Progress | None = None,
+    scratch: Path | None = None,
 ) -> CombineResult:
     """Combine `frames` (minus `rejected`, whose reasons go into the stats) into a master.
 
     `levels` are the frames' measured levels (measured here when missing); `saturation`
-    each frame's saturation level (0 or missing: none); pixels of the normalised master
-    below `min_response` (and any not finite or not positive) are masked. Raises
-    ValueError for unusable input (no frames, mixed shapes, a non-positive level, missing
-    gain for the noise deviation) and MemoryError when `mem_limit_mb` cannot hold even
-    the outputs; an exception raised by `progress` abandons the combination.
+    each frame's saturation level (0 or missing: none; for a mosaic one level, or one per
+    extension); pixels of the normalised master below `min_response` (and any not finite
+    or not positive) are masked. Frames of several image extensions are combined plane by
+    plane into a mosaic's master (`mosaic`), whose planes wait in a scratch file in
+    `scratch` (default: the temporary directory) when they do not all fit the memory
+    limit. Raises ValueError for unusable input (no frames, mixed shapes or layouts, a
+    non-positive level, missing gain for the noise deviation) and MemoryError when
+    `mem_limit_mb` cannot hold even the outputs; an exception raised by `progress`
+    abandons the combination.
     """
     rejected = rejected or {}
     used = _usable(frames, rejected)
     known = {**(levels or {})}
     known.update({f.path: measure(f, 0.0, settings.dtype) for f in used if f.path not in known})
+    if used[0].extensions:
+        job = MosaicJob(used, settings, known, saturation or {}, scratch)
+        return _mosaic_result(job, frames, rejected, known, min_response, progress)
     scales = [scale_of(known[f.path], settings.scale, f.path.name) for f in used]
     noise = None
     if settings.deviation == "noise":
@@ -69,7 +82,7 @@ def combine(
         [PixelSource.of(f) for f in used],
         scales,
         settings,
-        saturations=[(saturation or {}).get(f.path, 0.0) for f in used],
+        saturations=[plane_saturations((saturation or {}).get(f.path, 0.0), 1)[0] for f in used],
         noise=noise,
         progress=progress,
         ledger=ledger,
@@ -100,10 +113,51 @@ def _usable(frames: Sequence[Frame], rejected: Mapping[Path, str]) -> list[Frame
     used = [f for f in frames if f.path not in rejected]
     if not used:
         raise ValueError("no usable frames to combine")
+    if any(f.extensions for f in used) and (different := layouts_differ(used)):
+        raise ValueError(different)
     shapes = {f.shape for f in used}
     if len(shapes) > 1:
         raise ValueError(f"frames of different shapes: {sorted(shapes)}")
     return used
+
+
+def _mosaic_result(
+    job: MosaicJob,
+    frames: Sequence[Frame],
+    rejected: Mapping[Path, str],
+    known: dict[Path, FrameLevels],
+    min_response: float,
+    progress: Progress | None,
+) -> CombineResult:
+    """`combine` for frames of several image extensions (see `mosaic`)."""
+    settings, used = job.settings, job.used
+    extensions, clipped, last = job.run(progress, min_response)
+    paths = [f.path for f in used]
+    scales = {f.path: scale_of(known[f.path], settings.scale, f.path.name) for f in used}
+    npix = sum(e.shape[0] * e.shape[1] for e in extensions)
+    stats = frame_stats(
+        frames, rejected, known, scales, dict(zip(paths, clipped.tolist(), strict=True)), npix
+    )
+    if settings.normalise == "extension":
+        own = {p: tuple(s[i] for s in job.scales) for i, p in enumerate(paths)}
+        stats = [dataclasses.replace(s, plane_scales=own.get(s.path, ())) for s in stats]
+    levels = [e.normalisation for e in extensions]
+    empty = np.empty((0, 0), settings.dtype)
+    return CombineResult(
+        data=empty,
+        uncertainty=empty,
+        mask=np.empty((0, 0), bool),
+        stats=stats,
+        normalisation=levels[0] if len(set(levels)) == 1 else float(np.median(levels)),
+        peak_bytes=job.ledger.peak,
+        threads=last.threads,
+        rows_per_band=last.rows_per_band,
+        engine=last.engine,
+        engine_reason=_engine_reason(settings),
+        masked_pixels=sum(e.masked_pixels for e in extensions),
+        extensions=tuple(extensions),
+        outputs=job.outputs,
+    )
 
 
 def _engine_reason(settings: CombineConfig) -> str:

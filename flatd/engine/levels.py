@@ -15,6 +15,7 @@ the sequence on large scales before anything is combined.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -134,35 +135,66 @@ class Tally:
 
 
 # -- one frame ---------------------------------------------------------------------------
-def measure(frame: Frame, saturation_level: float = 0.0, dtype: str = "float32") -> FrameLevels:
-    """The levels of a frame's image (see `measure_planes`)."""
-    return measure_planes([PixelSource.of(frame)], saturation_level, dtype)
+Saturation = float | Sequence[float]  # one level for every image plane, or one per plane
+
+
+def measure(
+    frame: Frame,
+    saturation_level: Saturation = 0.0,
+    dtype: str = "float32",
+    per_plane: bool = False,
+) -> FrameLevels:
+    """The levels of a frame over all its image planes (see `measure_planes`); with
+    `per_plane`, a frame of several planes also gets each plane's own median and mean
+    (`FrameLevels.plane_levels`), measured in a second pass."""
+    planes = PixelSource.planes_of(frame)
+    levels = measure_planes(planes, saturation_level, dtype)
+    if not per_plane or len(planes) == 1:
+        return levels
+    saturations = plane_saturations(saturation_level, len(planes))
+    each = [
+        measure_planes([plane], [level], dtype)
+        for plane, level in zip(planes, saturations, strict=True)
+    ]
+    return dataclasses.replace(levels, plane_levels=tuple((e.median, e.mean) for e in each))
+
+
+def plane_saturations(saturation: Saturation, planes: int) -> list[float]:
+    """One saturation level per image plane (0: none)."""
+    if not isinstance(saturation, Sequence):  # a number (numpy's too)
+        return [float(saturation)] * planes
+    if len(saturation) != planes:
+        raise ValueError(f"{len(saturation)} saturation levels for {planes} image planes")
+    return [float(level) for level in saturation]
 
 
 def measure_planes(
-    planes: Sequence[PixelSource], saturation_level: float = 0.0, dtype: str = "float32"
+    planes: Sequence[PixelSource], saturation_level: Saturation = 0.0, dtype: str = "float32"
 ) -> FrameLevels:
     """Median and mean level of one frame (all its image planes together), its fraction
-    of saturated pixels and each plane's large-scale pattern. Raises ValueError when no
-    value is finite, OSError/EOFError when the file cannot be read."""
+    of saturated pixels (each plane against its own level in `saturation_level`) and each
+    plane's large-scale pattern. Raises ValueError when no value is finite,
+    OSError/EOFError when the file cannot be read."""
     kind = np.dtype(dtype)
+    saturations = plane_saturations(saturation_level, len(planes))
     with ExitStack() as stack:
         readers = [stack.enter_context(PlaneReader(p)) for p in planes]
         pixels = sum(p.shape[0] * p.shape[1] for p in planes)
         if pixels > SMALL and not any(r.ordered_reads_only for r in readers):
             samples = [_sample_rows(r, kind) for r in readers]
-            tally = Tally(np.concatenate([s.reshape(-1) for s in samples]), saturation_level)
-            for reader in readers:
+            tally = Tally(np.concatenate([s.reshape(-1) for s in samples]))
+            for reader, level in zip(readers, saturations, strict=True):
+                tally.saturation_level = level
                 _add_plane(tally, reader, kind)
             median = tally.median()
             if median is not None:
                 kept = [_thinned(s, r.source.shape) for s, r in zip(samples, readers, strict=True)]
                 return _levels(tally, median, pixels, kept)
-        return _measure_in_memory(readers, saturation_level, kind)
+        return _measure_in_memory(readers, saturations, kind)
 
 
 def _measure_in_memory(
-    readers: Sequence[PlaneReader], saturation_level: float, kind: np.dtype
+    readers: Sequence[PlaneReader], saturations: Sequence[float], kind: np.dtype
 ) -> FrameLevels:
     planes = []
     for reader in readers:
@@ -170,8 +202,9 @@ def _measure_in_memory(
         reader.read_rows(0, plane.shape[0], plane)
         planes.append(plane)
     sample = np.concatenate([p[sample_row_indices(p.shape[0])].reshape(-1) for p in planes])
-    tally = Tally(sample, saturation_level)
-    for plane in planes:
+    tally = Tally(sample)
+    for plane, level in zip(planes, saturations, strict=True):
+        tally.saturation_level = level
         values = plane.reshape(-1)
         for start in range(0, values.size, CHUNK):
             tally.add(values[start : start + CHUNK])
@@ -233,21 +266,23 @@ def _thinned(sample: np.ndarray, shape: tuple[int, int]) -> PlaneSample:
 
 # -- many frames -------------------------------------------------------------------------
 def measure_frames(
-    frames: Sequence[Frame], saturation_levels: Sequence[float], settings: CombineConfig
+    frames: Sequence[Frame], saturation_levels: Sequence[Saturation], settings: CombineConfig
 ) -> list[FrameLevels | str]:
     """`measure` for many frames, two at a time when the memory limit allows a whole
-    frame per worker (the fallback's need). A frame whose pixels cannot be read gets the
-    reason instead of its levels."""
+    frame per worker (the fallback's need); each plane's own levels too when a mosaic's
+    extensions are normalised alone (`combine.normalise = "extension"`). A frame whose
+    pixels cannot be read gets the reason instead of its levels."""
     if not frames:
         return []
-    largest = max(f.shape[0] * f.shape[1] for f in frames)
+    largest = max(sum(p.shape[0] * p.shape[1] for p in f.planes) for f in frames)
     one = largest * np.dtype(settings.dtype).itemsize * 1.2
     fits_two = MAX_THREADS * one <= settings.mem_limit_mb * MB
     threads = min(len(frames), MAX_THREADS if fits_two else 1)
+    per_plane = settings.normalise == "extension"
 
-    def measured(pair: tuple[Frame, float]) -> FrameLevels | str:
+    def measured(pair: tuple[Frame, Saturation]) -> FrameLevels | str:
         try:
-            return measure(pair[0], pair[1], settings.dtype)
+            return measure(pair[0], pair[1], settings.dtype, per_plane)
         except (OSError, EOFError, ValueError) as exc:
             return f"unreadable pixels: {exc}"
 

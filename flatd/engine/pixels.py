@@ -2,9 +2,9 @@
 read straight into the engine's buffers (`PlaneReader`).
 
 A `PixelSource` is a plain value: a file, the HDU and byte offset of one image plane, its
-shape, BITPIX, BSCALE/BZERO and compression. `PixelSource.of(frame)` is a frame's image; a
-mosaic's extensions or a calibrated temporary file are sources too, so the engine never
-needs more than this to read a plane.
+shape, BITPIX, BSCALE/BZERO and compression. `PixelSource.of(frame)` is a frame's image,
+`PixelSource.planes_of(frame)` each of a mosaic's extensions; a calibrated temporary file
+is a source too, so the engine never needs more than this to read a plane.
 
 A plain FITS file is read with positional reads (`os.preadv`) at the data offset: no
 astropy open, no memory map whose pages would count against the process, safe from several
@@ -64,7 +64,7 @@ class PixelSource:
 
     @classmethod
     def of(cls, frame: Frame) -> PixelSource:
-        """A frame's image plane, where `frames` found it."""
+        """A frame's (first) image plane, where `frames` found it."""
         return cls(
             path=frame.path,
             shape=frame.shape,
@@ -75,6 +75,25 @@ class PixelSource:
             bscale=frame.bscale,
             bzero=frame.bzero,
         )
+
+    @classmethod
+    def planes_of(cls, frame: Frame) -> list[PixelSource]:
+        """Every image plane of a frame (a mosaic's extensions), in file order."""
+        if not frame.extensions:
+            return [cls.of(frame)]
+        return [
+            cls(
+                path=frame.path,
+                shape=plane.shape,
+                bitpix=plane.bitpix,
+                hdu=plane.hdu,
+                compression=plane.compression,
+                data_offset=plane.data_offset,
+                bscale=plane.bscale,
+                bzero=plane.bzero,
+            )
+            for plane in frame.extensions
+        ]
 
     @property
     def plain_float(self) -> bool:

@@ -94,6 +94,7 @@ class _PlaneJob:
             any(r.ordered_reads_only for r in readers),
             inputs.settings.mem_limit_mb,
             kernel.worker_bytes(self.n),
+            ledger.held,
         )
         self.runner = BandRunner(self.ny, self.plan, ledger, progress)
         self.data = self._allocate(dtype)

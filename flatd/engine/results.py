@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flatd.engine.outputs import Outputs
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class FrameLevels:
     # sequence's median image, and the share of the frame's values far from it
     structure: float = float("nan")
     outlying_fraction: float = float("nan")
+    # a mosaic's planes each on their own, (median, mean) in file order: only measured for
+    # `combine.normalise = "extension"`
+    plane_levels: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class FrameStats:
     reason: str  # why not used ("" when used)
     clipped_fraction: float  # of its pixels rejected by the sigma clip
     structure: float = float("nan")  # largest large-scale departure from the median pattern
+    # a mosaic's extensions scaled each by its own factor (`combine.normalise = "extension"`)
+    plane_scales: tuple[float, ...] = ()
 
 
 @dataclass
@@ -61,6 +70,30 @@ class PlaneResult:
 
 
 @dataclass
+class MasterPlane:
+    """One plane of a master, normalised: data and uncertainty in FITS (big-endian) byte
+    order, the mask, and how many pixels it holds."""
+
+    data: np.ndarray
+    uncertainty: np.ndarray
+    mask: np.ndarray
+    masked: int
+
+
+@dataclass(frozen=True)
+class ExtensionResult:
+    """One extension of a mosaic's master: which input extension it is, and how it was
+    normalised."""
+
+    name: str  # the master's EXTNAME (the input's, or IM<n>)
+    hdu: int  # its HDU in the inputs, whose own header cards it copies
+    shape: tuple[int, int]
+    detsec: str  # the input's DETSEC ("" when none): where it lies on the detector
+    normalisation: float  # what its combined values were divided by
+    masked_pixels: int
+
+
+@dataclass
 class CombineResult:
     data: np.ndarray  # normalised to median 1; 1.0 where masked
     uncertainty: np.ndarray  # standard deviation of the mean; 0 where masked
@@ -73,3 +106,13 @@ class CombineResult:
     engine: str = "numpy"  # "compiled" when the compiled kernel did the bands
     engine_reason: str = ""  # why this engine (e.g. "FLATD_ENGINE=numpy", "built")
     masked_pixels: int = 0  # pixels set in `mask`
+    # a mosaic's master: one entry per extension, each plane read with `plane(e)`; `data`,
+    # `uncertainty` and `mask` are then empty (the planes may not all fit in memory)
+    extensions: tuple[ExtensionResult, ...] = ()
+    outputs: Outputs | None = field(default=None, repr=False)
+
+    def plane(self, e: int = 0) -> MasterPlane:
+        """Image plane `e` of the master: a mosaic's extension, or the single image."""
+        if self.outputs is None:
+            return MasterPlane(self.data, self.uncertainty, self.mask, self.masked_pixels)
+        return self.outputs.load(e)

@@ -16,7 +16,17 @@ The rooms, in the order a header goes through them:
 
 from flatd.frames.cards import NOT_SIMPLE, simple_value
 from flatd.frames.dialects import is_flat_type, missing_value
-from flatd.frames.model import Compression, Frame, GroupKey, GroupValue, Skip, SkipKind
+from flatd.frames.model import (
+    Compression,
+    Extension,
+    Frame,
+    GroupKey,
+    GroupValue,
+    Layout,
+    Skip,
+    SkipKind,
+    describe_layout,
+)
 from flatd.frames.notes import group_notes, sources
 from flatd.frames.reader import read_frame, wanted_keywords
 from flatd.frames.roles import binning_of, canonical_group
@@ -24,13 +34,16 @@ from flatd.frames.roles import binning_of, canonical_group
 __all__ = [
     "NOT_SIMPLE",
     "Compression",
+    "Extension",
     "Frame",
     "GroupKey",
     "GroupValue",
+    "Layout",
     "Skip",
     "SkipKind",
     "binning_of",
     "canonical_group",
+    "describe_layout",
     "group_notes",
     "is_flat_type",
     "missing_value",

@@ -1,13 +1,16 @@
 """One file's header to a `Frame` (or a `Skip` saying why not), cheaply.
 
-The stages, in order: the raw header blocks (`cards`: only the wanted cards parsed), the
-frame type (`frametype`), the group's roles (`roles`), the image geometry and the file's
-length, raw or not (`flatd.calibrate.detect`: a raw flat is refused unless `[calibrate]
-raw = "calibrate"`), the date (`dates`). The same pass records where the image data lies, so the
-engine can read it band by band without opening the file through astropy again, and
-checks the file is long enough to hold its data (a truncated or half-written file is
-never indexed as complete). Indexing costs a few hundredths of a millisecond per file
-plus the read itself, not the ~4.5 ms of a full `ImageFileCollection` entry.
+The stages, in order: the raw header blocks of every HDU (`cards`: only the wanted cards
+parsed; `extensions`: which HDUs are the frame's image planes, for a mosaic or a
+multi-amplifier camera several), the frame type (`frametype`), the group's roles
+(`roles`), the image geometry and the file's length, raw or not
+(`flatd.calibrate.detect`: a raw flat is refused unless `[calibrate] raw = "calibrate"`;
+a raw frame of several planes always), the date (`dates`). The same pass records where
+each plane's data lies, so the engine can read it band by band without opening the file
+through astropy again, and checks the file is long enough to hold it (a truncated or
+half-written file is never indexed as complete). Indexing costs a few hundredths of a
+millisecond per file plus the read itself, not the ~4.5 ms of a full
+`ImageFileCollection` entry.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ import gzip
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import structlog
 
-from flatd.frames.cards import Broken, Cards, int_value, number_value, read_header
+from flatd.frames.cards import Broken, Cards, int_value, number_value
 from flatd.frames.dates import ObservationDate, observation_date
+from flatd.frames.extensions import (
+    Hdu,
+    image_planes,
+    missing_extensions,
+    plane_names,
+    read_hdus,
+)
 from flatd.frames.frametype import frame_type
-from flatd.frames.model import Compression, Frame, Skip, SkipKind
+from flatd.frames.model import Compression, Extension, Frame, Skip, SkipKind
 from flatd.frames.roles import every_keyword, keywords_for, read_roles
 
 if TYPE_CHECKING:
@@ -47,6 +57,11 @@ STRUCTURAL = frozenset(
         "ZIMAGE",
         "ZBITPIX",
         "ZNAXIS",
+        "GCOUNT",
+        "EXTNAME",
+        "EXTVER",
+        "NEXTEND",
+        "DETSEC",
         "FLATDVER",
         "COMBINED",
         *(f"{prefix}NAXIS{i}" for prefix in ("", "Z") for i in range(1, 10)),
@@ -86,7 +101,9 @@ def _read(
     if stat.st_size == 0:
         raise Broken("empty file", incomplete=True)
     overscan_keywords = calibrate.overscan_keywords if calibrate else DEFAULT_OVERSCAN_KEYWORDS
-    cards, hdu, data_offset, compression = _image_header(path, config, overscan_keywords)
+    hdus, compression = _headers(path, config, overscan_keywords, stat.st_size)
+    found = _image_hdus(hdus)
+    cards = found[0].cards if found[0].number == 0 else {**hdus[0].cards, **found[0].cards}
     kind = frame_type(cards, config)
     if kind.not_flat:
         return Skip(path, SkipKind.IGNORED, kind.not_flat, stat.st_size, stat.st_mtime_ns)
@@ -95,14 +112,14 @@ def _read(
     if missing:
         reason = _missing_reason(missing, config)
         return Skip(path, SkipKind.REFUSED, reason, stat.st_size, stat.st_mtime_ns)
-    shape, bitpix, data_bytes = _geometry(cards, compression)
-    if compression != "gzip" and stat.st_size < data_offset + data_bytes:
-        raise Broken(
-            f"truncated: {data_offset + data_bytes} bytes expected, {stat.st_size} on disk",
-            incomplete=True,
-        )
+    first = _stored(found[0], compression)
+    extensions = _extensions(found, hdus[0].cards, compression) if len(found) > 1 else []
+    _check_length(hdus, compression, stat.st_size)
     signs = raw_signs(cards, overscan_keywords)
     raw = signs is not None and signs.is_raw
+    names = [e.name for e in extensions]
+    if extensions and (why := _raw_mosaic(found, names, hdus[0].cards, overscan_keywords)):
+        return Skip(path, SkipKind.REFUSED, why, stat.st_size, stat.st_mtime_ns)
     if signs is not None and raw and (calibrate is None or calibrate.raw != "calibrate"):
         return Skip(path, SkipKind.REFUSED, signs.reason(), stat.st_size, stat.st_mtime_ns)
     date = observation_date(cards, config, stat.st_mtime)
@@ -116,13 +133,13 @@ def _read(
         group=roles.group,
         date=date.when,
         date_from_header=date.from_header,
-        shape=shape,
-        bitpix=bitpix,
-        hdu=hdu,
-        compression=compression,
-        data_offset=data_offset if compression != "tile" else None,
-        bscale=number_value(cards, "BSCALE", 1.0),
-        bzero=number_value(cards, "BZERO", 0.0),
+        shape=first.shape,
+        bitpix=first.bitpix,
+        hdu=found[0].number,
+        compression=first.compression,
+        data_offset=first.data_offset,
+        bscale=first.bscale,
+        bzero=first.bzero,
         extras=_extras(cards),
         type_keyword=kind.keyword,
         sources=roles.sources,
@@ -133,6 +150,7 @@ def _read(
         overscan=(signs.overscan_keyword or "", signs.overscan_section or "")
         if signs is not None and raw
         else None,
+        extensions=tuple(extensions),
     )
 
 
@@ -162,28 +180,108 @@ def _detection_names(overscan_keywords: tuple[str, ...]) -> tuple[tuple[str, ...
     return named(dict.fromkeys(overscan)), named(records)
 
 
-def _image_header(
-    path: Path, config: FramesConfig, overscan_keywords: tuple[str, ...]
-) -> tuple[Cards, int, int, Compression]:
-    """The cards of the header that describes the image (the primary header, merged with
-    the first extension's when the primary holds no data), the image's HDU, its data
-    offset and how it is stored."""
+def _headers(
+    path: Path, config: FramesConfig, overscan_keywords: tuple[str, ...], size: int
+) -> tuple[list[Hdu], Compression]:
+    """Every HDU's wanted cards (`extensions.read_hdus`) and whether the file is gzipped."""
     with path.open("rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
+        gzip_size = _gzip_size(raw, size) if gzipped else None
         raw.seek(0)
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[assignment]
         wanted = wanted_keywords(config, overscan_keywords)
-        primary, primary_end = read_header(stream, first=True, wanted=wanted)
-        compression: Compression = "gzip" if gzipped else "none"
-        if int_value(primary, "NAXIS", 0) != 0 or primary.get("EXTEND") is not True:
-            return primary, 0, primary_end, compression
-        stream.seek(primary_end)
-        ext, ext_end = read_header(stream, first=False, wanted=wanted)
-    if ext.get("XTENSION") == "BINTABLE" and ext.get("ZIMAGE") is True:
-        compression = "tile"
-    elif ext.get("XTENSION") != "IMAGE":
-        raise Broken(f"no image: first extension is a {ext.get('XTENSION')} table")
-    return {**primary, **ext}, 1, ext_end, compression
+        hdus = read_hdus(stream, wanted, None if gzipped else size, gzip_size)
+    return hdus, "gzip" if gzipped else "none"
+
+
+def _gzip_size(raw: BinaryIO, size: int) -> int | None:
+    """A gzip file's ISIZE: its uncompressed length modulo 2**32 (RFC 1952)."""
+    if size < 18:
+        return None
+    raw.seek(size - 4)
+    return int.from_bytes(raw.read(4), "little")
+
+
+class _Stored(NamedTuple):
+    """Where and how one image plane's values are stored."""
+
+    shape: tuple[int, int]
+    bitpix: int
+    compression: Compression
+    data_offset: int | None
+    bscale: float
+    bzero: float
+
+
+def _image_hdus(hdus: list[Hdu]) -> list[Hdu]:
+    """The HDUs of the frame's image planes (the primary HDU when there is none, for
+    `_geometry` to say why). Raises Broken when the first extension is a table and no HDU
+    an image, or the primary header promises more extensions than the file holds."""
+    if len(hdus) == 1 and "NEXTEND" not in hdus[0].cards:  # most files: one image
+        return hdus
+    found = image_planes(hdus)
+    if not found and len(hdus) > 1 and hdus[1].cards.get("XTENSION") != "IMAGE":
+        raise Broken(f"no image: first extension is a {hdus[1].cards.get('XTENSION')} table")
+    if missing := missing_extensions(hdus):
+        raise Broken(missing, incomplete=True)
+    return found or hdus[:1]
+
+
+def _stored(hdu: Hdu, compression: Compression) -> _Stored:
+    """A plane's geometry (Broken when it is not a 2-D image) and storage."""
+    stored: Compression = "tile" if hdu.plane_kind == "tile" else compression
+    shape, bitpix, _ = _geometry(hdu.cards, stored)
+    return _Stored(
+        shape,
+        bitpix,
+        stored,
+        hdu.data_offset if stored != "tile" else None,
+        number_value(hdu.cards, "BSCALE", 1.0),
+        number_value(hdu.cards, "BZERO", 0.0),
+    )
+
+
+def _extensions(found: list[Hdu], primary: Cards, compression: Compression) -> list[Extension]:
+    """Every image plane of a frame of several, named, each with its geometry checked
+    (Broken naming the first that is not a 2-D image) and its own cards over the primary
+    header's."""
+    planes = []
+    for name, hdu in zip(plane_names(found), found, strict=True):
+        try:
+            stored = _stored(hdu, compression)
+        except Broken as exc:
+            raise Broken(f"extension {hdu.number} ({name}): {exc}") from None
+        cards = {**primary, **hdu.cards}
+        detsec = str(hdu.cards.get("DETSEC") or "").strip()
+        planes.append(Extension(name, hdu.number, *stored, extras=_extras(cards), detsec=detsec))
+    return planes
+
+
+def _check_length(hdus: list[Hdu], compression: Compression, size: int) -> None:
+    """Raise Broken (incomplete) when the file is shorter than its last HDU's data."""
+    last = hdus[-1]
+    if compression != "gzip" and size < last.data_offset + last.data_bytes:
+        raise Broken(
+            f"truncated: {last.data_offset + last.data_bytes} bytes expected, {size} on disk",
+            incomplete=True,
+        )
+
+
+def _raw_mosaic(
+    found: list[Hdu], names: list[str], primary: Cards, overscan_keywords: tuple[str, ...]
+) -> str:
+    """Why a frame of several image planes with a raw one cannot be taken ("" when none
+    is raw): the calibration stage calibrates single-image raw frames only."""
+    for hdu, name in zip(found, names, strict=True):
+        signs = raw_signs({**primary, **hdu.cards}, overscan_keywords)
+        if signs is not None and signs.is_raw:
+            return (
+                f"raw multi-extension frame ({signs.overscan_keyword} = "
+                f"'{signs.overscan_section}' in {name}, no record of bias "
+                f"removal): flatd calibrates single-image raw frames only; calibrate each "
+                f"extension first (e.g. ccdproc per extension) or write them as calibrated"
+            )
+    return ""
 
 
 def _extras(cards: Cards) -> dict[str, float]:
