@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from flatd import __version__
 from flatd.history import filter_of
 from flatd.reasons import reason_of
+from flatd.repeats import RepeatedFailure
 from flatd.status import parse_iso
 
 __all__ = ["COMBINATION_OUTCOMES", "HOOK_OUTCOMES", "MetricsFile", "outcome_class"]
@@ -104,7 +105,7 @@ class MetricsFile:
             self.hook_runs.labels(self.daemon, outcome)
         self.combination_seconds.labels(self.daemon)
         self._write_lock = threading.Lock()
-        self._failing: str | None = None
+        self.write_failures = RepeatedFailure("metrics_write", path=str(self.path))
         self.writes = 0
 
     # -- events (any thread) -------------------------------------------------------------------
@@ -143,14 +144,9 @@ class MetricsFile:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_to_textfile(str(self.path), self.registry)
             except Exception as exc:
-                reason = reason_of(exc)
-                if reason != self._failing:
-                    log.error("metrics_write_failed", path=str(self.path), reason=reason)
-                    self._failing = reason
+                self.write_failures.failed(reason_of(exc))
                 return False
-            if self._failing is not None:
-                log.info("metrics_write_recovered", path=str(self.path))
-                self._failing = None
+            self.write_failures.succeeded()
             self.writes += 1
             return True
 

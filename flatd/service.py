@@ -56,7 +56,9 @@ from flatd.lock import AlreadyRunning, InstanceLock
 from flatd.masters import MasterFile, MasterRecord, name_group
 from flatd.metrics import MetricsFile
 from flatd.pipeline import Result
+from flatd.reasons import reason_of
 from flatd.reload import ReloadPlan, plan_reload
+from flatd.repeats import RepeatedFailure
 from flatd.settings import SETTINGS, differences
 from flatd.status import MasterEntry, StatusBoard, StatusDocument
 from flatd.tree import Scanner, ScanTally, Tree
@@ -140,7 +142,7 @@ class Daemon:
         self._metrics_lock = threading.Lock()  # a metrics write, or the file replaced
         self._last_problems: list[str] = []
         self._since = datetime.now(UTC) - timedelta(days=config.sequence.keep_days + 1)
-        self._page_failing: str | None = None
+        self.page_failures = RepeatedFailure("page_write", level="warning")
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -450,11 +452,9 @@ class Daemon:
 
             page.write_page(document, self.config.status.file, self.config.output.directory)
         except Exception as exc:
-            if self._page_failing != str(exc):
-                log.warning("page_write_failed", reason=f"{type(exc).__name__}: {exc}")
-            self._page_failing = str(exc)
+            self.page_failures.failed(reason_of(exc))
         else:
-            self._page_failing = None
+            self.page_failures.succeeded()
         with self._metrics_lock:
             if self.metrics is not None:
                 self.metrics.write(document)

@@ -27,8 +27,8 @@ from flatd.config import CalibrateConfig, CombineConfig
 from flatd.engine import combine
 from flatd.simulate_raw import RawFiles, SimulatedRawSequence, simulate_raw_sequence
 from flatd.simulate_raw import write_raw_sequence as write_raw
-from tests.conftest import frames_of
 from tests.guide import guide_calibrate, guide_combine, rms
+from tests.helpers import frames_of
 
 ccdproc = pytest.importorskip("ccdproc")
 

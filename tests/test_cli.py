@@ -21,7 +21,7 @@ from flatd import oneshot
 from flatd.cli import main
 from flatd.config import Config, parse_config
 from flatd.simulate import broken_bytes, fits_bytes, simulate_sequence, write_sequence
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from flatd.config import CombineConfig, parse_config
 from flatd.engine import combine, kernel, log_choice
 from flatd.simulate import simulate_sequence, write_sequence
-from tests.conftest import frames_of
+from tests.helpers import frames_of
 
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(name) for name in ("cc", "gcc", "clang")), reason="no C compiler"

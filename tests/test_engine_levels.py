@@ -16,7 +16,7 @@ from flatd.engine.levels import SMALL, sample_row_indices
 from flatd.engine.pixels import PlaneReader
 from flatd.pipeline import make_master
 from flatd.simulate import simulate_sequence
-from tests.conftest import frames_of, write_frame
+from tests.helpers import frames_of, write_frame
 from tests.test_qa import config_for, dome_half_closed, sequence_of, write
 
 

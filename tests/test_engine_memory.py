@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """

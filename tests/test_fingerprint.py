@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from flatd.fingerprint import PREFIX, WHOLE, Fingerprints, content_digest
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 
 def test_links_copies_and_touched_files_have_the_same_digest(tmp_path: Path) -> None:

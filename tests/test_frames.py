@@ -270,6 +270,6 @@ def test_the_binning_role_reads_any_header_mapping():
 
 
 def _flat_cards() -> dict[str, object]:
-    from tests.conftest import FLAT_HEADER
+    from tests.helpers import FLAT_HEADER
 
     return dict(FLAT_HEADER)

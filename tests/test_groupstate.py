@@ -13,7 +13,7 @@ from flatd.fingerprint import identified
 from flatd.frames import Frame, read_frame
 from flatd.groupstate import LISTED, GroupStates
 from flatd.index import Index
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 NOW = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from flatd.config import ConfigError, parse_config
 from flatd.hook import OUTPUT_TAIL_BYTES, PLACEHOLDERS, HookRunner, command_problems, expand
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
-from tests.faults.conftest import set_config
+from tests.faults.helpers import set_config
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ from flatd.config import FramesConfig, load_config
 from flatd.fingerprint import identified
 from flatd.frames import Frame, Skip, read_frame
 from flatd.index import Index, index_paths
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 
 def frame_at(tmp_path: Path, name: str, when: str, **header) -> Frame:

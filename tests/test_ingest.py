@@ -17,8 +17,8 @@ from flatd.config import FramesConfig
 from flatd.frames import GroupKey, Skip
 from flatd.index import Index
 from flatd.ingest import Ingest
-from tests.conftest import write_frame
 from tests.daemon import wait_for
+from tests.helpers import write_frame
 
 pytestmark = pytest.mark.timeout(30)
 

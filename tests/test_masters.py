@@ -21,7 +21,7 @@ from flatd.config import Config, parse_config
 from flatd.index import index_paths
 from flatd.latest import Curator
 from flatd.pipeline import combine_and_publish, make_master
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 ccdproc = pytest.importorskip("ccdproc")
 

@@ -21,7 +21,7 @@ from flatd.metrics import MetricsFile, outcome_class
 from flatd.simulate import simulate_sequence, write_sequence
 from flatd.status import parse_iso
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
-from tests.faults.conftest import set_config
+from tests.faults.helpers import set_config
 from tests.inprocess import combination_jobs
 
 pytestmark = pytest.mark.timeout(120)
@@ -161,6 +161,7 @@ def test_a_failed_write_is_logged_once_and_its_recovery_once(tmp_path: Path) -> 
         assert metrics.write(document)
         assert metrics.write(document)
     assert [e["event"] for e in events] == ["metrics_write_failed", "metrics_write_recovered"]
+    assert events[1]["failures"] == 2
     assert "flatd_up" in samples(blocker / "flatd.prom")
 
 

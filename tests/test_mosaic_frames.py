@@ -24,7 +24,7 @@ from flatd.checks import odd_frames, saturation_levels
 from flatd.config import Config
 from flatd.frames import Frame, Skip, read_frame
 from flatd.simulate_mosaic import simulate_mosaic, write_mosaic_sequence
-from tests.conftest import FLAT_HEADER
+from tests.helpers import FLAT_HEADER
 
 CONFIG = Config()
 

@@ -14,7 +14,7 @@ import pytest
 from flatd.config import Config, parse_config
 from flatd.index import FlatSequence, index_paths
 from flatd.pipeline import make_master
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 SHAPE = (512, 512)  # six frames of this size are combined in several bands (mem_limit 16 MB)
 

@@ -24,9 +24,9 @@ from flatd.cli import main
 from flatd.config import CombineConfig
 from flatd.engine import combine
 from flatd.masters import read_master_inputs
-from tests.conftest import frames_of
 from tests.daemon import FlatdProcess, wait_for
 from tests.guide import rms, write_guide_calibrated
+from tests.helpers import frames_of
 
 pytest.importorskip("ccdproc")
 pytestmark = pytest.mark.timeout(180)

@@ -29,7 +29,7 @@ from tests.daemon import (
     wait_for,
     write_frames,
 )
-from tests.faults.conftest import flat_bytes
+from tests.faults.helpers import flat_bytes
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 

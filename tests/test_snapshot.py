@@ -9,7 +9,7 @@ from flatd.config import Config
 from flatd.frames import Frame, read_frame
 from flatd.groupstate import GroupStates
 from flatd.index import Index
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 
 def test_counts_and_notes_follow_the_frames_without_regrouping_every_flat(tmp_path: Path):

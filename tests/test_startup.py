@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import write_frame
+from tests.helpers import write_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 

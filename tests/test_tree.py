@@ -22,7 +22,7 @@ from flatd.service import Daemon
 from flatd.tree import Tree
 from flatd.watch import Watcher
 from tests.daemon import DEFAULT_CONFIG, flat_sequence, night, wait_for
-from tests.faults.conftest import flat_bytes, masters_in
+from tests.faults.helpers import flat_bytes, masters_in
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import pytest
 from flatd.config import WatchConfig
 from flatd.ingest import Hint
 from flatd.watch import Problem, ProblemKind, Watcher, WatchHealth
-from tests.conftest import write_frame
 from tests.daemon import wait_for
+from tests.helpers import write_frame
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,9 +5,9 @@ Any thread may report into it (`mark_changed()` is O(1) and never blocks on I/O)
 writer thread writes the file atomically when something changed — at most a few times a
 second however many changes arrive — and at least every `heartbeat_seconds` so
 `updated_at` proves the daemon is alive. A failed write (full disk, read-only mount) is
-logged once per way of failing (`status_write_failed`; not again while it fails the same
-way, whatever temporary name the error carries) and retried every second; it never raises
-into the code that reported the change.
+logged once per way of failing (`repeats.RepeatedFailure`: `status_write_failed`, then
+`status_write_recovered` with the count) and retried every second; it never raises into
+the code that reported the change.
 
 Masters are listed once each, as they are on disk: a master written again replaces its
 entry, a superseded or deleted one leaves the list (`put_master`, `drop_master`).
@@ -29,7 +29,7 @@ from flatd import __version__
 from flatd.atomic import atomic_write_bytes
 from flatd.frames import Skip
 from flatd.reasons import one_line
-from flatd.retries import failure_kind
+from flatd.repeats import RepeatedFailure
 from flatd.status.schema import (
     SCHEMA,
     ErrorEntry,
@@ -87,7 +87,7 @@ class StatusBoard:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._last_write = 0.0  # monotonic time of the last successful write
-        self._failing: str | None = None  # how writes fail (`failure_kind`), logged once
+        self.write_failures = RepeatedFailure("status_write", path=str(path))
         self._daemon: dict[str, Any] = {
             "pid": os.getpid(),
             "version": __version__,
@@ -240,9 +240,7 @@ class StatusBoard:
             except OSError as exc:
                 self._write_failed(exc)
                 return False
-            if self._failing is not None:
-                log.info("status_write_recovered", path=str(self.path))
-                self._failing = None
+            self.write_failures.succeeded()
             self._last_write = time.monotonic()
             self.writes += 1
         if self._on_write is not None:
@@ -253,20 +251,12 @@ class StatusBoard:
         return True
 
     def _write_failed(self, exc: OSError) -> None:
-        """Log a failed write once per way of failing: the error's type and errno, not its
-        text, which names a new temporary file each time."""
         reason = (
             f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
             if exc.errno
             else f"{type(exc).__name__}: {exc}"
         )
-        kind = failure_kind(reason)
-        if kind == self._failing:
-            return
-        self._failing = kind
-        log.error(
-            "status_write_failed", path=str(self.path), reason=reason, retry_seconds=RETRY_SECONDS
-        )
+        self.write_failures.failed(reason, retry_seconds=RETRY_SECONDS)
 
     # -- the writer thread ------------------------------------------------------------------
     def start(self) -> None:

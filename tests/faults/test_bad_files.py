@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_atomically, write_frames
-from tests.faults.conftest import flat_bytes, masters_in, per_path
+from tests.faults.helpers import flat_bytes, masters_in, per_path
 
 pytestmark = pytest.mark.timeout(90)
 

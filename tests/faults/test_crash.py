@@ -16,7 +16,7 @@ from flatd.atomic import is_temporary
 from flatd.lock import is_lock_file
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for
-from tests.faults.conftest import StatusReader, flat_bytes, masters_in
+from tests.faults.helpers import StatusReader, flat_bytes, masters_in
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.daemon import flat_sequence, numbered, wait_for, write_atomically, write_frames
-from tests.faults.conftest import flat_bytes, per_path
+from tests.faults.helpers import flat_bytes, per_path
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,7 +17,7 @@ import pytest
 from flatd.lock import is_lock_file
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_frames
-from tests.faults.conftest import masters_in
+from tests.faults.helpers import masters_in
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -15,7 +15,7 @@ from flatd.masters import read_master_inputs
 from flatd.service import Daemon
 from flatd.watch import OVERFLOW_LOGGER
 from tests.daemon import DEFAULT_CONFIG, flat_sequence, wait_for
-from tests.faults.conftest import flat_bytes, masters_in, open_fds, per_path, rss_kb
+from tests.faults.helpers import flat_bytes, masters_in, open_fds, per_path, rss_kb
 
 pytestmark = pytest.mark.timeout(120)
 

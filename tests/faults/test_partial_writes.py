@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.daemon import flat_sequence, write_in_chunks
-from tests.faults.conftest import flat_bytes, per_path
+from tests.faults.helpers import flat_bytes, per_path
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -13,7 +13,7 @@ import pytest
 
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, write_in_chunks
-from tests.faults.conftest import flat_bytes, masters_in, set_config
+from tests.faults.helpers import flat_bytes, masters_in, set_config
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ import pytest
 
 from flatd.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_atomically
-from tests.faults.conftest import masters_in
+from tests.faults.helpers import masters_in
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flatd.lock import is_lock_file
 from tests.daemon import DEFAULT_CONFIG, FlatdProcess, NotifySocket, flat_sequence, wait_for
-from tests.faults.conftest import flat_bytes, masters_in, set_config
+from tests.faults.helpers import flat_bytes, masters_in, set_config
 
 pytestmark = pytest.mark.timeout(90)
 

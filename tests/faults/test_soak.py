@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from tests.daemon import flat_sequence
-from tests.faults.conftest import StatusReader, flat_bytes, open_fds, rss_kb, set_config
+from tests.faults.helpers import StatusReader, flat_bytes, open_fds, rss_kb, set_config
 
 SECONDS = float(os.environ.get("FLATD_SOAK_SECONDS", "30"))
 EVERY = 0.25  # one frame every quarter of a second
