@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence as Seq
+from datetime import date
 from pathlib import Path
 
 import tomli_w
@@ -122,6 +123,12 @@ def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
     remake.add_argument("--group", metavar="G", help="the group's masters made with other settings")
     remake.add_argument("--all", action="store_true", help="every master made with other settings")
     remake.add_argument(
+        "--since",
+        type=_night,
+        metavar="DATE",
+        help="only sequences started on or after DATE (YYYY-MM-DD, UTC); alone: --all --since",
+    )
+    remake.add_argument(
         "--timeout",
         type=float,
         default=600.0,
@@ -191,10 +198,18 @@ def _promote(args: argparse.Namespace, config: Config) -> int:
     return promote_command(config, args.path, "demote" if args.demote else "promote")
 
 
+def _night(text: str) -> date:
+    """A `--since` date: YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def _remake(args: argparse.Namespace, config: Config) -> int:
     from flatd.curate import remake_command
 
-    return remake_command(config, args.paths, args.group, args.all, args.timeout)
+    return remake_command(config, args.paths, args.group, args.all, args.timeout, args.since)
 
 
 def _scan(args: argparse.Namespace, config: Config) -> int:

@@ -15,6 +15,7 @@ makes them itself.
 from __future__ import annotations
 
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from flatd.decisions import Decision
 from flatd.latest import Curator
 from flatd.lock import OUTPUT_LOCK_NAME, AlreadyRunning, InstanceLock
 from flatd.masters import latest_path, name_group
-from flatd.remake import ALL, GROUP_PREFIX, describe, remake_now
+from flatd.remake import ALL, GROUP_PREFIX, SINCE_SEPARATOR, describe, remake_now
 
 __all__ = ["promote_command", "remake_command"]
 
@@ -90,13 +91,20 @@ def _latest_line(config: Config, slug: str, master: Path, named: Path | None) ->
 
 
 def remake_command(
-    config: Config, paths: list[Path], group: str | None, everything: bool, timeout: float
+    config: Config,
+    paths: list[Path],
+    group: str | None,
+    everything: bool,
+    timeout: float,
+    since: date | None = None,
 ) -> int:
     """Make masters again, through the running daemon or here; print each result."""
-    specs = [p.name for p in paths] + ([GROUP_PREFIX + group] if group else [])
-    specs += [ALL] if everything else []
+    chosen = ([GROUP_PREFIX + group] if group else []) + ([ALL] if everything else [])
+    if since is not None:
+        chosen = [spec + SINCE_SEPARATOR + since.isoformat() for spec in chosen or [ALL]]
+    specs = [p.name for p in paths] + chosen
     if not specs:
-        print("flatd remake: name masters (PATH ...), --group G or --all")
+        print("flatd remake: name masters (PATH ...), --group G, --all or --since DATE")
         return EXIT_USAGE
     curator = Curator(Catalogue(config.output.directory), config)
     lock = InstanceLock({config.output.directory / OUTPUT_LOCK_NAME: "the output directory"})

@@ -3,7 +3,9 @@ which frames.
 
 `flatd remake PATH...` makes those masters again; `--group G` and `--all` make again the
 masters (of one group, or all) that were made with other settings than the configuration's
-(`flatd.settings`): after the recipe or a QA limit changed. A master is made again from its
+(`flatd.settings`): after the recipe or a QA limit changed. `--since DATE` narrows those
+to the sequences that started on or after DATE (a night's date, UTC; alone, it means
+`--all --since DATE`). A master is made again from its
 sequence as the daemon holds it (the frames on disk now, new ones included), else from the
 frames its INPUTS table lists that are still on disk with the same content. The new master
 replaces the old one (`latest.Curator.published(replaces=...)`).
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from flatd.settings import differences
 __all__ = [
     "ALL",
     "GROUP_PREFIX",
+    "SINCE_SEPARATOR",
     "Target",
     "describe",
     "outcome",
@@ -43,6 +47,7 @@ __all__ = [
 
 ALL = "all"
 GROUP_PREFIX = "group:"
+SINCE_SEPARATOR = " since:"
 
 
 @dataclass(frozen=True)
@@ -55,24 +60,30 @@ class Target:
 
 def targets(catalogue: Catalogue, spec: str, config: Config) -> list[Target] | str:
     """The masters a request names: a master's file name (always), `group:<name>` or `all`
-    (those made with other settings). A string says why there are none."""
+    (those made with other settings), either followed by ` since:YYYY-MM-DD` (only the
+    sequences that started that day or later). A string says why there are none."""
     catalogue.refresh(force=True)
+    spec, _, since_text = spec.partition(SINCE_SEPARATOR)
     if spec != ALL and not spec.startswith(GROUP_PREFIX):
         path = catalogue.output_dir / Path(spec).name
         master = catalogue.read(path)
         if master is None:
             return f"no master {Path(spec).name} in {catalogue.output_dir}"
         return [Target(master, "asked for")]
+    since = date.fromisoformat(since_text) if since_text else None
     slug = spec.removeprefix(GROUP_PREFIX) if spec != ALL else None
     found = []
     for listed in catalogue.listed(slug):
+        if since is not None and listed.start.date() < since:
+            continue
         master = catalogue.read(listed.path)
         other = differences(master.settings, config) if master is not None else []
         if master is not None and other:
             found.append(Target(master, "; ".join(other)))
     if not found:
         where = f"group {slug}" if slug else "the output directory"
-        return f"every master of {where} was made with the configuration's settings"
+        when = f" since {since.isoformat()}" if since is not None else ""
+        return f"every master of {where}{when} was made with the configuration's settings"
     return found
 
 

@@ -425,6 +425,23 @@ def test_remake_without_a_daemon_makes_the_master_again_here(tmp_path: Path, cap
     assert newer.exists()
 
 
+def test_remake_since_a_date_makes_only_the_later_nights_again(tmp_path: Path, capsys) -> None:
+    config, (older, newer) = two_nights(tmp_path)
+    config.write_text(config.read_text() + "[combine]\nsigma_high = 4.0\n")
+    capsys.readouterr()
+    assert main(["remake", "--config", str(config), "--since", "2026-11-24"]) == 0
+    out = capsys.readouterr().out
+    assert f"{newer}: -> {newer}" in out and str(older) not in out
+    assert fits.getheader(newer)["CMBSHIGH"] == 4.0
+    assert fits.getheader(older)["CMBSHIGH"] == 5.0
+    args = ["remake", "--config", str(config), "--group", "r_SIMCAM_1_1", "--since", "2026-11-25"]
+    assert main(args) == 0
+    assert "every master of group r_SIMCAM_1_1 since 2026-11-25 was made" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["remake", "--config", str(config), "--since", "24/11/2026"])
+    assert "not a date (YYYY-MM-DD)" in capsys.readouterr().err
+
+
 def test_scan_lists_a_copy_as_a_duplicate_of_the_frame(tmp_path: Path, capsys) -> None:
     incoming = tmp_path / "incoming"
     [first, *_] = write_sequence(simulate_sequence((16, 16), 3, seed=4), incoming)
