@@ -305,6 +305,8 @@ def _master_facts(master: dict[str, Any], now: datetime) -> list[tuple[str, str]
     qa = _dict(master.get("qa"))
     if qa:
         facts.append(("QA", _qa_summary(qa)))
+    if qa.get("previous"):
+        facts.append(("compared with", Path(str(qa["previous"])).name))
     for extension in _list(qa.get("extensions")):  # a mosaic's: each extension's own
         if isinstance(extension, dict):
             facts.append((f"QA {extension.get('name', '?')}", _qa_summary(extension)))
@@ -422,16 +424,20 @@ def _sparkline(history: list[dict[str, Any]]) -> str:
     )
 
 
+_QA_NOT_NUMBERS = ("flagged", "confirmed", "reason", "name", "extensions", "previous")
+
+
 def _qa_summary(qa: dict[str, Any]) -> str:
     """The master's QA record in one line: the verdict and reason first, then the numbers
     that were measured (unset ones left out)."""
-    verdict = "FLAGGED" if qa.get("flagged") else "ok"
+    verdict = "change confirmed" if qa.get("confirmed") else "ok"
+    verdict = "FLAGGED" if qa.get("flagged") else verdict
     if qa.get("reason"):
         verdict += f": {qa['reason']}"
     numbers = [
         f"{key.replace('_', ' ')} {_number(value)}"
         for key, value in qa.items()
-        if key not in ("flagged", "reason", "name", "extensions") and value not in (None, "")
+        if key not in _QA_NOT_NUMBERS and not isinstance(value, bool) and value not in (None, "")
     ]
     return verdict + (f" ({', '.join(numbers)})" if numbers else "")
 

@@ -483,7 +483,12 @@ def test_what_the_page_says_of_a_groups_frames_and_masters(tmp_path: Path) -> No
     g["gone_count"] = 3
     g["held"] = "2 new frame(s) not combined: 1 of the 6 inputs ... are gone from disk"
     g["duplicates"] = [{"path": "/backup/flat_g_002.fits", "duplicate_of": "/data/flat_g_002.fits"}]
-    document["masters"][0]["qa"] = {"confirmed": True, "flagged": False}
+    document["masters"][0]["qa"] = {
+        "confirmed": True,
+        "flagged": False,
+        "previous": "/data/masters/flat_g_SIMCAM_1_1_20261122T173000.fits",
+        "change_rms": 0.0125,
+    }
     document["masters"][0]["other_settings"] = ["combine.sigma_high = 5 (now 4)"]
     text = render_page(document, tmp_path, tmp_path / "masters", now=NOW)
     card = text.split('<article class="card">')[1]
@@ -492,3 +497,5 @@ def test_what_the_page_says_of_a_groups_frames_and_masters(tmp_path: Path) -> No
     assert "<dt>not combined</dt><dd>2 new frame(s) not combined" in card
     assert "/backup/flat_g_002.fits of /data/flat_g_002.fits" in card
     assert "combine.sigma_high = 5 (now 4) (flatd remake)" in card
+    assert "<dt>QA</dt><dd>change confirmed (change rms 0.0125)</dd>" in card  # no "False"
+    assert "<dt>compared with</dt><dd>flat_g_SIMCAM_1_1_20261122T173000.fits</dd>" in card
