@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# test processes: most tests wait on a daemon's quiet periods, so more than the cores
+JOBS ?= 3
 
 .PHONY: demo test test-fast lint typecheck browser bench bench-scale soak clean
 
@@ -28,7 +30,7 @@ test: $(STAMP) browser
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 # everything but the suites that run the real daemon or a browser in a subprocess (marked
 # `slow`): under a minute, for the edit-test loop
@@ -36,7 +38,7 @@ test-fast: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks
 	$(BIN)/ruff format --check flatd tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(JOBS) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check flatd tests benchmarks

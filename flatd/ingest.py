@@ -2,8 +2,9 @@
 
 The watcher only notes paths (O(1), on its own thread); this worker decides when each
 file is whole and reads it. A file closed after writing or renamed into place is read
-at once. A file that was merely created or modified (and every file a polling observer
-reports) is read once its size and modification time have stood still for
+at once, and so is a file a scan found (a new directory's first frames land before its
+watch exists). A file that was merely created or modified (and every file a polling
+observer reports) is read once its size and modification time have stood still for
 `settle_seconds`. A file shorter than its header promises is never an error while it
 may still be growing: it is looked at again until it has stood still for
 `incomplete_seconds`, and only then recorded as truncated.
@@ -34,7 +35,7 @@ from flatd.index import GroupKey, Index
 
 log = structlog.get_logger("flatd.ingest")
 
-Hint = Literal["closed", "changed", "deleted"]
+Hint = Literal["closed", "found", "changed", "deleted"]
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Ingest:
 
     # -- called from the watcher's thread: O(1), never raises -------------------------
     def submit(self, path: Path, hint: Hint) -> None:
-        """Note that `path` was closed after writing, changed, or deleted."""
+        """Note that `path` was closed after writing, found by a scan, changed, or deleted."""
         now = time.monotonic()
         with self._wake:
             entry = self._pending.get(path)

@@ -251,7 +251,7 @@ class Tree:
             if at_startup:
                 self._ingest.ingest_now(directory / name)
             else:
-                self._ingest.submit(directory / name, "changed")
+                self._ingest.submit(directory / name, "found")
         for path in gone:
             self._ingest.submit(path, "deleted")
         return len(to_read)

@@ -80,6 +80,40 @@ def test_a_growing_file_is_read_once_it_stood_still(harness, tmp_path: Path) -> 
     assert len(harness.changed) == 1 and harness.index.counts()["flats"] == 1
 
 
+def test_a_file_a_scan_found_is_read_at_once_unless_it_is_still_growing(tmp_path: Path) -> None:
+    """A new directory's first frames land before its watch exists; the scan that finds
+    them must not make them wait for the settle time (the sequence would be combined
+    without them), and one still being written waits for its close."""
+    index = Index(gap_minutes=120, keep_days=7)
+    skips: list[Skip] = []
+    ingest = Ingest(
+        index,
+        FramesConfig(),
+        on_group_changed=lambda g: None,
+        on_skip=skips.append,
+        settle_seconds=60,
+    )
+    ingest.start()
+    try:
+        ingest.submit(write_frame(tmp_path / "r_000.fits"), "found")
+        wait_for(lambda: index.counts()["flats"] == 1, timeout=5, what="read before settling")
+        staging = write_frame(
+            tmp_path / "staging" / "x.fits", **{"DATE-OBS": "2026-11-23T17:31:00"}
+        )
+        whole = staging.read_bytes()
+        growing = tmp_path / "r_001.fits"
+        growing.write_bytes(whole[:2880])
+        ingest.submit(growing, "found")
+        wait_for(lambda: ingest.pending() == 1, what="looked at")
+        with growing.open("ab") as out:
+            out.write(whole[2880:])
+        ingest.submit(growing, "closed")
+        wait_for(lambda: index.counts()["flats"] == 2, timeout=5, what="read when closed")
+        assert not skips
+    finally:
+        ingest.stop()
+
+
 def test_a_truncated_file_is_refused_once_it_stood_still(harness, tmp_path: Path) -> None:
     whole = write_frame(tmp_path / "staging.fits").read_bytes()
     path = tmp_path / "r_000.fits"

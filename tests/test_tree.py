@@ -39,6 +39,7 @@ class Parts:
             self.config.frames,
             on_group_changed=lambda group: None,
             on_skip=lambda skip: None,
+            settle_seconds=30,  # what a scan finds is read at once: settling is for "modified"
         )
         self.rescans: list[Path] = []
         self.watcher = Watcher(
@@ -81,7 +82,7 @@ def test_reconcile_lists_warm_directories_and_cold_ones_that_changed(parts: Part
     again = parts.tree.reconcile()
     assert again.directories == 3 and again.read == 1
     assert parts.incoming / "old_3" in parts.watcher.watched()
-    wait_for(lambda: parts.index.counts()["flats"] == 4, what="the late frame read")
+    wait_for(lambda: parts.index.counts()["flats"] == 4, timeout=5, what="the late frame read")
 
     # a file deleted from an old night is forgotten without reading anything
     (parts.incoming / "old_1" / "r_000.fits").unlink()
