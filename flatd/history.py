@@ -9,7 +9,6 @@ restart does not blank the page's history. Thread-safe; every call is O(history)
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from flatd.masters import MASTER_NAME, QA_CARDS
 from flatd.reasons import reason_of
 from flatd.status.schema import GroupEntry
 
@@ -25,17 +25,6 @@ __all__ = ["PER_GROUP", "MasterHistory", "entry_of_record", "filter_of", "name_p
 log = structlog.get_logger("flatd.history")
 
 PER_GROUP = 12  # masters kept per group
-MASTER_NAME = re.compile(r"flat_(?P<group>.+)_(?P<start>\d{8}T\d{6})\.fits")
-QA_CARDS = {  # master header card -> the QA record's key
-    "QAMASKFR": "masked_fraction",
-    "QAMASK": "masked_pixels",
-    "QANOISE": "noise",
-    "QAEXPNS": "expected_noise",
-    "QACHGRMS": "change_rms",
-    "QACHGFR": "changed_fraction",
-    "QAFLAG": "flagged",
-    "QAPREV": "previous",
-}
 
 
 def name_parts(path: Path | str) -> tuple[str, str] | None:

@@ -424,7 +424,7 @@ def _sparkline(history: list[dict[str, Any]]) -> str:
     )
 
 
-_QA_NOT_NUMBERS = ("flagged", "confirmed", "reason", "name", "extensions", "previous")
+_QA_NOT_NUMBERS = ("flagged", "confirmed", "reason", "name", "extensions", "previous", "reference")
 
 
 def _qa_summary(qa: dict[str, Any]) -> str:

@@ -27,11 +27,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flatd.atomic import atomic_write_bytes
 from flatd.placement import Placement, bounds
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PREVIEW_MAX_PIXELS = 1024  # the image is binned down to about this many pixels a side
 MASKED_COLOUR = "#ff00ff"
@@ -68,12 +72,7 @@ def write_preview(
     _draw_image(figure, image_axes, data, mask)
     _draw_levels(level_axes, levels)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    path = preview_path(master)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save(figure, preview_path(master))
 
 
 def _draw_image(figure, axes, data: np.ndarray, mask: np.ndarray | None) -> None:
@@ -211,12 +210,7 @@ def write_ratio_picture(
     axes.set_yticks([])
     axes.set_title(title, fontsize=10)
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="new / previous")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    path = ratio_path(master)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save(figure, ratio_path(master))
 
 
 def ratio_image(deviation: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,12 +285,7 @@ def write_mosaic_preview(
     figure.colorbar(drawn, ax=image_axes, fraction=0.046, pad=0.04, label="relative response")
     _draw_levels(level_axes, levels)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    path = preview_path(master)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save(figure, preview_path(master))
 
 
 def write_mosaic_ratio_picture(master: Path, tiles: Sequence[Tile], title: str) -> Path:
@@ -313,12 +302,7 @@ def write_mosaic_ratio_picture(master: Path, tiles: Sequence[Tile], title: str) 
     drawn = _draw_tiles(axes, ratios, cmap, 1.0 - half, 1.0 + half)
     axes.set_title(title, fontsize=10)
     figure.colorbar(drawn, ax=axes, fraction=0.046, pad=0.04, label="new / previous")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    path = ratio_path(master)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save(figure, ratio_path(master))
 
 
 def _draw_tiles(axes, tiles: Sequence[Tile], cmap, low: float, high: float):
@@ -343,3 +327,12 @@ def _draw_tiles(axes, tiles: Sequence[Tile], cmap, low: float, high: float):
     axes.set_xticks([])
     axes.set_yticks([])
     return drawn
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    """The figure as a PNG at `path`, written atomically."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

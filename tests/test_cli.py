@@ -4,17 +4,13 @@ through `main([...])`, and once as a real `python -m flatd` process."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import structlog
 from astropy.io import fits
 
 from flatd import oneshot
@@ -23,23 +19,9 @@ from flatd.config import Config, parse_config
 from flatd.simulate import broken_bytes, fits_bytes, simulate_sequence, write_sequence
 from tests.helpers import write_frame
 
+pytestmark = pytest.mark.usefixtures("isolated_cli")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No ./config.toml or $FLATD_CONFIG of the developer's leaks into a test, and the
-    logging `main()` sets up (on pytest's captured stderr, closed after the test) does not
-    leak out of it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("FLATD_CONFIG", raising=False)
-    root = logging.getLogger()
-    handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    warnings.showwarning = showwarning
-    structlog.reset_defaults()
 
 
 def write_config(path: Path, text: str = "") -> Path:

@@ -14,7 +14,6 @@ from astropy.nddata import CCDData
 
 from flatd.masters import read_master_inputs
 from tests.daemon import (
-    FlatdProcess,
     NotifySocket,
     flat_sequence,
     wait_for,
@@ -24,20 +23,6 @@ from tests.daemon import (
 )
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    started: list[FlatdProcess] = []
-
-    def make(**kwargs) -> FlatdProcess:
-        process = FlatdProcess(tmp_path, **kwargs)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.kill()
 
 
 def masters_in(directory: Path) -> list[Path]:

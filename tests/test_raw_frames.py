@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from astropy.io import fits
 
 from flatd.calibrate import WORK_DIRECTORY
@@ -29,7 +26,7 @@ from tests.guide import rms, write_guide_calibrated
 from tests.helpers import frames_of
 
 pytest.importorskip("ccdproc")
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("isolated_cli")]
 
 GUIDE_RMS = 2e-3  # issue 12's acceptance
 WIDTH, HEIGHT = 96, 64  # image area; the raw readout is 8 + 96 + 32 columns wide
@@ -40,20 +37,6 @@ REFUSED = 'set [calibrate] raw = "calibrate" and a master bias to use it'
 def tmp_path(tmp_path: Path) -> Path:
     """Resolved: flatd resolves the config file's directory, and paths are compared as text."""
     return tmp_path.resolve()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No ./config.toml or $FLATD_CONFIG leaks in; the logging `main()` sets up leaks out."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("FLATD_CONFIG", raising=False)
-    root = logging.getLogger()
-    handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    warnings.showwarning = showwarning
-    structlog.reset_defaults()
 
 
 def simulate_raw(outdir: Path, frames: int = 6) -> tuple[list[Path], Path]:

@@ -34,20 +34,6 @@ from tests.faults.helpers import flat_bytes
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
-    started: list[FlatdProcess] = []
-
-    def make(root: Path | None = None, **kwargs) -> FlatdProcess:
-        process = FlatdProcess(root or tmp_path, **kwargs)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.kill()
-
-
 def indexed(flatd: FlatdProcess) -> Counter:
     return Counter(e["path"] for e in list(flatd.events) if e.get("event") == "frame_indexed")
 

@@ -32,18 +32,9 @@ LATEST = "latest/flat_r_SIMCAM_1_1.fits"
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
-    started: list[FlatdProcess] = []
-
-    def make(**kwargs) -> FlatdProcess:
-        kwargs.setdefault("quiet", 0.5)
-        process = FlatdProcess(tmp_path, **kwargs)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.kill()
+def daemon(daemon):
+    """The real daemon (tests/conftest.py), with a short quiet period by default."""
+    return lambda **kwargs: daemon(**{"quiet": 0.5, **kwargs})
 
 
 def masters_in(directory: Path) -> list[str]:
