@@ -51,7 +51,8 @@ Stamp = tuple[int, int, int]  # (inode, size, mtime_ns)
 
 @dataclass(frozen=True)
 class Request:
-    """A remake asked for: `target` is a master's file name, `group:<name>` or `all`."""
+    """A remake asked for: `target` is a master's file name, `group:<name>` or `all` (these
+    two may end in ` since:YYYY-MM-DD`, `remake.targets`)."""
 
     id: str
     target: str
