@@ -67,7 +67,7 @@ format = "json"
 level = "warning"
 """
 FLATD_RAW_IMPORTS = (
-    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, "
+    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.outputs.masters, "
     "flatd.logs, flatd.calibrate.stage, ccdproc"
 )
 CCDPROC_RAW_IMPORTS = "import numpy, ccdproc, astropy.stats, astropy.nddata"
@@ -79,8 +79,8 @@ def make_raw_frames(n: int = 10, size: int = 4096) -> tuple[list[Path], Path]:
     """n raw size x size frames (uint16, prescan and overscan, one twilight sequence with
     stars) and their master bias, made one frame at a time into bench-data/raw-<n>-<size>/
     and kept for the next run."""
-    from flatd.simulate import DEFAULT_START, _Camera, fits_bytes, write_atomic
-    from flatd.simulate_raw import MASTERS_BEFORE, RawCamera, RawDetector, write_masters
+    from flatd.simulation.flats import DEFAULT_START, _Camera, fits_bytes, write_atomic
+    from flatd.simulation.raw import MASTERS_BEFORE, RawCamera, RawDetector, write_masters
 
     directory = DATA / f"raw-{n}-{size}"
     files = sorted(directory.glob("raw_*.fits"))

@@ -75,7 +75,8 @@ for name in names:  # the guide's recipe on each extension, appended as it is do
     fits.append(output, master.uncertainty.array, fits.Header({"EXTNAME": name + "_UNCERT"}))
 """
 FLATD_IMPORTS = (
-    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.masters, flatd.logs"
+    "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.engine, flatd.outputs.masters, "
+    "flatd.logs"
 )
 CCDPROC_IMPORTS = "import numpy, ccdproc, astropy.stats"
 CONFIG = f"""
@@ -129,7 +130,7 @@ def make_frames(name: str, n: int, shape: tuple[int, int]) -> list[Path]:
     of n frames, made five at a time to keep the generator's memory small."""
     import numpy as np
 
-    from flatd.simulate import DEFAULT_START, simulate_sequence, write_sequence
+    from flatd.simulation.flats import DEFAULT_START, simulate_sequence, write_sequence
 
     directory = DATA / name
     files = sorted(directory.glob("*.fits"))
@@ -184,8 +185,8 @@ def converted_frames(name: str, source: list[Path], kind: str) -> list[Path]:
 def make_mosaic_frames(name: str, n: int, shape: tuple[int, int], compress: str) -> list[Path]:
     """One simulated twilight sequence of a four-amplifier camera (`flatd simulate
     --extensions 4`), n frames of 4 extensions of `shape` each."""
-    from flatd.simulate import write_atomic
-    from flatd.simulate_mosaic import simulate_mosaic
+    from flatd.simulation.flats import write_atomic
+    from flatd.simulation.mosaic import simulate_mosaic
 
     directory = DATA / name
     suffix = ".fits.fz" if compress == "tile" else ".fits"
@@ -359,7 +360,7 @@ def scan(n_files: int, sample: int) -> None:
             fits.PrimaryHDU(data, header).writeto(directory / f"frame_{i:05d}.fits")
     code_flatd = (
         "import sys, time; from pathlib import Path; from flatd.config import Config;"
-        "from flatd.index import index_paths; t = time.perf_counter();"
+        "from flatd.inputs.index import index_paths; t = time.perf_counter();"
         "index = index_paths([Path(sys.argv[1])], Config());"
         "print(time.perf_counter() - t, index.counts()['frames'])"
     )

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from flatd.lock import process_state
+from flatd.daemon.lock import process_state
 
 TEMP_PREFIX = ".flatd-tmp-"
 TEMP_SUFFIX = ".part"

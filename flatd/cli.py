@@ -24,7 +24,7 @@ def main(argv: Seq[str] | None = None) -> int:
     parser = _parser(with_simulate="simulate" in arguments)
     args = parser.parse_args(arguments)
     if args.command == "simulate":
-        from flatd import simulate
+        from flatd.simulation import flats as simulate
 
         return simulate.run(args)
     try:
@@ -147,7 +147,7 @@ def _parser(with_simulate: bool = True) -> argparse.ArgumentParser:
         "simulate", parents=[common], help="a fake camera writing flat sequences into OUTDIR"
     )
     if with_simulate:
-        from flatd import simulate as simulator
+        from flatd.simulation import flats as simulator
 
         simulator.add_arguments(simulate)
     return parser
@@ -179,7 +179,7 @@ def _check_config(config: Config) -> int:
 def _run(args: argparse.Namespace, config: Config) -> int:
     import astropy.io.fits  # noqa: F401 - once, before the daemon's threads may need it
 
-    from flatd.service import run
+    from flatd.daemon.service import run
 
     return run(config, log_format=args.log_format, log_level=args.log_level)
 
@@ -191,7 +191,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 
 
 def _promote(args: argparse.Namespace, config: Config) -> int:
-    from flatd.curate import promote_command
+    from flatd.outputs.curate import promote_command
 
     if args.reset:
         return promote_command(config, args.path, None)
@@ -207,7 +207,7 @@ def _night(text: str) -> date:
 
 
 def _remake(args: argparse.Namespace, config: Config) -> int:
-    from flatd.curate import remake_command
+    from flatd.outputs.curate import remake_command
 
     return remake_command(config, args.paths, args.group, args.all, args.timeout, args.since)
 

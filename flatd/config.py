@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flatd.daemon.hook import command_problems
 from flatd.frames import dialects
-from flatd.hook import command_problems
 
 DEFAULT_SEARCH_PATHS = (Path("config.toml"), Path("/etc/flatd/config.toml"))
 

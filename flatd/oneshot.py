@@ -16,15 +16,15 @@ import structlog
 from flatd import engine
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import CalibrationPlan, plan_sequence
-from flatd.catalogue import Catalogue
-from flatd.checks import saturation_levels
 from flatd.config import Config, FramesConfig
 from flatd.frames import Frame, Skip, SkipKind, describe_layout, group_notes
 from flatd.frames import sources as frame_sources
-from flatd.index import FlatSequence, Index, index_paths
-from flatd.latest import Curator
-from flatd.masters import group_slug
+from flatd.inputs.index import FlatSequence, Index, index_paths
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.latest import Curator
+from flatd.outputs.masters import group_slug
 from flatd.pipeline import Result, combine_and_publish
+from flatd.quality.checks import saturation_levels
 from flatd.reasons import one_line, reason_of
 
 log = structlog.get_logger("flatd.oneshot")

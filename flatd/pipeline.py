@@ -37,19 +37,21 @@ from typing import Literal
 
 import structlog
 
-from flatd import checks, engine, masters, qa
+from flatd import engine
 from flatd.calibrate import CalibrationUnavailable, MasterLibraries
 from flatd.calibrate.stage import Inputs, calibrated_inputs
-from flatd.checks import saturation_levels
 from flatd.config import Config
 from flatd.frames import Frame
-from flatd.index import FlatSequence
-from flatd.latest import Curator, Published
-from flatd.masters import MasterFile
-from flatd.mosaic_qa import MosaicQA, assess_mosaic, extension_cards
-from flatd.qa import Baseline
+from flatd.inputs.index import FlatSequence
+from flatd.outputs import masters
+from flatd.outputs.latest import Curator, Published
+from flatd.outputs.masters import MasterFile
+from flatd.outputs.settings import limit_cards
+from flatd.quality import checks, qa
+from flatd.quality.checks import saturation_levels
+from flatd.quality.mosaic import MosaicQA, assess_mosaic, extension_cards
+from flatd.quality.qa import Baseline
 from flatd.reasons import reason_of
-from flatd.settings import limit_cards
 
 log = structlog.get_logger("flatd.pipeline")
 
@@ -331,7 +333,7 @@ def _used_levels_in_electrons(
 def _preview(
     record: masters.MasterRecord, combined: engine.CombineResult, frames: list[Frame]
 ) -> None:
-    from flatd.preview import write_preview
+    from flatd.pictures.preview import write_preview
 
     stats = {s.path: s for s in combined.stats}
     levels = [
@@ -348,7 +350,7 @@ def _preview(
     title = f"{record.path.name}: {record.n_frames} frames, {record.n_rejected} rejected"
     try:
         if combined.extensions:
-            from flatd.mosaic_pictures import draw_preview
+            from flatd.pictures.mosaic import draw_preview
 
             draw_preview(record.path, combined, title, levels)
         else:
@@ -365,12 +367,12 @@ def _ratio_picture(
 ) -> None:
     """What changed since the previous master, beside the master; none (and an older one
     removed) when there is nothing to compare with."""
-    from flatd.preview import ratio_path, write_ratio_picture
+    from flatd.pictures.preview import ratio_path, write_ratio_picture
 
     comparison = assessment.comparison
     try:
         if isinstance(assessment, MosaicQA) and assessment.previous is not None:
-            from flatd.mosaic_pictures import draw_ratio_picture
+            from flatd.pictures.mosaic import draw_ratio_picture
 
             title = _ratio_title(record, assessment, max_change)
             draw_ratio_picture(record.path, combined, assessment, title)

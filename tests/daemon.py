@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from flatd.simulate import simulate_sequence
+from flatd.simulation.flats import simulate_sequence
 
 DEFAULT_CONFIG = """
 [watch]

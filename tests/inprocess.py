@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flatd.catalogue import Catalogue
 from flatd.config import Config
-from flatd.groupstate import GroupStates
-from flatd.index import Index
-from flatd.jobs import CombinationJobs
-from flatd.latest import Curator, Published
-from flatd.masters import MasterRecord
+from flatd.daemon.groupstate import GroupStates
+from flatd.daemon.jobs import CombinationJobs
+from flatd.inputs.index import Index
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.latest import Curator, Published
+from flatd.outputs.masters import MasterRecord
 
 
 def combination_jobs(

@@ -25,8 +25,8 @@ from flatd.calibrate import (
 )
 from flatd.config import CalibrateConfig, CombineConfig
 from flatd.engine import combine
-from flatd.simulate_raw import RawFiles, SimulatedRawSequence, simulate_raw_sequence
-from flatd.simulate_raw import write_raw_sequence as write_raw
+from flatd.simulation.raw import RawFiles, SimulatedRawSequence, simulate_raw_sequence
+from flatd.simulation.raw import write_raw_sequence as write_raw
 from tests.guide import guide_calibrate, guide_combine, rms
 from tests.helpers import frames_of
 

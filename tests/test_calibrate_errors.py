@@ -19,7 +19,7 @@ from flatd.calibrate import (
     settings_problems,
 )
 from flatd.config import CalibrateConfig, ConfigError, load_config, parse_config
-from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
+from flatd.simulation.raw import RawFiles, simulate_raw_sequence, write_raw_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The pipeline's calibration stage on real raw files (`flatd.simulate_raw`): what the engine
+"""The pipeline's calibration stage on real raw files (`flatd.simulation.raw`): what the engine
 reads, what the master says, and every way a raw frame or sequence is refused or waits."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from flatd.calibrate import WORK_DIRECTORY, MasterLibraries
 from flatd.calibrate.stage import calibrated_inputs
 from flatd.config import CalibrateConfig, Config, OutputConfig, SequenceConfig
 from flatd.engine.pixels import PixelSource, PlaneReader
-from flatd.index import FlatSequence, index_paths
-from flatd.masters import read_master_inputs
+from flatd.inputs.index import FlatSequence, index_paths
+from flatd.outputs.masters import read_master_inputs
 from flatd.pipeline import make_master
-from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
+from flatd.simulation.raw import RawFiles, simulate_raw_sequence, write_raw_sequence
 from tests.guide import write_guide_calibrated
 
 pytest.importorskip("ccdproc")

@@ -22,8 +22,8 @@ from flatd.calibrate import (
     remove_stale_workspaces,
 )
 from flatd.config import CalibrateConfig, Config
-from flatd.discover import matches, walk
-from flatd.simulate_raw import RawFiles, simulate_raw_sequence, write_raw_sequence
+from flatd.inputs.discover import matches, walk
+from flatd.simulation.raw import RawFiles, simulate_raw_sequence, write_raw_sequence
 
 
 @pytest.fixture(scope="module")

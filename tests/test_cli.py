@@ -16,7 +16,7 @@ from astropy.io import fits
 from flatd import oneshot
 from flatd.cli import main
 from flatd.config import Config, parse_config
-from flatd.simulate import broken_bytes, fits_bytes, simulate_sequence, write_sequence
+from flatd.simulation.flats import broken_bytes, fits_bytes, simulate_sequence, write_sequence
 from tests.helpers import write_frame
 
 pytestmark = pytest.mark.usefixtures("isolated_cli")

@@ -12,7 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from flatd.masters import read_master_inputs
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import (
     NotifySocket,
     flat_sequence,

@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 
 from flatd.config import Config, FramesConfig, parse_config
 from flatd.frames import Frame, Skip, read_frame
-from flatd.index import index_paths
-from flatd.masters import group_slug
+from flatd.inputs.index import index_paths
 from flatd.oneshot import combine_paths
-from flatd.page import render_page
-from flatd.simulate import simulate_sequence
+from flatd.outputs.masters import group_slug
+from flatd.simulation.flats import simulate_sequence
 from flatd.status import render_status
+from flatd.status.page import render_page
 from tests.daemon import FlatdProcess
 from tests.dialects import CORPUS, Dialect
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from flatd.config import CombineConfig, parse_config
 from flatd.engine import combine, kernel, log_choice
-from flatd.simulate import simulate_sequence, write_sequence
+from flatd.simulation.flats import simulate_sequence, write_sequence
 from tests.helpers import frames_of
 
 needs_compiler = pytest.mark.skipif(

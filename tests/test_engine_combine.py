@@ -15,7 +15,7 @@ from astropy.stats import mad_std
 
 from flatd.config import CombineConfig
 from flatd.engine import CombineResult, combine
-from flatd.simulate import simulate_sequence, write_sequence
+from flatd.simulation.flats import simulate_sequence, write_sequence
 from tests.helpers import frames_of, write_frame
 
 ccdproc = pytest.importorskip("ccdproc")

@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from flatd.config import CombineConfig
 from flatd.engine import CombineResult, combine, kernel, measure
-from flatd.simulate import simulate_sequence, write_sequence
+from flatd.simulation.flats import simulate_sequence, write_sequence
 from tests.helpers import frames_of
 
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="compiled kernel not built")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd import checks
 from flatd.engine import PixelSource, measure, score_structure
 from flatd.engine.levels import SMALL, sample_row_indices
 from flatd.engine.pixels import PlaneReader
 from flatd.pipeline import make_master
-from flatd.simulate import simulate_sequence
+from flatd.quality import checks
+from flatd.simulation.flats import simulate_sequence
 from tests.helpers import frames_of, write_frame
 from tests.test_qa import config_for, dome_half_closed, sequence_of, write
 

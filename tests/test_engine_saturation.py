@@ -12,7 +12,7 @@ import pytest
 
 from flatd.engine import kernel
 from flatd.pipeline import make_master
-from flatd.simulate import SATURATE, simulate_sequence
+from flatd.simulation.flats import SATURATE, simulate_sequence
 from tests.test_qa import config_for, error_against_truth, poisson_limit, sequence_of, write
 
 SHAPE = (256, 256)

@@ -1,4 +1,4 @@
-"""A frame's content digest (`flatd.fingerprint`): the same for a symbolic link, a hard link,
+"""A frame's content digest (`flatd.inputs.fingerprint`): the same for a symbolic link, a hard link,
 a copy and a touched file; different for another frame, whatever its size; and cheap."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flatd.fingerprint import PREFIX, WHOLE, Fingerprints, content_digest
+from flatd.inputs.fingerprint import PREFIX, WHOLE, Fingerprints, content_digest
 from tests.helpers import write_frame
 
 

@@ -1,4 +1,4 @@
-"""The groups as the status file shows them (`flatd.groupstate`): states set by the jobs, a
+"""The groups as the status file shows them (`flatd.daemon.groupstate`): states set by the jobs, a
 snapshot in the schema-1 shape with the duplicates, gone inputs and held frames of each
 group, and which groups are settled (their old sequences may leave memory)."""
 
@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flatd.config import Config
-from flatd.fingerprint import identified
+from flatd.daemon.groupstate import LISTED, GroupStates
 from flatd.frames import Frame, read_frame
-from flatd.groupstate import LISTED, GroupStates
-from flatd.index import Index
+from flatd.inputs.fingerprint import identified
+from flatd.inputs.index import Index
 from tests.helpers import write_frame
 
 NOW = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)

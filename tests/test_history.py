@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flatd.history import PER_GROUP, MasterHistory, name_parts
+from flatd.outputs.history import PER_GROUP, MasterHistory, name_parts
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
 from tests.test_ratio import donut, two_masters
 

@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from flatd.config import ConfigError, parse_config
-from flatd.hook import OUTPUT_TAIL_BYTES, PLACEHOLDERS, HookRunner, command_problems, expand
+from flatd.daemon.hook import OUTPUT_TAIL_BYTES, PLACEHOLDERS, HookRunner, command_problems, expand
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
 from tests.faults.helpers import set_config
 

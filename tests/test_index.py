@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from flatd.config import FramesConfig, load_config
-from flatd.fingerprint import identified
 from flatd.frames import Frame, Skip, read_frame
-from flatd.index import Index, index_paths
+from flatd.inputs.fingerprint import identified
+from flatd.inputs.index import Index, index_paths
 from tests.helpers import write_frame
 
 

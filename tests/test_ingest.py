@@ -1,4 +1,4 @@
-"""From "something happened to this path" to the index (`flatd.ingest`), on its real worker
+"""From "something happened to this path" to the index (`flatd.daemon.ingest`), on its real worker
 thread and real files: a closed file is read at once, a growing one once it stood still, a
 truncated one is refused only after standing still for `incomplete_seconds`; a deleted flat
 leaves its group; a copy of a frame is a duplicate that tells no group; what is not an
@@ -14,9 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from flatd.config import FramesConfig
+from flatd.daemon.ingest import Ingest
 from flatd.frames import GroupKey, Skip
-from flatd.index import Index
-from flatd.ingest import Ingest
+from flatd.inputs.index import Index
 from tests.daemon import wait_for
 from tests.helpers import write_frame
 

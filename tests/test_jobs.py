@@ -1,4 +1,4 @@
-"""The combination jobs (`flatd.jobs`) in-process, on real files, a real index, real masters
+"""The combination jobs (`flatd.daemon.jobs`) in-process, on real files, a real index, real masters
 in a real output directory:
 
 - a failure is reported once, retried once, then `failed` until the frames change; a group
@@ -28,14 +28,14 @@ from astropy.io import fits
 from structlog.testing import capture_logs
 
 from flatd.config import Config, parse_config
-from flatd.decisions import DecisionsFile
-from flatd.fingerprint import identified
+from flatd.daemon.jobs import GIVEN_UP, CombinationJobs
 from flatd.frames import read_frame
-from flatd.index import Index
-from flatd.jobs import GIVEN_UP, CombinationJobs
-from flatd.latest import Published
-from flatd.masters import MasterRecord, find_masters, latest_path, read_master_inputs
-from flatd.simulate import SimulatedSequence, simulate_sequence
+from flatd.inputs.fingerprint import identified
+from flatd.inputs.index import Index
+from flatd.outputs.decisions import DecisionsFile
+from flatd.outputs.latest import Published
+from flatd.outputs.masters import MasterRecord, find_masters, latest_path, read_master_inputs
+from flatd.simulation.flats import SimulatedSequence, simulate_sequence
 from tests.daemon import wait_for
 from tests.inprocess import combination_jobs
 

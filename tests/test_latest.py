@@ -1,5 +1,5 @@
-"""`latest/` by one rule, superseded masters, the operator's decisions (`flatd.latest`,
-`flatd.decisions`) on real masters made by the pipeline from simulated frames.
+"""`latest/` by one rule, superseded masters, the operator's decisions (`flatd.outputs.latest`,
+`flatd.outputs.decisions`) on real masters made by the pipeline from simulated frames.
 
 The rule: the accepted master of the group's newest sequence by observation date, whatever
 order they were written in; QA-flagged masters are held back unless `promote_changed` or
@@ -16,16 +16,16 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from flatd.catalogue import Catalogue
 from flatd.config import Config, parse_config
-from flatd.decisions import DecisionsFile
-from flatd.fingerprint import identified
 from flatd.frames import Frame, read_frame
-from flatd.index import FlatSequence
-from flatd.latest import Curator
-from flatd.masters import MasterRecord, find_masters, latest_path
+from flatd.inputs.fingerprint import identified
+from flatd.inputs.index import FlatSequence
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.decisions import DecisionsFile
+from flatd.outputs.latest import Curator
+from flatd.outputs.masters import MasterRecord, find_masters, latest_path
 from flatd.pipeline import combine_and_publish
-from flatd.simulate import simulate_sequence, write_sequence
+from flatd.simulation.flats import simulate_sequence, write_sequence
 
 SLUG = "r_SIMCAM_1_1"
 
@@ -128,7 +128,7 @@ WRITER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from flatd.decisions import DecisionsFile
+from flatd.outputs.decisions import DecisionsFile
 for i in range(int(sys.argv[2])):
     with DecisionsFile(Path(sys.argv[1])).locked() as decisions:
         decisions.request_remake(f"flat_{sys.argv[4]}_{i}.fits")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from flatd.ledger import MERGE_AT, Kind, Ledger
+from flatd.inputs.ledger import MERGE_AT, Kind, Ledger
 
 
 def test_a_file_is_known_only_with_its_size_and_time() -> None:

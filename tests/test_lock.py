@@ -19,7 +19,13 @@ from flatd.atomic import (
     remove_stale_temporaries_of,
     temporary_owner,
 )
-from flatd.lock import AlreadyRunning, InstanceLock, is_lock_file, process_start, process_state
+from flatd.daemon.lock import (
+    AlreadyRunning,
+    InstanceLock,
+    is_lock_file,
+    process_start,
+    process_state,
+)
 
 
 def _dead_pid() -> int:
@@ -68,7 +74,7 @@ def test_a_lock_held_by_another_process(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from flatd.lock import InstanceLock\n"
+            "from flatd.daemon.lock import InstanceLock\n"
             "InstanceLock.for_daemon(Path(sys.argv[1]), Path(sys.argv[2])).acquire()\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n",

@@ -36,12 +36,13 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from structlog.testing import capture_logs
 
-from flatd import cards, masters, qa
 from flatd.config import Config, parse_config
 from flatd.frames import Skip, read_frame
-from flatd.index import index_paths
+from flatd.inputs.index import index_paths
+from flatd.outputs import cards, masters
 from flatd.pipeline import make_master
-from flatd.simulate import fits_bytes, simulate_sequence
+from flatd.quality import qa
+from flatd.simulation.flats import fits_bytes, simulate_sequence
 
 ccdproc = pytest.importorskip("ccdproc")
 

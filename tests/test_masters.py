@@ -14,12 +14,13 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 
-from flatd import __version__, masters
+from flatd import __version__
 from flatd.atomic import is_temporary
-from flatd.catalogue import Catalogue
 from flatd.config import Config, parse_config
-from flatd.index import index_paths
-from flatd.latest import Curator
+from flatd.inputs.index import index_paths
+from flatd.outputs import masters
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.latest import Curator
 from flatd.pipeline import combine_and_publish, make_master
 from tests.helpers import write_frame
 

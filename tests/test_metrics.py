@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from flatd.config import ConfigError, load_config, parse_config
-from flatd.index import index_paths
-from flatd.metrics import MetricsFile, outcome_class
-from flatd.simulate import simulate_sequence, write_sequence
+from flatd.daemon.metrics import MetricsFile, outcome_class
+from flatd.inputs.index import index_paths
+from flatd.simulation.flats import simulate_sequence, write_sequence
 from flatd.status import parse_iso
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
 from tests.faults.helpers import set_config
@@ -227,7 +227,7 @@ def test_every_combination_is_counted_by_its_outcome(
         raise KeyError("a bug")
 
     with monkeypatch.context() as patch:
-        patch.setattr("flatd.jobs.combine_and_publish", crash)
+        patch.setattr("flatd.daemon.jobs.combine_and_publish", crash)
         jobs.run(group)
     jobs.run(group)
     jobs.stop()

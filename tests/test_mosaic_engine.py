@@ -19,7 +19,7 @@ from astropy.io import fits
 from flatd.config import CombineConfig, Config
 from flatd.engine import CombineResult, combine
 from flatd.frames import Frame, read_frame
-from flatd.simulate_mosaic import SimulatedMosaic, simulate_mosaic, write_mosaic_sequence
+from flatd.simulation.mosaic import SimulatedMosaic, simulate_mosaic, write_mosaic_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 

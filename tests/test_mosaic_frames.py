@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd.checks import odd_frames, saturation_levels
 from flatd.config import Config
 from flatd.frames import Frame, Skip, read_frame
-from flatd.simulate_mosaic import simulate_mosaic, write_mosaic_sequence
+from flatd.quality.checks import odd_frames, saturation_levels
+from flatd.simulation.mosaic import simulate_mosaic, write_mosaic_sequence
 from tests.helpers import FLAT_HEADER
 
 CONFIG = Config()

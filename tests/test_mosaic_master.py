@@ -16,18 +16,18 @@ import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from flatd.catalogue import Catalogue
 from flatd.cli import main
 from flatd.config import Config
-from flatd.fingerprint import content_digest
 from flatd.frames import Frame, read_frame
-from flatd.latest import Curator
-from flatd.masters import read_master_file, read_master_inputs
+from flatd.inputs.fingerprint import content_digest
 from flatd.oneshot import combine_paths
-from flatd.page import render_page
-from flatd.remake import remake_now
-from flatd.settings import differences
-from flatd.simulate_mosaic import SimulatedMosaic, simulate_mosaic, write_mosaic_sequence
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.latest import Curator
+from flatd.outputs.masters import read_master_file, read_master_inputs
+from flatd.outputs.remake import remake_now
+from flatd.outputs.settings import differences
+from flatd.simulation.mosaic import SimulatedMosaic, simulate_mosaic, write_mosaic_sequence
+from flatd.status.page import render_page
 from tests.daemon import FlatdProcess, wait_for
 
 ccdproc = pytest.importorskip("ccdproc")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flatd.placement import Placement, placements, side_by_side
-from flatd.preview import MASKED_COLOUR, mosaic_tiles, write_mosaic_preview
-from flatd.simulate_mosaic import simulate_mosaic
+from flatd.pictures.placement import Placement, placements, side_by_side
+from flatd.pictures.preview import MASKED_COLOUR, mosaic_tiles, write_mosaic_preview
+from flatd.simulation.mosaic import simulate_mosaic
 
 mpimg = pytest.importorskip("matplotlib.image")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flatd.notify import notify, reloading, watchdog_interval
+from flatd.daemon.notify import notify, reloading, watchdog_interval
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flatd import page
 from flatd.config import load_config
-from flatd.page import render_page, write_page
-from flatd.preview import write_preview, write_ratio_picture
-from flatd.service import Daemon
-from flatd.status import parse_iso
+from flatd.daemon.service import Daemon
+from flatd.pictures.preview import write_preview, write_ratio_picture
+from flatd.status import page, parse_iso
+from flatd.status.page import render_page, write_page
 
 HOSTILE = '<script>alert("x")</script>"><img src=x onerror=alert(1)>&amp;'
 NOW = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flatd.config import Config, parse_config
-from flatd.index import FlatSequence, index_paths
+from flatd.inputs.index import FlatSequence, index_paths
 from flatd.pipeline import make_master
 from tests.helpers import write_frame
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flatd import preview
 from flatd.atomic import TEMP_PREFIX
-from flatd.preview import write_preview
-from flatd.simulate import simulate_sequence
+from flatd.pictures import preview
+from flatd.pictures.preview import write_preview
+from flatd.simulation.flats import simulate_sequence
 
 mpimg = pytest.importorskip("matplotlib.image")
 

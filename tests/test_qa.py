@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd.catalogue import Catalogue
 from flatd.config import Config, parse_config
-from flatd.fingerprint import identified
 from flatd.frames import Frame, read_frame
-from flatd.index import FlatSequence
-from flatd.latest import Curator
-from flatd.masters import latest_path, read_master_inputs
+from flatd.inputs.fingerprint import identified
+from flatd.inputs.index import FlatSequence
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.latest import Curator
+from flatd.outputs.masters import latest_path, read_master_inputs
 from flatd.pipeline import Result, combine_and_publish
-from flatd.simulate import SimulatedSequence, simulate_sequence
+from flatd.simulation.flats import SimulatedSequence, simulate_sequence
 
 SHAPE = (256, 256)
 N_GOOD = 8
@@ -268,7 +268,7 @@ def test_noise_deviation_without_gain_is_a_clear_error(tmp_path):
 def test_robust_rms_is_astropys_mad_std(dtype, size) -> None:
     from astropy.stats import mad_std
 
-    from flatd.qa import _nan_mad_std
+    from flatd.quality.qa import _nan_mad_std
 
     rng = np.random.default_rng(size)
     sample = (rng.normal(0, 0.01, size) * rng.uniform(0.1, 10)).astype(dtype)

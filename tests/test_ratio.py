@@ -12,9 +12,10 @@ import pytest
 from astropy.io import fits
 from structlog.testing import capture_logs
 
-from flatd import preview, qa
-from flatd.preview import ratio_path, write_ratio_picture
-from flatd.simulate import simulate_sequence
+from flatd.pictures import preview
+from flatd.pictures.preview import ratio_path, write_ratio_picture
+from flatd.quality import qa
+from flatd.simulation.flats import simulate_sequence
 from tests.test_qa import config_for, make_master, sequence_of, write
 
 mpimg = pytest.importorskip("matplotlib.image")

@@ -20,7 +20,7 @@ from flatd.calibrate import WORK_DIRECTORY
 from flatd.cli import main
 from flatd.config import CombineConfig
 from flatd.engine import combine
-from flatd.masters import read_master_inputs
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import FlatdProcess, wait_for
 from tests.guide import rms, write_guide_calibrated
 from tests.helpers import frames_of

@@ -1,6 +1,6 @@
-"""What a reload may change (`flatd.reload`), the config file read again
+"""What a reload may change (`flatd.daemon.reload`), the config file read again
 (`config.reload_config`), and the signal-safe wake-up the service waits on
-(`flatd.signals`). The real daemon's reloads are in tests/faults/test_signals.py."""
+(`flatd.daemon.signals`). The real daemon's reloads are in tests/faults/test_signals.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from flatd.config import ConfigError, differences, load_config, parse_config, reload_config
-from flatd.reload import RESTART_ONLY, plan_reload, restart_reason
-from flatd.signals import Wakeup, install
+from flatd.daemon.reload import RESTART_ONLY, plan_reload, restart_reason
+from flatd.daemon.signals import Wakeup, install
 
 RUNNING = """
 [watch]

@@ -1,11 +1,11 @@
 """A repeating failure is logged once, again when it fails another way, and when it ends,
-with how many times it happened (`flatd.repeats`)."""
+with how many times it happened (`flatd.daemon.repeats`)."""
 
 from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from flatd.repeats import RepeatedFailure
+from flatd.daemon.repeats import RepeatedFailure
 
 FULL = "OSError: [Errno 28] No space left on device: '/var/lib/flatd/.status.json.{}.tmp'"
 READ_ONLY = "OSError: [Errno 30] Read-only file system: '/var/lib/flatd/.status.json.tmp'"

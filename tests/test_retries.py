@@ -1,10 +1,10 @@
-"""When a failed combination is tried again (`flatd.retries`): the rule on its own."""
+"""When a failed combination is tried again (`flatd.daemon.retries`): the rule on its own."""
 
 from __future__ import annotations
 
 import pytest
 
-from flatd.retries import MAX_ATTEMPTS, Failures, failure_kind
+from flatd.daemon.retries import MAX_ATTEMPTS, Failures, failure_kind
 
 INPUTS = frozenset({"digest-a", "digest-b"})
 DISK_FULL = "OSError: Not enough space on disk: requested 2880, available 1234"

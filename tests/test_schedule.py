@@ -1,4 +1,4 @@
-"""The quiet-period debounce on the real APScheduler (`flatd.schedule.Debouncer`): a key's
+"""The quiet-period debounce on the real APScheduler (`flatd.daemon.schedule.Debouncer`): a key's
 job runs once, after the last time it was armed for; keys are independent; a task runs at
 its interval; shutdown waits for a running job."""
 
@@ -8,7 +8,7 @@ import threading
 import time
 from datetime import timedelta
 
-from flatd.schedule import Debouncer, utcnow
+from flatd.daemon.schedule import Debouncer, utcnow
 from tests.daemon import wait_for
 
 

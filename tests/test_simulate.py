@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd import simulate
-from flatd.simulate import SimulatedSequence, simulate_sequence, write_sequence
+from flatd.simulation import flats as simulate
+from flatd.simulation.flats import SimulatedSequence, simulate_sequence, write_sequence
 
 HEADER_KEYS = (
     "IMAGETYP",

@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 
 from flatd.calibrate import detect_raw
-from flatd.simulate_raw import (
+from flatd.simulation.raw import (
     RawLayout,
     SimulatedRawSequence,
     simulate_raw_sequence,

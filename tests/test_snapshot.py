@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from flatd.config import Config
+from flatd.daemon.groupstate import GroupStates
 from flatd.frames import Frame, read_frame
-from flatd.groupstate import GroupStates
-from flatd.index import Index
+from flatd.inputs.index import Index
 from tests.helpers import write_frame
 
 

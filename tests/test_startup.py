@@ -42,7 +42,7 @@ def test_scan_and_check_config_run_without_astropy(tmp_path: Path) -> None:
         "assert main(['check-config', '--config', sys.argv[1]]) == 0\n"
         "assert main(['scan', '--json', '--config', sys.argv[1], sys.argv[2]]) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'astropy'\n"
-        "             or m == 'flatd.simulate'))\n",
+        "             or m == 'flatd.simulation.flats'))\n",
         str(config),
         str(tmp_path / "night"),
     )
@@ -54,7 +54,7 @@ def test_scan_and_check_config_run_without_astropy(tmp_path: Path) -> None:
 def test_combine_modules_import_without_astropy() -> None:
     done = _python(
         "import sys\n"
-        "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.service\n"
+        "import flatd.cli, flatd.oneshot, flatd.pipeline, flatd.daemon.service\n"
         "flatd.cli._parser(with_simulate=False)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'astropy'))\n"
     )

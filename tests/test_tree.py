@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from flatd.config import load_config
-from flatd.index import Index
-from flatd.ingest import Ingest
-from flatd.service import Daemon
-from flatd.tree import Tree
-from flatd.watch import Watcher
+from flatd.daemon.ingest import Ingest
+from flatd.daemon.service import Daemon
+from flatd.daemon.tree import Tree
+from flatd.daemon.watch import Watcher
+from flatd.inputs.index import Index
 from tests.daemon import DEFAULT_CONFIG, flat_sequence, night, wait_for
 from tests.faults.helpers import flat_bytes, masters_in
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd.masters import read_master_inputs
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_frames
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""The watchdog side (`flatd.watch`) with a real inotify observer: events become path hints
+"""The watchdog side (`flatd.daemon.watch`) with a real inotify observer: events become path hints
 (closed, changed, deleted) or directories to scan, the output directory is never reported,
 and the health check says what it cannot watch as structured problems (a missing root is a
 problem, a dead observer makes the daemon unhealthy)."""
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from flatd.config import WatchConfig
-from flatd.ingest import Hint
-from flatd.watch import Problem, ProblemKind, Watcher, WatchHealth
+from flatd.daemon.ingest import Hint
+from flatd.daemon.watch import Problem, ProblemKind, Watcher, WatchHealth
 from tests.daemon import wait_for
 from tests.helpers import write_frame
 

@@ -43,7 +43,7 @@ from flatd.frames.cards import read_header
 if TYPE_CHECKING:
     from flatd.config import Config
     from flatd.engine import CombineResult
-    from flatd.index import FlatSequence
+    from flatd.inputs.index import FlatSequence
 
 log = structlog.get_logger("flatd.calibrate")
 

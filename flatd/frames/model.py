@@ -87,7 +87,9 @@ class Frame:
     date_note: str = ""
     raw: bool = False
     overscan: tuple[str, str] | None = None
-    content: str = ""  # the digest of the file's bytes (`flatd.fingerprint`); "" if not taken
+    content: str = (
+        ""  # the digest of the file's bytes (`flatd.inputs.fingerprint`); "" if not taken
+    )
     # every image plane, in file order, for a frame of several (a mosaic or a multi-
     # amplifier camera); () for a single image, which the fields above describe
     extensions: tuple[Extension, ...] = ()

@@ -27,9 +27,9 @@ import structlog
 
 from flatd import __version__
 from flatd.atomic import atomic_write_bytes
+from flatd.daemon.repeats import RepeatedFailure
 from flatd.frames import Skip
 from flatd.reasons import one_line
-from flatd.repeats import RepeatedFailure
 from flatd.status.schema import (
     SCHEMA,
     ErrorEntry,

@@ -96,7 +96,7 @@ class MasterEntry(TypedDict, total=False):
     duration_s: float | None
     qa: dict[str, Any]
     promoted: bool  # latest/ names it
-    settings: dict[str, Any]  # the settings cards it was made with (`flatd.settings`)
+    settings: dict[str, Any]  # the settings cards it was made with (`flatd.outputs.settings`)
     other_settings: list[str]  # how they differ from the configuration now
     change_confirmed: bool
 

@@ -2,7 +2,7 @@
 that wrote it is still alive (its state, its PID, the age of its last update).
 
 Exit status 0 while the daemon runs, 3 when it does not (SPEC.md). Names, times and
-colours are said as the page says them (`flatd.present`).
+colours are said as the page says them (`flatd.status.present`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flatd import present
-from flatd.lock import process_state
+from flatd.daemon.lock import process_state
 from flatd.reasons import one_line
+from flatd.status import present
 from flatd.status.schema import STALE_SECONDS, parse_iso, read_status
 
 __all__ = [

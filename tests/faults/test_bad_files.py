@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd.masters import read_master_inputs
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_atomically, write_frames
 from tests.faults.helpers import flat_bytes, masters_in, per_path
 

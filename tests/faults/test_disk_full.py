@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flatd.lock import is_lock_file
-from flatd.masters import read_master_inputs
+from flatd.daemon.lock import is_lock_file
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_frames
 from tests.faults.helpers import masters_in
 

@@ -11,8 +11,8 @@ import pytest
 from astropy.nddata import CCDData
 
 from flatd.atomic import is_temporary
-from flatd.lock import is_lock_file
-from flatd.masters import read_master_inputs
+from flatd.daemon.lock import is_lock_file
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for
 from tests.faults.helpers import flat_bytes, masters_in, with_raw_value
 from tests.test_master_header import hostile_file

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from flatd.config import load_config
-from flatd.masters import read_master_inputs
-from flatd.service import Daemon
-from flatd.watch import OVERFLOW_LOGGER
+from flatd.daemon.service import Daemon
+from flatd.daemon.watch import OVERFLOW_LOGGER
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import DEFAULT_CONFIG, flat_sequence, wait_for
 from tests.faults.helpers import flat_bytes, masters_in, open_fds, per_path, rss_kb
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flatd.masters import read_master_inputs
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import flat_sequence, write_in_chunks
 from tests.faults.helpers import flat_bytes, masters_in, set_config
 

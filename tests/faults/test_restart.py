@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from flatd.masters import read_master_inputs
+from flatd.outputs.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for, write_atomically
 from tests.faults.helpers import masters_in
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flatd.lock import is_lock_file
+from flatd.daemon.lock import is_lock_file
 from tests.daemon import DEFAULT_CONFIG, FlatdProcess, NotifySocket, flat_sequence, wait_for
 from tests.faults.helpers import flat_bytes, masters_in, set_config
 

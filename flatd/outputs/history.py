@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 
-from flatd.masters import MASTER_NAME, QA_CARDS
+from flatd.outputs.masters import MASTER_NAME, QA_CARDS
 from flatd.reasons import reason_of
 from flatd.status.schema import GroupEntry
 
 __all__ = ["PER_GROUP", "MasterHistory", "entry_of_record", "filter_of", "name_parts"]
 
-log = structlog.get_logger("flatd.history")
+log = structlog.get_logger("flatd.outputs.history")
 
 PER_GROUP = 12  # masters kept per group
 

@@ -35,14 +35,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from flatd import __version__
-from flatd.history import filter_of
+from flatd.daemon.repeats import RepeatedFailure
+from flatd.outputs.history import filter_of
 from flatd.reasons import reason_of
-from flatd.repeats import RepeatedFailure
 from flatd.status import parse_iso
 
 __all__ = ["COMBINATION_OUTCOMES", "HOOK_OUTCOMES", "MetricsFile", "outcome_class"]
 
-log = structlog.get_logger("flatd.metrics")
+log = structlog.get_logger("flatd.daemon.metrics")
 
 COMBINATION_OUTCOMES = ("written", "too_few", "failed", "crashed")
 HOOK_OUTCOMES = ("ok", "failed", "timeout", "error")

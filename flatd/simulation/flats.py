@@ -688,7 +688,7 @@ def _write_truths(sources: list[Any], directory: Path, say: Callable[[str], None
 def _raw_detector(args: argparse.Namespace, start: datetime, say: Callable[[str], None]) -> Any:
     """The raw camera's readout, its master bias (and dark) written to OUTDIR/calibration/
     first: they were taken in the afternoon, before the flats."""
-    from flatd.simulate_raw import MASTERS_BEFORE, RawDetector, write_masters
+    from flatd.simulation.raw import MASTERS_BEFORE, RawDetector, write_masters
 
     detector = RawDetector(args.shape, args.seed, dark_current=args.dark)
     for path in write_masters(detector, args.outdir / "calibration", start - MASTERS_BEFORE):
@@ -701,7 +701,7 @@ def _detector_shape(extensions: int, shape: tuple[int, int]) -> tuple[int, int]:
     """The detector's shape: one amplifier's `shape`, or a mosaic of them."""
     if extensions == 1:
         return shape
-    from flatd.simulate_mosaic import detector_shape
+    from flatd.simulation.mosaic import detector_shape
 
     return detector_shape(extensions, shape)
 
@@ -717,13 +717,13 @@ def _readout(camera: _Camera, detector: Any, seed: int, extensions: int = 1) -> 
     """What writes the frames: the calibrated camera itself, its amplifiers (a multi-
     amplifier camera's `extensions`), or its raw readout."""
     if extensions > 1:
-        from flatd.simulate_mosaic import MosaicCamera, amplifiers
+        from flatd.simulation.mosaic import MosaicCamera, amplifiers
 
         ny, nx = camera.shape
         grid = _detector_shape(extensions, (1, 1))
         return MosaicCamera(camera, amplifiers(extensions, (ny // grid[0], nx // grid[1]), seed))
     if detector is None:
         return camera
-    from flatd.simulate_raw import RawCamera
+    from flatd.simulation.raw import RawCamera
 
     return RawCamera(camera, detector, seed)

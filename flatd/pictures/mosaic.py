@@ -11,9 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from flatd.engine import CombineResult
-from flatd.mosaic_qa import MosaicQA
-from flatd.placement import placements
-from flatd.preview import mosaic_tiles, ratio_path, write_mosaic_preview, write_mosaic_ratio_picture
+from flatd.pictures.placement import placements
+from flatd.pictures.preview import (
+    mosaic_tiles,
+    ratio_path,
+    write_mosaic_preview,
+    write_mosaic_ratio_picture,
+)
+from flatd.quality.mosaic import MosaicQA
 
 
 def draw_preview(

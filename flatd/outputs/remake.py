@@ -3,7 +3,7 @@ which frames.
 
 `flatd remake PATH...` makes those masters again; `--group G` and `--all` make again the
 masters (of one group, or all) that were made with other settings than the configuration's
-(`flatd.settings`): after the recipe or a QA limit changed. `--since DATE` narrows those
+(`flatd.outputs.settings`): after the recipe or a QA limit changed. `--since DATE` narrows those
 to the sequences that started on or after DATE (a night's date, UTC; alone, it means
 `--all --since DATE`). A master is made again from its
 sequence as the daemon holds it (the frames on disk now, new ones included), else from the
@@ -23,15 +23,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flatd.catalogue import Catalogue
 from flatd.config import Config
-from flatd.fingerprint import Fingerprints
 from flatd.frames import Frame, read_frame
-from flatd.index import FlatSequence
-from flatd.latest import Curator
-from flatd.masters import MasterFile
+from flatd.inputs.fingerprint import Fingerprints
+from flatd.inputs.index import FlatSequence
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.latest import Curator
+from flatd.outputs.masters import MasterFile
+from flatd.outputs.settings import differences
 from flatd.pipeline import combine_and_publish
-from flatd.settings import differences
 
 __all__ = [
     "ALL",

@@ -29,11 +29,11 @@ from typing import Literal
 import structlog
 
 from flatd.config import CalibrateConfig, FramesConfig
-from flatd.fingerprint import Fingerprints
 from flatd.frames import Frame, Skip, read_frame
-from flatd.index import GroupKey, Index
+from flatd.inputs.fingerprint import Fingerprints
+from flatd.inputs.index import GroupKey, Index
 
-log = structlog.get_logger("flatd.ingest")
+log = structlog.get_logger("flatd.daemon.ingest")
 
 Hint = Literal["closed", "found", "changed", "deleted"]
 

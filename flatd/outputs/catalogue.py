@@ -29,13 +29,13 @@ from stat import S_ISREG
 import structlog
 
 from flatd.frames import GroupKey, canonical_group
-from flatd.index import FlatSequence
-from flatd.masters import MasterFile, group_slug, name_group, name_start, read_master_file
+from flatd.inputs.index import FlatSequence
+from flatd.outputs.masters import MasterFile, group_slug, name_group, name_start, read_master_file
 from flatd.reasons import reason_of
 
 __all__ = ["CLAIM_WINDOW", "Catalogue", "Listed"]
 
-log = structlog.get_logger("flatd.catalogue")
+log = structlog.get_logger("flatd.outputs.catalogue")
 
 # A sequence of flats lasts less than this (twilight flats take an hour): a master that
 # claims a frame of a sequence started at most this long before the sequence did, and not

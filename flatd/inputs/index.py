@@ -7,7 +7,7 @@ scheduler's jobs read sequences. Everything handed out is an immutable snapshot
 under it.
 
 One frame, one input: a frame is known by its content (`Frame.identity`, the digest of
-`flatd.fingerprint`), not by its path. A second path to a frame already held (a symbolic
+`flatd.inputs.fingerprint`), not by its path. A second path to a frame already held (a symbolic
 or hard link, a byte-identical copy) is held as a `Duplicate` of the first: counted, listed
 with the path it duplicates, never an input. When the first path goes, a duplicate takes
 its place, and the group's frames are the same frames as before. A file rewritten with the
@@ -36,10 +36,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from flatd.config import Config
-from flatd.discover import walk
-from flatd.fingerprint import Fingerprints
 from flatd.frames import Frame, GroupKey, Skip, SkipKind, read_frame
-from flatd.ledger import Kind, Ledger
+from flatd.inputs.discover import walk
+from flatd.inputs.fingerprint import Fingerprints
+from flatd.inputs.ledger import Kind, Ledger
 
 __all__ = [
     "Change",

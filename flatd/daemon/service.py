@@ -19,10 +19,10 @@ directories and pings the systemd watchdog only while healthy; a reconcile scan 
 minutes (and at once after an inotify queue overflow) is the second net under the
 events, followed by the housekeeping that lets old sequences leave memory.
 
-Signals (`flatd.signals`) only set a flag and wake the main thread, which does the work:
+Signals (`flatd.daemon.signals`) only set a flag and wake the main thread, which does the work:
 SIGTERM/SIGINT stop the daemon — a running combination is abandoned at its next band of
 rows or stage, nothing half-written, and redone at the next start; SIGHUP reloads the
-configuration (`reload`, `flatd.reload` says what may change): an invalid file is
+configuration (`reload`, `flatd.daemon.reload` says what may change): an invalid file is
 refused whole and the running configuration kept, keys fixed at start wait for a restart,
 the rest applies to what runs next.
 """
@@ -40,31 +40,32 @@ from typing import Any, cast
 
 import structlog
 
-from flatd import __version__, engine, notify, signals
+from flatd import __version__, engine
 from flatd.atomic import remove_stale_temporaries, remove_stale_temporaries_of
 from flatd.calibrate import remove_stale_workspaces
-from flatd.catalogue import Catalogue
 from flatd.config import Config, ConfigError, reload_config
-from flatd.groupstate import GroupStates
-from flatd.history import MasterHistory
-from flatd.hook import HookResult, HookRunner
-from flatd.index import Index
-from flatd.ingest import Ingest
-from flatd.jobs import CombinationJobs
-from flatd.latest import Curator, Published
-from flatd.lock import AlreadyRunning, InstanceLock
-from flatd.masters import MasterFile, MasterRecord, name_group
-from flatd.metrics import MetricsFile
+from flatd.daemon import notify, signals
+from flatd.daemon.groupstate import GroupStates
+from flatd.daemon.hook import HookResult, HookRunner
+from flatd.daemon.ingest import Ingest
+from flatd.daemon.jobs import CombinationJobs
+from flatd.daemon.lock import AlreadyRunning, InstanceLock
+from flatd.daemon.metrics import MetricsFile
+from flatd.daemon.reload import ReloadPlan, plan_reload
+from flatd.daemon.repeats import RepeatedFailure
+from flatd.daemon.tree import Scanner, ScanTally, Tree
+from flatd.daemon.watch import Watcher, WatchHealth
+from flatd.inputs.index import Index
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.history import MasterHistory
+from flatd.outputs.latest import Curator, Published
+from flatd.outputs.masters import MasterFile, MasterRecord, name_group
+from flatd.outputs.settings import SETTINGS, differences
 from flatd.pipeline import Result
 from flatd.reasons import reason_of
-from flatd.reload import ReloadPlan, plan_reload
-from flatd.repeats import RepeatedFailure
-from flatd.settings import SETTINGS, differences
 from flatd.status import MasterEntry, StatusBoard, StatusDocument
-from flatd.tree import Scanner, ScanTally, Tree
-from flatd.watch import Watcher, WatchHealth
 
-log = structlog.get_logger("flatd.service")
+log = structlog.get_logger("flatd.daemon.service")
 
 HEALTH_SECONDS = 5.0
 RECONCILE_SECONDS = 600.0
@@ -244,7 +245,7 @@ class Daemon:
             f"EXTEND_TIMEOUT_USEC={int(extend * 1e6)}\nSTATUS=starting: {files} files scanned"
         )
 
-    # -- what signals ask for: a flag and a wake-up, nothing else (see flatd.signals) ----
+    # -- what signals ask for: a flag and a wake-up, nothing else (see flatd.daemon.signals) ----
     def request_stop(self, signum: int = 0) -> None:
         """Make `serve()` return (from a signal handler or any thread)."""
         if self._stop_asked is None:
@@ -448,7 +449,7 @@ class Daemon:
         if self.ready.is_set():
             notify.notify(f"STATUS={self._summary()}; {busy} combining/pending")
         try:  # the observer's page beside the status file; a failure never stops the daemon
-            from flatd import page
+            from flatd.status import page
 
             page.write_page(document, self.config.status.file, self.config.output.directory)
         except Exception as exc:

@@ -35,12 +35,12 @@ from pathlib import Path
 import structlog
 
 from flatd.config import Config
-from flatd.discover import matches
-from flatd.index import Index, Stamp
-from flatd.ingest import Ingest
-from flatd.watch import Watcher
+from flatd.daemon.ingest import Ingest
+from flatd.daemon.watch import Watcher
+from flatd.inputs.discover import matches
+from flatd.inputs.index import Index, Stamp
 
-log = structlog.get_logger("flatd.tree")
+log = structlog.get_logger("flatd.daemon.tree")
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of a directory, symbolic links followed
 DAY_NS = 86_400 * 10**9

@@ -37,20 +37,20 @@ import structlog
 
 from flatd import __version__
 from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
-from flatd.cards import COMMENTARY, checked_cards
 from flatd.config import Config
 from flatd.engine import CombineResult, ExtensionResult, MasterPlane
 from flatd.frames import Frame, GroupKey, GroupValue
+from flatd.outputs.cards import COMMENTARY, checked_cards
+from flatd.outputs.settings import SETTINGS
 from flatd.reasons import one_line, reason_of
-from flatd.settings import SETTINGS
 
 if TYPE_CHECKING:
     from astropy.io import fits
 
     from flatd.calibrate.provenance import Provenance
-    from flatd.index import Duplicate
+    from flatd.inputs.index import Duplicate
 
-log = structlog.get_logger("flatd.masters")
+log = structlog.get_logger("flatd.outputs.masters")
 
 SAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.-]")
 MASTER_NAME = re.compile(r"flat_(?P<group>.+)_(?P<start>\d{8}T\d{6})\.fits")
@@ -430,7 +430,7 @@ def _header(
 
 
 def _verified_cards(first: Frame, hdu: int | None = None) -> list[fits.Card]:
-    """The first input's cards that can be written (`flatd.cards`), of HDU `hdu` (by
+    """The first input's cards that can be written (`flatd.outputs.cards`), of HDU `hdu` (by
     default its image's; a mosaic's primary header); each one dropped is a debug event
     naming it and why."""
     if hdu is None:
@@ -608,7 +608,7 @@ class MasterFile:
     n_rejected: int
     flagged: bool  # QAFLAG
     confirmed: bool  # QACONFIR: a change confirmed by the next sequence
-    settings: dict[str, Any]  # the settings cards it has (`flatd.settings`)
+    settings: dict[str, Any]  # the settings cards it has (`flatd.outputs.settings`)
     qa: dict[str, Any]  # the QA record read back from its QA cards
 
     @property

@@ -32,14 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flatd import present
 from flatd.atomic import atomic_write_bytes
-from flatd.present import ago as _ago
-from flatd.present import duration as _duration
-from flatd.present import group_name as _group_name
-from flatd.present import stamp as _stamp
-from flatd.preview import preview_path, ratio_path
+from flatd.pictures.preview import preview_path, ratio_path
 from flatd.reasons import one_line
+from flatd.status import present
+from flatd.status.present import ago as _ago
+from flatd.status.present import duration as _duration
+from flatd.status.present import group_name as _group_name
+from flatd.status.present import stamp as _stamp
 from flatd.status.schema import STALE_SECONDS, parse_iso
 
 PAGE_NAME = "index.html"

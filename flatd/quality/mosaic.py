@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from flatd import qa
 from flatd.config import Config
 from flatd.engine import CombineResult, FrameStats, MasterPlane
 from flatd.frames import Frame
+from flatd.quality import qa
 
 SAMPLE_STEP = 4  # the master's level in an extension, from every 4th pixel each way
 

@@ -30,24 +30,24 @@ from pathlib import Path
 
 import structlog
 
-from flatd.catalogue import Catalogue
 from flatd.config import Config
-from flatd.decisions import Decisions, DecisionsFile
 from flatd.frames import GroupKey
-from flatd.masters import (
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.decisions import Decisions, DecisionsFile
+from flatd.outputs.masters import (
     MasterFile,
     MasterRecord,
     latest_path,
     name_group,
     promote_latest,
 )
-from flatd.preview import preview_path, ratio_path
-from flatd.qa import Baseline
+from flatd.pictures.preview import preview_path, ratio_path
+from flatd.quality.qa import Baseline
 from flatd.reasons import reason_of
 
 __all__ = ["Curator", "Published"]
 
-log = structlog.get_logger("flatd.latest")
+log = structlog.get_logger("flatd.outputs.latest")
 
 
 @dataclass

@@ -47,25 +47,32 @@ from typing import Any
 import structlog
 
 from flatd.calibrate import MasterLibraries
-from flatd.catalogue import Catalogue
 from flatd.config import Config
-from flatd.decisions import Request
-from flatd.fingerprint import Fingerprints
+from flatd.daemon.groupstate import GroupState, GroupStates
+from flatd.daemon.retries import Failures
+from flatd.daemon.schedule import Clock, Debouncer, Timer, utcnow
 from flatd.frames import Frame, GroupKey
-from flatd.groupstate import GroupState, GroupStates
-from flatd.index import FlatSequence, Index
-from flatd.latest import Curator, Published
-from flatd.masters import InputRow, MasterFile, MasterRecord, group_slug, master_path, name_group
+from flatd.inputs.fingerprint import Fingerprints
+from flatd.inputs.index import FlatSequence, Index
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.decisions import Request
+from flatd.outputs.latest import Curator, Published
+from flatd.outputs.masters import (
+    InputRow,
+    MasterFile,
+    MasterRecord,
+    group_slug,
+    master_path,
+    name_group,
+)
+from flatd.outputs.remake import outcome, sequence_from_inputs, targets
 from flatd.pipeline import Result, combine_and_publish
 from flatd.reasons import one_line, reason_of
-from flatd.remake import outcome, sequence_from_inputs, targets
-from flatd.retries import Failures
-from flatd.schedule import Clock, Debouncer, Timer, utcnow
 from flatd.status.schema import GoneInput
 
 __all__ = ["GIVEN_UP", "CombinationJobs", "Remake", "retry_first_seconds"]
 
-log = structlog.get_logger("flatd.jobs")
+log = structlog.get_logger("flatd.daemon.jobs")
 
 RETRY_FIRST_SECONDS = 30.0
 RETRY_MAX_SECONDS = 1800.0

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from flatd.simulate import ORIGIN, _Camera, _iso, fits_bytes, sanitise, write_atomic
+from flatd.simulation.flats import ORIGIN, _Camera, _iso, fits_bytes, sanitise, write_atomic
 
 RAW_SATURATE = 65535.0
 MASTER_BIAS_FRAMES = 25

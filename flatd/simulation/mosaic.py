@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from flatd.simulate import (
+from flatd.simulation.flats import (
     DEFAULT_START,
     SATURATE,
     _Camera,

@@ -19,13 +19,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flatd.catalogue import Catalogue
 from flatd.config import Config
-from flatd.decisions import Decision
-from flatd.latest import Curator
-from flatd.lock import OUTPUT_LOCK_NAME, AlreadyRunning, InstanceLock
-from flatd.masters import latest_path, name_group
-from flatd.remake import ALL, GROUP_PREFIX, SINCE_SEPARATOR, describe, remake_now
+from flatd.daemon.lock import OUTPUT_LOCK_NAME, AlreadyRunning, InstanceLock
+from flatd.outputs.catalogue import Catalogue
+from flatd.outputs.decisions import Decision
+from flatd.outputs.latest import Curator
+from flatd.outputs.masters import latest_path, name_group
+from flatd.outputs.remake import ALL, GROUP_PREFIX, SINCE_SEPARATOR, describe, remake_now
 
 __all__ = ["promote_command", "remake_command"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from flatd.config import FramesConfig
 from flatd.frames import GroupKey, group_notes
-from flatd.index import FlatSequence, Index
-from flatd.masters import group_slug
+from flatd.inputs.index import FlatSequence, Index
+from flatd.outputs.masters import group_slug
 from flatd.reasons import one_line
 from flatd.status.schema import DuplicateEntry, GoneInput, GroupEntry
 

@@ -41,7 +41,7 @@ __all__ = [
     "hook_values",
 ]
 
-log = structlog.get_logger("flatd.hook")
+log = structlog.get_logger("flatd.daemon.hook")
 
 PLACEHOLDERS: dict[str, str] = {
     "path": "the master's path",
@@ -110,9 +110,9 @@ def expand(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
 
 def hook_values(record: Mapping[str, Any]) -> dict[str, str]:
     """The placeholders' values for one master record (`MasterRecord.to_dict()`)."""
-    from flatd.history import filter_of
-    from flatd.masters import group_slug
-    from flatd.preview import preview_path, ratio_path
+    from flatd.outputs.history import filter_of
+    from flatd.outputs.masters import group_slug
+    from flatd.pictures.preview import preview_path, ratio_path
 
     path = Path(str(record.get("path", "")))
     group = record.get("group") or {}

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from flatd.retries import failure_kind
+from flatd.daemon.retries import failure_kind
 
 log = structlog.get_logger("flatd")
 

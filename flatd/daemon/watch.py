@@ -56,10 +56,10 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from flatd.config import WatchConfig
-from flatd.discover import matches
-from flatd.ingest import Hint
+from flatd.daemon.ingest import Hint
+from flatd.inputs.discover import matches
 
-log = structlog.get_logger("flatd.watch")
+log = structlog.get_logger("flatd.daemon.watch")
 
 INOTIFY_EVENTS = [
     FileClosedEvent,

@@ -12,7 +12,7 @@ around 1 so that a new dust donut, a moved filter or a shutter pattern stands ou
 the noise; it does not know or care how the previous master was chosen.
 
 A mosaic's master is drawn whole: each extension binned and placed where its DETSEC says
-on the detector (`flatd.placement`; side by side when that cannot be told), named, on one
+on the detector (`flatd.pictures.placement`; side by side when that cannot be told), named, on one
 stretch, so the amplifiers' gain steps show; its ratio picture likewise, extension by
 extension.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flatd.atomic import atomic_write_bytes
-from flatd.placement import Placement, bounds
+from flatd.pictures.placement import Placement, bounds
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
