@@ -3,6 +3,7 @@ its shape and binning; every misfit a named reason, none used wrongly."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,3 +170,17 @@ def test_a_master_still_being_written_is_not_a_candidate_until_whole(tmp_path: P
     assert library.select(SHAPE, (1, 1), START).path == biases / "bias.fits"
     assert library.describe() == f"1 master bias file(s) in {biases}"
     assert MasterLibrary(tmp_path / "none", "bias").describe().endswith("does not exist (yet)")
+
+
+def test_an_undated_master_fits_any_sequence_after_the_dated_ones(tmp_path: Path) -> None:
+    """A master bias without DATE-OBS copied into the directory after the sequence (its
+    mtime later than the frames) is still used: the sequence must not wait for it."""
+    biases = tmp_path / "biases"
+    undated = master(biases / "undated.fits", date=None)
+    later = START.timestamp() + 86400
+    os.utime(undated, (later, later))
+    assert MasterLibrary(biases, "bias").select(SHAPE, (1, 1), START).path == undated
+    dated = master(biases / "afternoon.fits", "2026-11-23T15:00:00")
+    assert MasterLibrary(biases, "bias").select(SHAPE, (1, 1), START).path == dated
+    master(biases / "next_day.fits", "2026-11-24T15:00:00")  # dated after: still not used
+    assert MasterLibrary(biases, "bias").select(SHAPE, (1, 1), START).path == dated

@@ -1,9 +1,11 @@
 """Master biases and darks: which file calibrates a sequence.
 
 `[calibrate] bias` (and `dark`) names one master file, or a directory of them. From a
-directory the newest master taken before the sequence (by `DATE-OBS`, else the file's
-modification time) with the calibrated frames' shape and binning is used; files whose image
-type says something else (a flat, a dark among biases) are not candidates. A named file is
+directory the newest master taken before the sequence (by `DATE-OBS`) with the calibrated
+frames' shape and binning is used; files whose image type says something else (a flat, a
+dark among biases) are not candidates. A master without a date fits any sequence (its
+file's time says when it was copied, not when its frames were taken): it is used when no
+dated one does, the newest file first. A named file is
 used whatever its date, but must fit the same way. The headers of a directory are read once
 per file version (path, size, mtime), so `refresh()` after a change costs little.
 
@@ -143,12 +145,12 @@ class MasterLibrary:
                 notes.append(entry)
             elif problem := misfit(entry, shape, binning):
                 notes.append(problem)
-            elif entry.date > before:
+            elif entry.date_from_header and entry.date > before:
                 notes.append(f"{entry.path.name} taken {_iso(entry.date)}, after the sequence")
             else:
                 usable.append(entry)
-        if usable:
-            return max(usable, key=lambda m: (m.date, m.path.name))
+        if usable:  # a dated master before the sequence first, else the newest undated one
+            return max(usable, key=lambda m: (m.date_from_header, m.date, m.path.name))
         listed = "; ".join(notes[:MAX_LISTED]) + ("; …" if len(notes) > MAX_LISTED else "")
         binning_text = f"binning {binning[0]}x{binning[1]}" if binning else "any binning"
         raise CalibrationUnavailable(
