@@ -3,7 +3,9 @@ scripts and dashboards.
 
 - `schema`: the schema-1 document of SPEC.md as types, its times, reading it back;
 - `board`: the daemon's side, `StatusBoard`, which keeps the file up to date;
-- `view`: `flatd status`, which reads it, says whether the daemon is alive and prints it.
+- `view`: `flatd status`, which reads it, says whether the daemon is alive and prints it;
+- `page`: the observer's `index.html` beside the status file, rewritten with it;
+- `present`: the words and tones both `view` and `page` say the document with.
 """
 
 from flatd.status.board import StatusBoard
