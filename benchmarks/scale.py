@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,8 @@ from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench-data" / "scale"
+ARCHIVE_FORMAT = 2  # 2: distinct frames (1 repeated bytes, which flatd counts once)
+BLOCK = 2880
 PYTHON = sys.executable
 WATCHDOG_USEC = 60_000_000
 FILTERS = ("g", "r", "i", "z")
@@ -112,14 +115,20 @@ def template(filter_name: str) -> bytes:
 
 
 class FrameMaker:
+    """Distinct frames: each one's first pixel is its serial number, so no two files of an
+    archive or a burst are byte-identical (flatd counts a copy of a frame once)."""
+
     def __init__(self) -> None:
         self._templates = [template(f) for f in FILTERS]
         self._offset = self._templates[0].index(b"DATE-OBS= '") + len(b"DATE-OBS= '")
+        self._serial = 0
 
     def write(self, path: Path, n: int, taken: datetime) -> None:
         """File number `n` of a night: the filters in turn, 30 s apart, file time = taken."""
         data = bytearray(self._templates[n % len(FILTERS)])
         data[self._offset : self._offset + 23] = taken.strftime("%Y-%m-%dT%H:%M:%S.000").encode()
+        self._serial += 1
+        data[BLOCK : BLOCK + 4] = struct.pack(">f", float(self._serial))
         path.write_bytes(data)
         stamp = taken.timestamp()
         os.utime(path, (stamp, stamp))
@@ -127,7 +136,7 @@ class FrameMaker:
 
 def make_archive(name: str, nights: list[tuple[str, float, int]]) -> Path:
     """`nights`: (directory name, days ago, files). Made once; re-anchored to now."""
-    archive = DATA / name
+    archive = DATA / f"{name}-v{ARCHIVE_FORMAT}"
     marker = archive / ".complete"
     if marker.exists():
         made = datetime.fromisoformat(marker.read_text().strip())

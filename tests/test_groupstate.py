@@ -9,13 +9,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flatd.config import Config
-from flatd.daemon.groupstate import LISTED, GroupStates
+from flatd.daemon.groupstate import LISTED, NOTES_EVERY_SECONDS, GroupStates
 from flatd.frames import Frame, read_frame
 from flatd.inputs.fingerprint import identified
 from flatd.inputs.index import Index
 from tests.helpers import write_frame
 
 NOW = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def indexed(index: Index, path: Path) -> Frame:
@@ -81,7 +91,8 @@ def test_a_copy_of_the_group_state_is_not_the_state(tmp_path: Path) -> None:
 def test_notes_are_worked_out_again_for_groups_whose_frames_changed(tmp_path: Path) -> None:
     index = Index(gap_minutes=120)
     frame = indexed(index, write_frame(tmp_path / "a.fits", FILTER=None))
-    states = GroupStates(index, Config().frames)
+    clock = FakeClock()
+    states = GroupStates(index, Config().frames, clock=clock)
     states.frames_changed(frame.group, NOW)
     [entry] = states.snapshot()
     assert any("no filter keyword" in note for note in entry["notes"])
@@ -91,3 +102,24 @@ def test_notes_are_worked_out_again_for_groups_whose_frames_changed(tmp_path: Pa
     states.frames_changed(fixed.group, NOW)
     by_name = {e["name"]: e for e in states.snapshot()}
     assert by_name["r_SIMCAM_1_1"]["notes"] == []
+
+
+def test_a_group_in_a_burst_has_its_notes_worked_out_at_most_every_few_seconds(
+    tmp_path: Path,
+) -> None:
+    """Several status writes a second while frames arrive must not each go over all of a
+    group's frames: its notes are worked out again once NOTES_EVERY_SECONDS passed."""
+    index = Index(gap_minutes=120)
+    first = indexed(index, write_frame(tmp_path / "a.fits"))
+    clock = FakeClock()
+    states = GroupStates(index, Config().frames, clock=clock)
+    states.frames_changed(first.group, NOW)
+    assert states.snapshot()[0]["notes"] == []
+    undated = indexed(index, write_frame(tmp_path / "b.fits", **{"DATE-OBS": None}))
+    assert undated.group == first.group and not undated.date_from_header
+    states.frames_changed(first.group, NOW)
+    clock.now += 1.0
+    assert states.snapshot()[0]["notes"] == []  # worked out a second ago: as they were
+    clock.now += NOTES_EVERY_SECONDS
+    [note] = states.snapshot()[0]["notes"]
+    assert note.startswith("1 of 2 frames: no date keyword") and "file time used" in note

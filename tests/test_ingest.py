@@ -28,16 +28,21 @@ class Harness:
         self.index = Index(gap_minutes=120, keep_days=7)
         self.changed: list[GroupKey] = []
         self.skips: list[Skip] = []
+        self.index_changes = 0
         self.ingest = Ingest(
             self.index,
             FramesConfig(),
             on_group_changed=self.changed.append,
             on_skip=self.skips.append,
+            on_index_changed=self._index_changed,
             settle_seconds=0.2,
             incomplete_seconds=0.5,
             recheck_seconds=0.05,
         )
         self.ingest.start()
+
+    def _index_changed(self) -> None:
+        self.index_changes += 1
 
     def idle(self) -> None:
         wait_for(lambda: self.ingest.pending() == 0, timeout=10, what="ingest idle")
@@ -157,6 +162,11 @@ def test_a_copy_of_a_frame_is_a_duplicate_that_tells_no_group(harness, tmp_path:
     }
     assert len(harness.changed) == 1
     assert harness.index.counts() == {"frames": 2, "flats": 1, "skipped": 0, "rejected": 0}
+    assert harness.index_changes == 2  # the duplicate changes no group, but the status
+    copy.unlink()
+    harness.ingest.submit(copy, "deleted")
+    harness.idle()
+    assert len(harness.changed) == 1 and harness.index_changes == 3
 
 
 def test_what_is_not_a_flat_goes_to_on_skip_after_one_event(harness, tmp_path: Path) -> None:

@@ -6,13 +6,16 @@ States: `waiting` (frames arrive; combined once quiet, or waiting for a master b
 retry), `pending` (its job runs), `combining`, `done`, `too_few` (its newest sequence),
 `failed` (given up until its frames change). The combination jobs (`jobs`) set them; the
 status board reads `snapshot()`. Thread-safe, and cheap: a status write costs O(groups),
-not O(frames) — a group's dialect notes are worked out again only when its frames changed.
+not O(frames) — a group's dialect notes are worked out again only when its frames changed,
+and while frames keep arriving (a burst, several status writes a second) at most every
+NOTES_EVERY_SECONDS.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +31,7 @@ __all__ = ["SETTLED_STATES", "GroupState", "GroupStates"]
 
 SETTLED_STATES = ("done", "too_few", "failed")
 LISTED = 20  # duplicates and gone inputs listed per group (the counts are whole)
+NOTES_EVERY_SECONDS = 5.0  # a changing group's notes go over all its frames this often
 
 
 @dataclass
@@ -64,13 +68,20 @@ class GroupState:
 class GroupStates:
     """Every group's state, by group key."""
 
-    def __init__(self, index: Index, frames_config: FramesConfig) -> None:
+    def __init__(
+        self,
+        index: Index,
+        frames_config: FramesConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._index = index
         self._frames_config = frames_config
+        self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[GroupKey, GroupState] = {}
         self._notes: dict[GroupKey, list[str]] = {}  # group_notes, as of the last snapshot
         self._notes_stale: set[GroupKey] = set()  # groups whose frames changed since
+        self._notes_at: dict[GroupKey, float] = {}  # when each group's were worked out
 
     def frames_changed(
         self, group: GroupKey, now: datetime, stable_at: datetime | None = None
@@ -131,16 +142,23 @@ class GroupStates:
     def _notes_of(self, groups: Iterable[GroupKey]) -> dict[GroupKey, list[str]]:
         """Each group's notes, worked out again only for the groups whose frames changed
         since the last snapshot: a status write must not go over every flat."""
-        groups = list(groups)
+        groups, now = list(groups), self._clock()
         with self._lock:
-            stale = [g for g in groups if g not in self._notes or g in self._notes_stale]
+            stale = [g for g in groups if g not in self._notes or self._notes_due(g, now)]
             self._notes_stale.difference_update(stale)
             for gone in set(self._notes) - set(groups):
                 del self._notes[gone]
+                self._notes_at.pop(gone, None)
         fresh = {g: group_notes(self._index.group_frames(g), self._frames_config) for g in stale}
         with self._lock:
             self._notes.update(fresh)
+            self._notes_at.update((g, now) for g in fresh)
             return dict(self._notes)
+
+    def _notes_due(self, group: GroupKey, now: float) -> bool:
+        if group not in self._notes_stale:
+            return False
+        return now - self._notes_at.get(group, -NOTES_EVERY_SECONDS) >= NOTES_EVERY_SECONDS
 
     def _state(self, group: GroupKey) -> GroupState:
         return self._states.setdefault(group, GroupState(group))

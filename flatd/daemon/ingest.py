@@ -12,7 +12,9 @@ may still be growing: it is looked at again until it has stood still for
 Each flat is indexed with the digest of its content (`fingerprint`), so a link or a copy
 of a frame is a duplicate (`frame_duplicate`) and a touched file is the same frame. What
 is not an input goes straight to `on_skip` (the status board), after its one log event
-(`frame_rejected` or `frame_skipped`).
+(`frame_rejected` or `frame_skipped`). Every change of the index is also told to
+`on_index_changed` (the board writes the status soon): a duplicate changes no group, but
+it changes the counts and the group's list of duplicates.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Ingest:
         *,
         on_group_changed: Callable[[GroupKey], None],
         on_skip: Callable[[Skip], None],
+        on_index_changed: Callable[[], None] = lambda: None,
         settle_seconds: float = 1.0,
         incomplete_seconds: float = 15.0,
         recheck_seconds: float = 0.25,
@@ -67,6 +70,7 @@ class Ingest:
         self._calibrate = calibrate  # whether raw frames are refused or indexed
         self._on_group_changed = on_group_changed
         self._on_skip = on_skip
+        self._on_index_changed = on_index_changed  # any change: counts, duplicates
         self._settle = settle_seconds
         self._incomplete = incomplete_seconds
         self._recheck = recheck_seconds
@@ -196,6 +200,7 @@ class Ingest:
         change = self._index.add(item)
         if not change.changed:
             return
+        self._on_index_changed()
         if change.duplicate_of is not None:
             log.info("frame_duplicate", path=str(item.path), duplicate_of=str(change.duplicate_of))
         elif isinstance(item, Frame):
@@ -217,5 +222,6 @@ class Ingest:
     def _forget(self, path: Path) -> None:
         group = self._index.remove(path)
         log.info("frame_removed", path=str(path))
+        self._on_index_changed()
         if group is not None:
             self._on_group_changed(group)

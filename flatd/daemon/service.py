@@ -122,6 +122,7 @@ class Daemon:
             config.frames,
             on_group_changed=self.jobs.frames_changed,
             on_skip=self.board.add_skip,
+            on_index_changed=self.board.mark_changed,  # a duplicate changes no group
             settle_seconds=_settle_seconds(config),
             calibrate=config.calibrate,
         )
