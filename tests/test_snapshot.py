@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flatd.config import Config
-from flatd.daemon.groupstate import GroupStates
+from flatd.daemon.groupstate import NOTES_EVERY_SECONDS, GroupStates
 from flatd.frames import Frame, read_frame
 from flatd.inputs.index import Index
 from tests.helpers import write_frame
@@ -15,7 +15,8 @@ from tests.helpers import write_frame
 def test_counts_and_notes_follow_the_frames_without_regrouping_every_flat(tmp_path: Path):
     config = Config()
     index = Index(gap_minutes=120, keep_days=7)
-    groups = GroupStates(index, config.frames)
+    clock = [1000.0]
+    groups = GroupStates(index, config.frames, clock=lambda: clock[0])
 
     def arrive(name: str, **header: object) -> Frame:
         frame = read_frame(write_frame(tmp_path / name, **header), config.frames)
@@ -36,6 +37,9 @@ def test_counts_and_notes_follow_the_frames_without_regrouping_every_flat(tmp_pa
     assert calls == []  # nothing changed: nothing gone over again
 
     arrive("r3.fits", **{"DATE-OBS": "yesterday"})  # a date that is not one: a note
+    assert groups.snapshot()[0]["notes"] == []  # at most every NOTES_EVERY_SECONDS ...
+    assert calls == []
+    clock[0] += NOTES_EVERY_SECONDS  # ... then the group that changed is gone over again
     [entry] = groups.snapshot()
     assert calls == [first.group]
     assert entry["frames"] == 3
