@@ -89,14 +89,20 @@ def is_stale(path: Path) -> bool:
     it started after the temporary was made (its ctime, which no writer can set back). A
     temporary of an older flatd, whose name carries no PID, counts as stale (call this
     only while holding the lock)."""
-    owner = temporary_owner(path)
-    if owner is None:
+    return writer_gone(path, temporary_owner(path))
+
+
+def writer_gone(path: Path, pid: int | None) -> bool:
+    """Whether process `pid`, which wrote the temporary `path`, is gone: no process has
+    its PID, or the one that has it started after the temporary was made (its ctime, which
+    no writer can set back); None (no PID known) counts as gone."""
+    if pid is None:
         return True
     try:
         written = datetime.fromtimestamp(path.stat().st_ctime, UTC)
     except FileNotFoundError:
         return False  # already gone: nothing to remove
-    return process_state(owner, started_at=written) != "alive"
+    return process_state(pid, started_at=written) != "alive"
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

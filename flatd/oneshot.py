@@ -25,7 +25,7 @@ from flatd.outputs.latest import Curator
 from flatd.outputs.masters import group_slug
 from flatd.pipeline import Result, combine_and_publish
 from flatd.quality.checks import saturation_levels
-from flatd.reasons import one_line, reason_of
+from flatd.reasons import crash_reason, one_line
 
 log = structlog.get_logger("flatd.oneshot")
 
@@ -361,7 +361,7 @@ def _make_master(
         )
     except Exception as exc:
         log.debug("combine_crashed", exc_info=True)
-        return Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
+        return Result(sequence, "failed", reason=crash_reason(exc))
 
 
 class ProgressLine:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 MAX_REASON_LENGTH = 300
+CRASH_PREFIX = "combination crashed"  # a combination that raised (metrics count these)
 # lines of astropy's verification report that say nothing about what went wrong
 _NOISE = re.compile(
     r"^(Verification reported errors:|Note: astropy\.io\.fits uses zero-based indexing\."
@@ -35,3 +36,8 @@ def reason_of(exc: BaseException) -> str:
     """An exception as a one-line reason: `TypeName: message`."""
     message = one_line(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def crash_reason(exc: BaseException) -> str:
+    """The reason of a combination that raised: `combination crashed: TypeName: message`."""
+    return f"{CRASH_PREFIX}: {reason_of(exc)}"

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from flatd.atomic import writer_gone
+
 WORK_DIRECTORY = ".flatd-work"
 _OWNED = re.compile(r"(\d+)-[A-Za-z0-9_]+")
 
@@ -73,21 +75,9 @@ def remove_stale_workspaces(output_directory: Path) -> list[Path]:
         return removed
     for entry in root.iterdir():
         match = _OWNED.fullmatch(entry.name)
-        if entry.is_dir() and match and not _running(int(match[1])):
+        if entry.is_dir() and match and writer_gone(entry, int(match[1])):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     with contextlib.suppress(OSError):  # only when nothing else is left in it
         root.rmdir()
     return removed
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True

@@ -67,7 +67,7 @@ from flatd.outputs.masters import (
 )
 from flatd.outputs.remake import outcome, sequence_from_inputs, targets
 from flatd.pipeline import Result, combine_and_publish
-from flatd.reasons import one_line, reason_of
+from flatd.reasons import crash_reason, one_line
 from flatd.status.schema import GoneInput
 
 __all__ = ["GIVEN_UP", "CombinationJobs", "Remake", "retry_first_seconds"]
@@ -282,7 +282,7 @@ class CombinationJobs:
         with self._curator.decisions.locked() as decisions:
             if slug is not None:
                 self._curator.settle(slug, decisions)
-        for group in self._index.groups():
+        for group in self._index.group_sizes():
             if group_slug(group) == slug:
                 self._timer.arm(group, self._clock())
 
@@ -299,7 +299,7 @@ class CombinationJobs:
     def _latest_follows(self) -> None:
         """Every group's `latest/` by the rule as it is now, and the states with it."""
         self._curator.settle_all()
-        for group in self._index.groups():
+        for group in self._index.group_sizes():
             self._states.set(group, latest_master=_text(self._curator.named(group_slug(group))))
         self._on_change()
 
@@ -320,7 +320,7 @@ class CombinationJobs:
                 self._run(group)
             except Exception as exc:  # never let a job die silently in the pool
                 log.exception("combine_crashed")
-                reason = f"combination crashed: {reason_of(exc)}"
+                reason = crash_reason(exc)
                 self._on_error(group_slug(group), reason)
                 self._states.set(
                     group, state="failed", reason=f"{reason}; {GIVEN_UP}", stable_at=None
@@ -333,7 +333,7 @@ class CombinationJobs:
         self._notice_deleted()
         sequences = self._index.sequences(group)
         self._failures.keep_only(group, [self._path(s) for s in sequences])
-        held = frozenset(k for f in self._index.group_frames(group) for k in _keys(f))
+        held = frozenset(k for s in sequences for f in s.frames for k in _keys(f))
         run = _Run()
         for sequence in sequences:
             if self.cancel.is_set():
@@ -425,7 +425,7 @@ class CombinationJobs:
             )
         except Exception as exc:  # a bug must cost this sequence, not the daemon
             log.exception("combine_crashed")
-            result = Result(sequence, "failed", reason=f"combination crashed: {reason_of(exc)}")
+            result = Result(sequence, "failed", reason=crash_reason(exc))
         if self._on_outcome is not None and result.outcome not in NOT_COMBINED:
             self._on_outcome(result)
         return result
@@ -503,7 +503,7 @@ class CombinationJobs:
 
     def _sequence_of(self, master: MasterFile) -> FlatSequence | None:
         slug = name_group(master.path)
-        for group in self._index.groups():
+        for group in self._index.group_sizes():
             if group_slug(group) != slug:
                 continue
             for sequence in self._index.sequences(group):

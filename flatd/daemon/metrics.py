@@ -20,7 +20,6 @@ name, a master's path); a failure's reason text is never a label.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -35,9 +34,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from flatd import __version__
+from flatd.atomic import writer_gone
 from flatd.daemon.repeats import RepeatedFailure
 from flatd.outputs.history import filter_of
-from flatd.reasons import reason_of
+from flatd.reasons import CRASH_PREFIX, reason_of
 from flatd.status import parse_iso
 
 __all__ = ["COMBINATION_OUTCOMES", "HOOK_OUTCOMES", "MetricsFile", "outcome_class"]
@@ -49,7 +49,6 @@ HOOK_OUTCOMES = ("ok", "failed", "timeout", "error")
 DAEMON_STATES = ("starting", "running", "stopping", "stopped")
 GROUP_STATES = ("waiting", "pending", "combining", "done", "too_few", "failed")
 COMBINATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
-CRASH_PREFIX = "combination crashed"  # how `groups` words a combination that raised
 MAX_LABEL_LENGTH = 1024
 # write_to_textfile's temporary: "<file>.<pid>.<thread id>"
 TEMPORARY = re.compile(r"\.(?P<pid>\d+)\.\d+")
@@ -106,7 +105,6 @@ class MetricsFile:
         self.combination_seconds.labels(self.daemon)
         self._write_lock = threading.Lock()
         self.write_failures = RepeatedFailure("metrics_write", path=str(self.path))
-        self.writes = 0
 
     # -- events (any thread) -------------------------------------------------------------------
     def combination_finished(self, outcome: str, reason: str, seconds: float) -> None:
@@ -129,7 +127,7 @@ class MetricsFile:
                 match = TEMPORARY.fullmatch(candidate.name.removeprefix(self.path.name))
                 if not candidate.name.startswith(self.path.name) or match is None:
                     continue
-                if _pid_alive(int(match["pid"])):
+                if not writer_gone(candidate, int(match["pid"])):
                     continue
                 with contextlib.suppress(OSError):
                     candidate.unlink()
@@ -147,7 +145,6 @@ class MetricsFile:
                 self.write_failures.failed(reason_of(exc))
                 return False
             self.write_failures.succeeded()
-            self.writes += 1
             return True
 
 
@@ -328,16 +325,6 @@ class _Labelled(Collector):
                     sample.name, {**sample.labels, "daemon": self.daemon}, sample.value
                 )
             yield labelled
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _dig(entry: dict[str, Any], where: tuple[str, ...]) -> Any:

@@ -37,7 +37,7 @@ import structlog
 from flatd.config import Config
 from flatd.daemon.ingest import Ingest
 from flatd.daemon.watch import Watcher
-from flatd.inputs.discover import matches
+from flatd.inputs.discover import identity_of, matches
 from flatd.inputs.index import Index, Stamp
 
 log = structlog.get_logger("flatd.daemon.tree")
@@ -117,7 +117,7 @@ class Tree:
     def startup(self, stopping: Callable[[], bool] = lambda: False) -> ScanTally:
         """Read the warm directories, list the cold ones, watch the warm ones: synchronously
         (`Ingest.ingest_now`), before the ingest worker starts."""
-        self._excluded = _identity(self._config.output.directory)
+        self._excluded = identity_of(self._config.output.directory)
         tally = ScanTally()
         for root in self.roots:
             self._visit(root, tally, at_startup=True, stopping=stopping)
@@ -284,7 +284,7 @@ class Tree:
         if identity == self._excluded:
             return False
         owner = self._owners.get(identity)
-        if owner is not None and owner != directory and _identity(owner) == identity:
+        if owner is not None and owner != directory and identity_of(owner) == identity:
             if (directory, owner) not in self._warned:
                 self._warned.add((directory, owner))
                 log.warning(
@@ -335,14 +335,6 @@ def _is_directory(mode: int) -> bool:
     return stat_module.S_ISDIR(mode)
 
 
-def _identity(path: Path) -> Identity | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino)
-
-
 def _mtime(path: Path) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
@@ -370,7 +362,6 @@ class Scanner:
         self._reconcile = False
         self._roots: tuple[Path, ...] | None = None  # new roots, from a reload
         self._stopping = False
-        self.started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flatd-scan", daemon=True)
 
     def start(self) -> None:
@@ -400,10 +391,6 @@ class Scanner:
             self._roots = tuple(roots)
             self._wake.notify()
 
-    def busy(self) -> bool:
-        with self._wake:
-            return bool(self._directories) or self._reconcile
-
     # -- the thread -------------------------------------------------------------------------
     def _run(self) -> None:
         started = time.monotonic()
@@ -415,7 +402,6 @@ class Scanner:
         if self._is_stopping():
             return
         self._on_started(tally, time.monotonic() - started)
-        self.started.set()
         while True:
             job = self._next()
             if job is None:

@@ -40,7 +40,7 @@ def walk(
     Symbolic links to directories are followed, each directory read once: a second path
     to one already read (another link, a loop) is not entered again."""
     patterns = tuple(patterns)
-    seen = {identity for p in exclude if (identity := _identity(p)) is not None}
+    seen = {identity for p in exclude if (identity := identity_of(p)) is not None}
     for root in roots:
         if root.is_file():
             yield root
@@ -54,7 +54,7 @@ def _walk_directory(
     pending = [top]
     while pending:
         directory = pending.pop()
-        identity = _identity(directory)
+        identity = identity_of(directory)
         if identity is None or identity in seen:
             continue
         seen.add(identity)
@@ -72,7 +72,8 @@ def _walk_directory(
         pending += reversed(subdirectories)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def identity_of(path: Path) -> tuple[int, int] | None:
+    """A directory's (device, inode), None when it cannot be stat'ed."""
     try:
         stat = os.stat(path)
     except OSError:

@@ -85,7 +85,6 @@ class StatusBoard:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._closed = False
         self._last_write = 0.0  # monotonic time of the last successful write
         self.write_failures = RepeatedFailure("status_write", path=str(path))
         self._daemon: dict[str, Any] = {
@@ -276,7 +275,6 @@ class StatusBoard:
             thread.join(timeout=10.0)
         with self._lock:
             self._daemon["state"] = final_state
-            self._closed = True
         self.write_now()
 
     def _run(self) -> None:
