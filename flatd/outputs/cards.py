@@ -18,10 +18,12 @@ from __future__ import annotations
 import gzip
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from flatd.frames.extensions import data_bytes, padded
 from flatd.reasons import one_line
 
 if TYPE_CHECKING:
@@ -49,10 +51,23 @@ def checked_cards(path: Path, hdu: int) -> tuple[list[fits.Card], list[Dropped]]
     """The cards of HDU `hdu` of the file at `path` that can be written as they are (after
     astropy's fixes), in order, each keyword once (the first); and the cards dropped.
     A header that cannot be read at all gives no cards and one `Dropped` saying why."""
+    return checked_headers(path, [hdu])[hdu]
+
+
+def checked_headers(
+    path: Path, hdus: Iterable[int]
+) -> dict[int, tuple[list[fits.Card], list[Dropped]]]:
+    """`checked_cards` of several HDUs, their headers read in one pass over the file."""
+    wanted = sorted(set(hdus))
     try:
-        images = read_header_images(path, hdu)
+        headers = read_header_images(path, wanted)
     except (OSError, EOFError, ValueError) as exc:
-        return [], [Dropped("", "", f"header unreadable: {one_line(exc)}")]
+        unreadable = Dropped("", "", f"header unreadable: {one_line(exc)}")
+        return {hdu: ([], [unreadable]) for hdu in wanted}
+    return {hdu: _checked(images) for hdu, images in headers.items()}
+
+
+def _checked(images: list[bytes]) -> tuple[list[fits.Card], list[Dropped]]:
     cards: list[fits.Card] = []
     dropped: list[Dropped] = []
     seen: set[str] = set()
@@ -98,16 +113,23 @@ def check_card(image: bytes) -> fits.Card | str:
     return written
 
 
-def read_header_images(path: Path, hdu: int) -> list[bytes]:
-    """The 80-byte card images of HDU `hdu` (0 = primary), up to END."""
+def read_header_images(path: Path, hdus: Iterable[int]) -> dict[int, list[bytes]]:
+    """The 80-byte card images of each HDU in `hdus` (0 = primary), up to END, in one
+    pass over the file (a gzip stream is read once, in order)."""
+    wanted = set(hdus)
+    found: dict[int, list[bytes]] = {}
     with path.open("rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[assignment]
-        for _ in range(hdu):
-            skipped = _header_images(stream)
-            stream.seek(stream.tell() + _data_bytes(skipped))
-        return _header_images(stream)
+        last = max(wanted, default=-1)
+        for hdu in range(last + 1):
+            images = _header_images(stream)
+            if hdu in wanted:
+                found[hdu] = images
+            if hdu < last:
+                stream.seek(stream.tell() + _data_bytes(images))
+    return found
 
 
 def joined_continues(images: list[bytes]) -> list[bytes]:
@@ -142,18 +164,13 @@ def _header_images(stream: BinaryIO) -> list[bytes]:
 
 
 def _data_bytes(images: list[bytes]) -> int:
-    """The size of the data that follows a header, padded to whole blocks (FITS 4.0,
-    section 4.4.1.1): |BITPIX|/8 x GCOUNT x (PCOUNT + NAXIS1 x ... x NAXISn)."""
-    values = {}
+    """The padded size of the data that follows a header (`frames.extensions`)."""
+    structural: dict[str, object] = {}
     for image in images:
         keyword = image[:8].rstrip().decode("ascii", "replace")
         if keyword in ("BITPIX", "NAXIS", "PCOUNT", "GCOUNT") or keyword.startswith("NAXIS"):
-            values[keyword] = int(image[10:].split(b"/")[0])
-    naxis = values.get("NAXIS", 0)
-    pixels = math.prod(values.get(f"NAXIS{i}", 0) for i in range(1, naxis + 1)) if naxis else 0
-    size = abs(values.get("BITPIX", 8)) // 8 * values.get("GCOUNT", 1)
-    size *= values.get("PCOUNT", 0) + pixels
-    return -(-size // BLOCK) * BLOCK
+            structural[keyword] = int(image[10:].split(b"/")[0])
+    return padded(data_bytes(structural))
 
 
 def _finite(value: float | complex) -> bool:

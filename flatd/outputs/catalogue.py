@@ -139,7 +139,8 @@ class Catalogue:
             return None
         with self._lock:
             known = self._read.get(path)
-            if known is not None and known[0] == stamp and known[1] == keys:
+            # a read for other keys serves a read for none: only `group` depends on them
+            if known is not None and known[0] == stamp and (known[1] == keys or not keys):
                 self._read.move_to_end(path)
                 return known[2]
         master: MasterFile | None

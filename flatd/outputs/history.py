@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from flatd.outputs.masters import MASTER_NAME, QA_CARDS
+from flatd.outputs.masters import MASTER_NAME, QA_CARDS, latest_path
 from flatd.reasons import reason_of
 from flatd.status.schema import GroupEntry
 
@@ -154,8 +154,8 @@ def entry_from_file(path: Path, output_dir: Path, group: str) -> dict[str, Any] 
 
 def _is_latest(path: Path, output_dir: Path, group: str) -> bool:
     try:
-        return os.path.samefile(path, output_dir / "latest" / f"flat_{group}.fits")
-    except OSError:
+        return os.path.samefile(path, latest_path(output_dir, group))
+    except (OSError, ValueError):
         return False
 
 

@@ -26,7 +26,7 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +40,7 @@ from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.config import Config
 from flatd.engine import CombineResult, ExtensionResult, MasterPlane
 from flatd.frames import Frame, GroupKey, GroupValue
-from flatd.outputs.cards import COMMENTARY, checked_cards
+from flatd.outputs.cards import COMMENTARY, checked_headers
 from flatd.outputs.settings import SETTINGS
 from flatd.reasons import one_line, reason_of
 
@@ -250,12 +250,15 @@ def write_master(
     used = [s for s in combined.stats if s.used]
     created = datetime.now(UTC)
     first = next(f for f in frames if any(s.path == f.path for s in used))
+    primary_hdu = 0 if first.extensions else first.hdu
+    cards = _verified_cards(first, [primary_hdu, *(e.hdu for e in combined.extensions)])
     qa = qa_cards or []
-    header = _header(first, frames, combined, group, start, created, config, qa, calibration)
+    verified = cards[primary_hdu]
+    header = _header(verified, frames, combined, group, start, created, config, qa, calibration)
     table = _inputs_table(frames, combined, list(duplicates))
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _write_file(path, combined, first, header, table, extension_qa, config)
+        _write_file(path, combined, cards, header, table, extension_qa, config)
     except fits.VerifyError as exc:  # not expected: every copied card was verified
         log.warning(
             "master_header_refused",
@@ -263,8 +266,8 @@ def write_master(
             reason=reason_of(exc),
             action="written without the first input's cards",
         )
-        header = _header(None, frames, combined, group, start, created, config, qa, calibration)
-        _write_file(path, combined, None, header, table, extension_qa, config)
+        header = _header([], frames, combined, group, start, created, config, qa, calibration)
+        _write_file(path, combined, {}, header, table, extension_qa, config)
     return MasterRecord(
         group=dict(group),
         path=path,
@@ -278,7 +281,7 @@ def write_master(
 def _write_file(
     path: Path,
     combined: CombineResult,
-    first: Frame | None,
+    input_cards: Mapping[int, list[fits.Card]],
     header: fits.Header,
     table: fits.BinTableHDU,
     extension_qa: Sequence[list[tuple[str, Any, str]]],
@@ -290,7 +293,9 @@ def _write_file(
     if combined.extensions:
         atomic_write(
             path,
-            lambda fh: _write_mosaic(fh, combined, first, header, table, extension_qa, config),
+            lambda fh: _write_mosaic(
+                fh, combined, input_cards, header, table, extension_qa, config
+            ),
         )
         return
     uncertainty_header = fits.Header([UNCERTAINTY_CARD])
@@ -309,7 +314,7 @@ def _write_file(
 def _write_mosaic(
     fh: BinaryIO,
     combined: CombineResult,
-    first: Frame | None,
+    input_cards: Mapping[int, list[fits.Card]],
     header: fits.Header,
     table: fits.BinTableHDU,
     extension_qa: Sequence[list[tuple[str, Any, str]]],
@@ -327,7 +332,7 @@ def _write_mosaic(
     fh.flush()
     for e, extension in enumerate(combined.extensions):
         cards = extension_qa[e] if e < len(extension_qa) else []
-        for hdu in _extension_hdus(extension, combined.plane(e), first, cards, config):
+        for hdu in _extension_hdus(extension, combined.plane(e), input_cards, cards, config):
             hdu.verify("exception")
             fits.append(fh.name, hdu.data, hdu.header, verify=False)
     fits.append(fh.name, table.data, table.header, verify=False)
@@ -336,7 +341,7 @@ def _write_mosaic(
 def _extension_hdus(
     extension: ExtensionResult,
     plane: MasterPlane,
-    first: Frame | None,
+    input_cards: Mapping[int, list[fits.Card]],
     qa_cards: list[tuple[str, Any, str]],
     config: Config,
 ) -> list[fits.ImageHDU]:
@@ -345,7 +350,7 @@ def _extension_hdus(
     (DETSEC, DATASEC, CCDSUM, ...), what it was divided by, and its QA."""
     from astropy.io import fits
 
-    copied_cards = _verified_cards(first, extension.hdu) if first is not None else []
+    copied_cards = input_cards.get(extension.hdu, [])
     header = fits.Header([card for card in copied_cards if copied(card.keyword, config)])
     normalised = "its own median" if config.combine.normalise == "extension" else "the mosaic's"
     header["BUNIT"] = ("", f"dimensionless: response normalised to {normalised} median 1")
@@ -364,7 +369,7 @@ def _extension_hdus(
 
 
 def _header(
-    first: Frame | None,
+    verified: list[fits.Card],
     frames: list[Frame],
     combined: CombineResult,
     group: Any,
@@ -374,12 +379,11 @@ def _header(
     qa_cards: list[tuple[str, Any, str]],
     calibration: Provenance | None = None,
 ) -> fits.Header:
-    """The master's header: the cards of its `first` input that may be copied (none when
-    `first` is None), then what the master is and how it was made (and, for raw inputs,
-    how they were calibrated)."""
+    """The master's header: the cards of its first input that may be copied (`verified`,
+    its primary or image header's), then what the master is and how it was made (and, for
+    raw inputs, how they were calibrated)."""
     from astropy.io import fits
 
-    verified = _verified_cards(first) if first is not None else []
     header = fits.Header([card for card in verified if copied(card.keyword, config)])
     settings = config.combine
     used = [s for s in combined.stats if s.used]
@@ -429,22 +433,21 @@ def _header(
     return header
 
 
-def _verified_cards(first: Frame, hdu: int | None = None) -> list[fits.Card]:
-    """The first input's cards that can be written (`flatd.outputs.cards`), of HDU `hdu` (by
-    default its image's; a mosaic's primary header); each one dropped is a debug event
-    naming it and why."""
-    if hdu is None:
-        hdu = 0 if first.extensions else first.hdu
-    kept, dropped = checked_cards(first.path, hdu)
-    for card in dropped:
-        log.debug(
-            "header_card_dropped",
-            path=str(first.path),
-            keyword=card.keyword,
-            card=card.card,
-            reason=card.reason,
-        )
-    return kept
+def _verified_cards(first: Frame, hdus: Iterable[int]) -> dict[int, list[fits.Card]]:
+    """The first input's cards that can be written (`flatd.outputs.cards`), of each HDU in
+    `hdus`, read in one pass; each one dropped is a debug event naming it and why."""
+    verified = {}
+    for hdu, (kept, dropped) in checked_headers(first.path, hdus).items():
+        for card in dropped:
+            log.debug(
+                "header_card_dropped",
+                path=str(first.path),
+                keyword=card.keyword,
+                card=card.card,
+                reason=card.reason,
+            )
+        verified[hdu] = kept
+    return verified
 
 
 def copied(keyword: str, config: Config) -> bool:
