@@ -308,4 +308,6 @@ def test_a_master_deleted_by_hand_is_noticed_while_running(daemon):
     flatd.wait_event("master_written", count=2)
     assert time.monotonic() - started < 10
     assert (flatd.masters / LATEST).samefile(written["path"])
+    errors = flatd.status()["errors"]
+    assert any(e["path"] == written["path"] and "deleted by hand" in e["reason"] for e in errors)
     assert flatd.stop() == 0

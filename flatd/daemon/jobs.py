@@ -73,6 +73,9 @@ from flatd.status.schema import GoneInput
 __all__ = ["GIVEN_UP", "CombinationJobs", "Remake", "retry_first_seconds"]
 
 log = structlog.get_logger("flatd.daemon.jobs")
+DELETED_BY_HAND = (
+    "master deleted by hand: latest/ follows, and it is made again from its frames still on disk"
+)
 
 RETRY_FIRST_SECONDS = 30.0
 RETRY_MAX_SECONDS = 1800.0
@@ -277,6 +280,7 @@ class CombinationJobs:
 
     def _master_deleted(self, path: Path) -> None:
         log.warning("master_deleted", path=str(path), action="latest/ and the status follow")
+        self._on_error(str(path), DELETED_BY_HAND)
         self._on_master_gone(path)
         slug = name_group(path)
         with self._curator.decisions.locked() as decisions:
