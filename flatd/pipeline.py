@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -293,10 +293,10 @@ def _fill(result: Result, inputs: Inputs, stage: _Stage) -> None:
 
 
 def _name_indexed_frames(result: Result, inputs: Inputs) -> None:
-    """The result's rejections and rows by the indexed frames' paths (the raw files rather
-    than their calibrated copies), however far the sequence went."""
+    """The result's rejections by the indexed frames' paths (the raw files rather than
+    their calibrated copies), however far the sequence went (its rows are named so by
+    `Inputs.identify` once combined)."""
     result.rejected = {inputs.indexed(p): reason for p, reason in result.rejected.items()}
-    result.stats = [replace(s, path=inputs.indexed(s.path)) for s in result.stats]
 
 
 def _measure(frames: list[Frame], result: Result, config: Config) -> dict[Path, engine.FrameLevels]:

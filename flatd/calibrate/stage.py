@@ -56,12 +56,17 @@ class CalibrationPlan:
     refused: dict[Path, str]  # frames left out, and why
     recipe: Recipe | None  # None: nothing is calibrated
 
+    @property
+    def to_calibrate(self) -> int:
+        """How many of the raw frames are calibrated (not refused)."""
+        return len(self.raw) - sum(f.path in self.refused for f in self.raw)
+
     def to_dict(self) -> dict[str, Any]:
         """For `flatd scan --json`."""
         recipe = self.recipe
         return {
             "action": "calibrate" if recipe else "none",
-            "frames": len(self.raw) - sum(f.path in self.refused for f in self.raw),
+            "frames": self.to_calibrate,
             "steps": list(recipe.steps) if recipe else [],
             "overscan": recipe.overscan_method() if recipe and recipe.overscan else None,
             "bias": str(recipe.bias.path) if recipe and recipe.bias else None,
@@ -83,8 +88,7 @@ class CalibrationPlan:
                 steps.append(f"{step} ({recipe.overscan_method()})")
             else:
                 steps.append(f"{step} with {master.path.name}" if master else step)
-        count = len(self.raw) - sum(f.path in self.refused for f in self.raw)
-        return f"{count} raw frame(s) to calibrate: {', '.join(steps)}"
+        return f"{self.to_calibrate} raw frame(s) to calibrate: {', '.join(steps)}"
 
 
 def plan_sequence(
@@ -108,9 +112,7 @@ def plan_sequence(
         f"sequence of {len(raw)} raw frames: not combined with them"
         for f in calibrated
     }
-    recipe = _recipe(raw, sequence.start, config, libraries, refused)
-    if recipe is None:  # no frame's header makes a recipe: every one is refused
-        return CalibrationPlan(raw, refused, None)
+    recipe = _recipe(raw, sequence.start, config, libraries, refused)  # None: all refused
     return CalibrationPlan(raw, refused, recipe)
 
 

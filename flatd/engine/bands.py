@@ -11,11 +11,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from flatd.engine.memory import MB, Ledger
+from flatd.engine.memory import MAX_THREADS, MB, Ledger
 
 CACHE_BYTES = 6 * MB  # a band's stack this size stays in the CPU caches
 ROW_TEMPORARIES = 16  # float64 row-sized temporaries of one band, per pixel of the band
-MAX_THREADS = 2
 
 Progress = Callable[[int, int], None]
 

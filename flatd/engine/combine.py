@@ -69,7 +69,10 @@ def combine(
     rejected = rejected or {}
     used = _usable(frames, rejected)
     known = {**(levels or {})}
-    known.update({f.path: measure(f, 0.0, settings.dtype) for f in used if f.path not in known})
+    per_plane = settings.normalise == "extension"  # a mosaic's planes scaled each alone
+    known.update(
+        {f.path: measure(f, 0.0, settings.dtype, per_plane) for f in used if f.path not in known}
+    )
     if used[0].extensions:
         job = MosaicJob(used, settings, known, saturation or {}, scratch)
         return _mosaic_result(job, frames, rejected, known, min_response, progress)
@@ -87,8 +90,10 @@ def combine(
         progress=progress,
         ledger=ledger,
     )
-    level = normalisation([plane], ledger)
-    data, uncertainty, mask, masked = normalise_plane(plane, level, min_response)
+    level = normalisation(plane, ledger)
+    data, uncertainty, mask, masked = normalise_plane(
+        plane.data, plane.uncertainty, plane.empty, level, min_response
+    )
     paths = [f.path for f in used]
     scaled, clipped = (
         dict(zip(paths, scales, strict=True)),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flatd.engine import kernel
-from flatd.engine.memory import MB
+from flatd.engine.memory import MAX_THREADS, MB
 from flatd.engine.pixels import PixelSource, PlaneReader
 from flatd.engine.results import FrameLevels, PlaneSample
 
@@ -42,7 +42,6 @@ STRIDED_SIGMAS = 8  # the same for a strided sample of an array's values (no suc
 STRIDED_SAMPLE = 1 << 18  # values in that sample
 SAMPLE_COLUMNS = 256  # columns of the sample rows kept for the structure check
 GRID = 8  # blocks a side over which each frame is compared with the median image
-MAX_THREADS = 2
 
 
 class Tally:

@@ -9,6 +9,7 @@ import functools
 import threading
 
 MB = 1_000_000  # mem_limit_mb counts like ccdproc's mem_limit=350e6
+MAX_THREADS = 2  # engine threads at most (each holds its own buffers within the limit)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MMAP_THRESHOLD = 32 * MB  # buffers this large are unmapped when freed; smaller ones reused
 

@@ -7,7 +7,6 @@ MASK says which they are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,27 +17,29 @@ from flatd.engine.memory import Ledger
 from flatd.engine.results import PlaneResult
 
 
-def normalisation(planes: Sequence[PlaneResult], ledger: Ledger) -> float:
-    """The exact median of the planes' positive combined values (ValueError when there
+def normalisation(plane: PlaneResult, ledger: Ledger) -> float:
+    """The exact median of the plane's positive combined values (ValueError when there
     is none): without a copy when every value is usable, as is usual."""
-    counts = [_usable_count(p) for p in planes]
-    total = sum(counts)
-    if total == 0:
+    usable = _usable_count(plane)
+    if usable == 0:
         raise ValueError("no pixel has a surviving value")
-    if len(planes) == 1 and total == planes[0].data.size:
-        values = planes[0].data.reshape(-1)
+    values = plane.data.reshape(-1)
+    if usable == values.size:
         median = tally_median(values)
         if median is None:
             median = _median_of_copy(values, ledger)
     else:
-        good = np.empty(total, planes[0].data.dtype)
+        good = np.empty(usable, values.dtype)
         ledger.hold(good.nbytes)
-        filled = 0
-        for plane in planes:
-            filled = _copy_usable(plane.data.reshape(-1), good, filled)
+        _copy_usable(values, good)
         median = median_in_place(good)
         ledger.release(good.nbytes)
         del good
+    return checked_level(median)
+
+
+def checked_level(median: float) -> float:
+    """`median` as a level to divide by: ValueError unless finite and positive."""
     if not np.isfinite(median) or median <= 0:
         raise ValueError(f"combined level {median} cannot be normalised")
     return median
@@ -54,13 +55,13 @@ def _usable_count(plane: PlaneResult) -> int:
     )
 
 
-def _copy_usable(values: np.ndarray, good: np.ndarray, filled: int) -> int:
+def _copy_usable(values: np.ndarray, good: np.ndarray) -> None:
+    filled = 0
     for start in range(0, values.size, CHUNK):
         chunk = values[start : start + CHUNK]
         usable = chunk[chunk > 0]
         good[filled : filled + usable.size] = usable
         filled += usable.size
-    return filled
 
 
 def _median_of_copy(values: np.ndarray, ledger: Ledger) -> float:
@@ -72,45 +73,50 @@ def _median_of_copy(values: np.ndarray, ledger: Ledger) -> float:
 
 
 def normalise_plane(
-    plane: PlaneResult, normalisation: float, min_response: float
+    data: np.ndarray,
+    uncertainty: np.ndarray,
+    empty: np.ndarray,
+    normalisation: float,
+    min_response: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Data and uncertainty divided by `normalisation` (in place, then left in FITS
-    big-endian byte order, so writing them needs no swapped copy), the mask and how many
-    pixels it holds."""
-    dtype = plane.data.dtype
+    """A combined plane's data and uncertainty divided by `normalisation` (in place, then
+    left in FITS big-endian byte order, so writing them needs no swapped copy), the mask
+    (`empty`, reused: empty pixels are masked too) and how many pixels it holds."""
+    dtype = data.dtype
     if dtype == np.float32 and kernel.available():
-        masked = _normalise_compiled(plane, normalisation, min_response)
+        masked = _normalise_compiled(data, uncertainty, empty, normalisation, min_response)
         big_endian = dtype.newbyteorder(">")
-        return plane.data.view(big_endian), plane.uncertainty.view(big_endian), plane.empty, masked
-    plane.data /= dtype.type(normalisation)
-    plane.uncertainty /= dtype.type(normalisation)
-    mask = plane.empty  # reused: empty pixels are masked too
-    rows = max(1, CHUNK // plane.data.shape[1])
+        return data.view(big_endian), uncertainty.view(big_endian), empty, masked
+    data /= dtype.type(normalisation)
+    uncertainty /= dtype.type(normalisation)
+    rows = max(1, CHUNK // data.shape[1])
     masked = 0
-    for first in range(0, plane.data.shape[0], rows):
-        data = plane.data[first : first + rows]
-        uncertainty = plane.uncertainty[first : first + rows]
-        dead = mask[first : first + rows]
+    for first in range(0, data.shape[0], rows):
+        band = data[first : first + rows]
+        band_uncertainty = uncertainty[first : first + rows]
+        dead = empty[first : first + rows]
         with np.errstate(invalid="ignore"):
-            dead |= ~np.isfinite(data) | (data <= 0) | (data < min_response)
-        data[dead] = 1.0
-        uncertainty[dead] = 0.0
+            dead |= ~np.isfinite(band) | (band <= 0) | (band < min_response)
+        band[dead] = 1.0
+        band_uncertainty[dead] = 0.0
         masked += int(np.count_nonzero(dead))
-    return _to_big_endian(plane.data), _to_big_endian(plane.uncertainty), mask, masked
+    return _to_big_endian(data), _to_big_endian(uncertainty), empty, masked
 
 
-def _normalise_compiled(plane: PlaneResult, normalisation: float, min_response: float) -> int:
+def _normalise_compiled(
+    data: np.ndarray,
+    uncertainty: np.ndarray,
+    empty: np.ndarray,
+    normalisation: float,
+    min_response: float,
+) -> int:
     """`normalise_plane` in the kernel, the two halves of the rows on two threads."""
-    half = (plane.data.shape[0] + 1) // 2
+    half = (data.shape[0] + 1) // 2
     parts = [slice(0, half), slice(half, None)]
     with ThreadPoolExecutor(len(parts)) as pool:
         counts = pool.map(
             lambda rows: kernel.normalise(
-                plane.data[rows],
-                plane.uncertainty[rows],
-                plane.empty[rows],
-                normalisation,
-                min_response,
+                data[rows], uncertainty[rows], empty[rows], normalisation, min_response
             ),
             parts,
         )

@@ -28,7 +28,7 @@ import numpy as np
 
 from flatd.engine.levels import CHUNK, STRIDED_SAMPLE, STRIDED_SIGMAS, Tally, partitioned_median
 from flatd.engine.memory import Ledger
-from flatd.engine.normalise import normalise_plane
+from flatd.engine.normalise import checked_level, normalise_plane
 from flatd.engine.results import MasterPlane, PlaneResult
 
 
@@ -96,16 +96,17 @@ class Outputs:
         if median is None:  # the bracket missed: every positive value, in memory
             positive = [chunk[chunk > 0] for e in planes for chunk in self._chunks(e)]
             median = partitioned_median(np.concatenate(positive))
-        if not np.isfinite(median) or median <= 0:
-            raise ValueError(f"combined level {median} cannot be normalised")
-        return median
+        return checked_level(median)
 
     def normalise(self, e: int, level: float, min_response: float) -> int:
         """Normalise plane `e` by `level`, mask what no flat can correct; its masked count."""
         stored = self._planes[e]
-        plane = stored.plane if self._file is None else self._read_combined(stored)
-        assert isinstance(plane, PlaneResult)
-        data, uncertainty, mask, masked = normalise_plane(plane, level, min_response)
+        if self._file is None:
+            assert isinstance(stored.plane, PlaneResult)
+            combined = (stored.plane.data, stored.plane.uncertainty, stored.plane.empty)
+        else:
+            combined = self._read_combined(stored)
+        data, uncertainty, mask, masked = normalise_plane(*combined, level, min_response)
         stored.masked = masked
         if self._file is None:
             stored.plane = MasterPlane(data, uncertainty, mask, masked)
@@ -148,12 +149,13 @@ class Outputs:
             self._read_into(part, stored.offset + start * stored.dtype.itemsize)
             yield part
 
-    def _read_combined(self, stored: _Stored) -> PlaneResult:
+    def _read_combined(self, stored: _Stored) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A spilled combined plane read back: its data, uncertainty and empty pixels."""
         self._ledger.hold(stored.nbytes)
         data, offset = self._read(stored.shape, stored.dtype, stored.offset)
         uncertainty, offset = self._read(stored.shape, stored.dtype, offset)
         empty, _ = self._read(stored.shape, np.dtype(bool), offset)
-        return PlaneResult(data, uncertainty, empty, np.zeros(0, np.int64), 0, 1, 0, "")
+        return data, uncertainty, empty
 
     def _read(self, shape: tuple[int, int], dtype: np.dtype, offset: int) -> tuple[np.ndarray, int]:
         array = np.empty(shape, dtype)

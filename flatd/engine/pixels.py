@@ -94,11 +94,6 @@ class PixelSource:
             for plane in frame.extensions
         ]
 
-    @property
-    def plain_float(self) -> bool:
-        """Stored as float32 with no scaling: the values are the file's bytes."""
-        return self.bitpix == -32 and self.bscale == 1.0 and self.bzero == 0.0
-
     def offset_of_row(self, row: int) -> int:
         if self.data_offset is None:
             raise ValueError(f"{self.path.name}: tile-compressed data has no byte offset")

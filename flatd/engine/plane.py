@@ -115,7 +115,6 @@ class _PlaneJob:
             uncertainty=self.uncertainty,
             empty=self.empty,
             clipped=self.clipped,
-            peak_bytes=self.ledger.peak,
             threads=self.plan.threads,
             rows_per_band=self.plan.rows_per_band,
             engine="compiled" if self.compiled else "numpy",

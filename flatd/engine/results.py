@@ -63,7 +63,6 @@ class PlaneResult:
     uncertainty: np.ndarray  # standard deviation of the mean
     empty: np.ndarray  # bool, True where no value was kept
     clipped: np.ndarray  # per frame: values rejected by the clip
-    peak_bytes: int  # largest total of buffers the engine held at once
     threads: int
     rows_per_band: int
     engine: str  # "compiled" or "numpy"
