@@ -17,7 +17,7 @@ from flatd.pipeline import make_master
 from flatd.quality import checks
 from flatd.simulation.flats import simulate_sequence
 from tests.helpers import frames_of, write_frame
-from tests.test_qa import config_for, dome_half_closed, sequence_of, write
+from tests.sequences import config_for, dome_half_closed, sequence_of, write_simulated
 
 
 @pytest.mark.parametrize("shape", [(50, 60), (300, 400)], ids=["in memory", "streamed"])
@@ -62,7 +62,7 @@ def test_stored_integers_are_read_as_their_physical_values(tmp_path: Path) -> No
 # -- unlike the others, judged before combining -------------------------------------------
 def frames_with(tmp_path: Path, spoil) -> tuple[list[Path], dict]:
     seq = simulate_sequence((256, 256), 8, seed=7)
-    paths = write(seq, tmp_path, edit=lambda i, d, h: spoil(d, h) if i == 5 else (d, h))
+    paths = write_simulated(seq, tmp_path, edit=lambda i, d, h: spoil(d, h) if i == 5 else (d, h))
     frames = frames_of(paths)
     return paths, score_structure({f.path: measure(f) for f in frames})
 
@@ -104,7 +104,7 @@ def test_a_sequence_with_a_rejected_frame_is_combined_once(tmp_path: Path) -> No
     """Before, a frame rejected as unlike the others cost a second full combination; the
     progress of the one combination now runs from the first band to the last once."""
     seq = simulate_sequence((256, 256), 9, seed=11)
-    paths = write(
+    paths = write_simulated(
         seq, tmp_path / "in", edit=lambda i, d, h: dome_half_closed(i, d, h) if i == 4 else (d, h)
     )
     config = config_for(tmp_path)

@@ -15,7 +15,7 @@ from astropy.nddata import CCDData
 from flatd.engine import combine
 from flatd.pipeline import make_master
 from flatd.simulation.flats import SATURATE, simulate_sequence, write_sequence
-from tests.test_qa import config_for, error_against_truth, poisson_limit, sequence_of
+from tests.sequences import config_for, error_against_truth, poisson_limit, sequence_of
 
 ccdproc = pytest.importorskip("ccdproc")
 

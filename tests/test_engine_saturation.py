@@ -13,7 +13,13 @@ import pytest
 from flatd.engine import kernel
 from flatd.pipeline import make_master
 from flatd.simulation.flats import SATURATE, simulate_sequence
-from tests.test_qa import config_for, error_against_truth, poisson_limit, sequence_of, write
+from tests.sequences import (
+    config_for,
+    error_against_truth,
+    poisson_limit,
+    sequence_of,
+    write_simulated,
+)
 
 SHAPE = (256, 256)
 
@@ -36,7 +42,7 @@ def test_frames_with_saturated_star_cores_are_kept_and_the_master_is_good(
     tmp_path: Path, fraction: float
 ) -> None:
     seq = simulate_sequence(SHAPE, 9, seed=21)
-    paths = write(seq, tmp_path / "in", edit=saturated_stars(fraction, 21))
+    paths = write_simulated(seq, tmp_path / "in", edit=saturated_stars(fraction, 21))
     config = config_for(tmp_path)
     result = make_master(sequence_of(paths, config), config)
     assert result.outcome == "done" and result.rejected == {}
@@ -56,7 +62,7 @@ def test_a_frame_saturated_beyond_the_fraction_is_rejected_the_rest_kept(tmp_pat
             data[:20, :] = SATURATE  # 8 % of the frame
         return data, header
 
-    paths = write(seq, tmp_path / "in", edit=edit)
+    paths = write_simulated(seq, tmp_path / "in", edit=edit)
     config = config_for(tmp_path)
     result = make_master(sequence_of(paths, config), config)
     assert list(result.rejected) == [paths[3]]
@@ -71,7 +77,7 @@ def test_both_engines_make_the_same_master_from_saturated_frames(
     from astropy.io import fits
 
     seq = simulate_sequence(SHAPE, 7, seed=23)
-    paths = write(seq, tmp_path / "in", edit=saturated_stars(0.01, 23))
+    paths = write_simulated(seq, tmp_path / "in", edit=saturated_stars(0.01, 23))
     masters = []
     for engine in ("compiled", "numpy"):
         monkeypatch.setenv("FLATD_ENGINE", engine)

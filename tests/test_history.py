@@ -11,7 +11,7 @@ import pytest
 
 from flatd.outputs.history import PER_GROUP, MasterHistory, name_parts
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_atomically
-from tests.test_ratio import donut, two_masters
+from tests.sequences import donut, two_masters
 
 pytestmark = pytest.mark.timeout(120)
 

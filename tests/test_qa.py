@@ -16,62 +16,20 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatd.config import Config, parse_config
-from flatd.frames import Frame, read_frame
-from flatd.inputs.fingerprint import identified
-from flatd.inputs.index import FlatSequence
-from flatd.outputs.catalogue import Catalogue
-from flatd.outputs.latest import Curator
 from flatd.outputs.masters import latest_path, read_master_inputs
-from flatd.pipeline import Result, combine_and_publish
-from flatd.simulation.flats import SimulatedSequence, simulate_sequence
+from flatd.simulation.flats import simulate_sequence
+from tests.sequences import (
+    config_for,
+    dome_half_closed,
+    error_against_truth,
+    make_master,
+    poisson_limit,
+    sequence_of,
+    write_simulated,
+)
 
 SHAPE = (256, 256)
 N_GOOD = 8
-
-
-def config_for(tmp_path: Path, **sections: dict) -> Config:
-    raw = {"output": {"directory": str(tmp_path / "masters"), "preview": False}}
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return parse_config(raw)
-
-
-def write(seq: SimulatedSequence, directory: Path, prefix: str = "f", edit=None) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (data, header) in enumerate(zip(seq.frames, seq.headers, strict=True)):
-        header = header.copy()
-        if edit is not None:
-            data, header = edit(i, data.copy(), header)
-        path = directory / f"{prefix}_{i:03d}.fits"
-        fits.PrimaryHDU(data, header).writeto(path)
-        paths.append(path)
-    return paths
-
-
-def sequence_of(paths: list[Path], config: Config) -> FlatSequence:
-    frames = [identified(read_frame(p, config.frames)) for p in paths]
-    assert all(isinstance(f, Frame) for f in frames), frames
-    group = frames[0].group
-    return FlatSequence(group, tuple(sorted(frames, key=lambda f: f.date)))
-
-
-def make_master(sequence: FlatSequence, config: Config) -> Result:
-    """The master of `sequence`, published in the configured output directory as the
-    daemon and `flatd combine` publish it."""
-    curator = Curator(Catalogue(config.output.directory), config)
-    return combine_and_publish(sequence, config, curator)
-
-
-def error_against_truth(result: Result, truth: np.ndarray) -> np.ndarray:
-    data = fits.getdata(result.record.path).astype(float)
-    err = data / truth
-    return err / np.median(err) - 1
-
-
-def poisson_limit(levels: list[float]) -> float:
-    return float(np.sqrt(np.sum(1.0 / np.asarray(levels))) / len(levels))
 
 
 # -- one bad frame of each kind ----------------------------------------------------------------
@@ -82,12 +40,6 @@ def too_faint(i, data, header):
 def saturated(i, data, header):
     data[:20, :] = 65535.0  # ~15% of the pixels at SATURATE
     return data, header
-
-
-def dome_half_closed(i, data, header):
-    nx = data.shape[1]
-    ramp = np.clip(np.linspace(1.4, -0.2, nx), 0.35, 1.0)
-    return (data * ramp[None, :]).astype(np.float32), header
 
 
 def other_shape(i, data, header):
@@ -120,7 +72,9 @@ def test_one_bad_frame_is_rejected_with_its_reason_and_the_master_stays_good(
 ):
     seq = simulate_sequence(shape=SHAPE, n_frames=N_GOOD + 1, seed=11)
     bad = N_GOOD // 2
-    paths = write(seq, tmp_path / "in", edit=lambda i, d, h: spoil(i, d, h) if i == bad else (d, h))
+    paths = write_simulated(
+        seq, tmp_path / "in", edit=lambda i, d, h: spoil(i, d, h) if i == bad else (d, h)
+    )
     # binning must not be a group key here, or the odd frame would simply be another group
     config = config_for(tmp_path, frames={"group_by": ["FILTER", "INSTRUME"]})
 
@@ -143,7 +97,7 @@ def test_one_bad_frame_is_rejected_with_its_reason_and_the_master_stays_good(
 def test_good_frames_are_never_rejected_as_odd(tmp_path):
     seq = simulate_sequence(shape=SHAPE, n_frames=10, seed=5)
     config = config_for(tmp_path)
-    result = make_master(sequence_of(write(seq, tmp_path / "in"), config), config)
+    result = make_master(sequence_of(write_simulated(seq, tmp_path / "in"), config), config)
     assert result.outcome == "done"
     assert result.rejected == {}
     assert all(s.structure < 0.01 for s in result.stats), [s.structure for s in result.stats]
@@ -151,7 +105,7 @@ def test_good_frames_are_never_rejected_as_odd(tmp_path):
 
 def test_too_few_usable_frames_make_the_group_too_few_with_the_reasons(tmp_path):
     seq = simulate_sequence(shape=SHAPE, n_frames=6, seed=3)
-    paths = write(
+    paths = write_simulated(
         seq, tmp_path / "in", edit=lambda i, d, h: too_faint(i, d, h) if i >= 3 else (d, h)
     )
     config = config_for(tmp_path)  # min_frames = 5
@@ -179,8 +133,8 @@ def test_a_changed_master_is_flagged_and_not_promoted(tmp_path, changed):
         shape=SHAPE, n_frames=8, seed=22, true_flat=flat, start=datetime(2026, 11, 24, 17, 30)
     )
     config = config_for(tmp_path)
-    one = make_master(sequence_of(write(first, tmp_path / "n1"), config), config)
-    two = make_master(sequence_of(write(second, tmp_path / "n2"), config), config)
+    one = make_master(sequence_of(write_simulated(first, tmp_path / "n1"), config), config)
+    two = make_master(sequence_of(write_simulated(second, tmp_path / "n2"), config), config)
 
     assert one.record.promoted and not one.record.qa["flagged"]
     latest = latest_path(config.output.directory, one.sequence.group)
@@ -209,8 +163,8 @@ def test_a_flagged_master_is_promoted_when_configured(tmp_path):
         start=datetime(2026, 11, 24, 17, 30),
     )
     config = config_for(tmp_path, qa={"promote_changed": True})
-    one = make_master(sequence_of(write(first, tmp_path / "n1"), config), config)
-    two = make_master(sequence_of(write(second, tmp_path / "n2"), config), config)
+    one = make_master(sequence_of(write_simulated(first, tmp_path / "n1"), config), config)
+    two = make_master(sequence_of(write_simulated(second, tmp_path / "n2"), config), config)
     assert two.record.qa["flagged"] and two.record.promoted
     assert latest_path(config.output.directory, one.sequence.group).samefile(two.record.path)
 
@@ -218,7 +172,7 @@ def test_a_flagged_master_is_promoted_when_configured(tmp_path):
 def test_master_qa_keywords_measure_mask_and_noise(tmp_path):
     seq = simulate_sequence(shape=SHAPE, n_frames=8, seed=41)
     config = config_for(tmp_path)
-    result = make_master(sequence_of(write(seq, tmp_path / "in"), config), config)
+    result = make_master(sequence_of(write_simulated(seq, tmp_path / "in"), config), config)
     header = fits.getheader(result.record.path)
     assert header["QAMASK"] == 0 and header["QAMASKFR"] == 0.0
     assert header["QAFLAG"] is False
@@ -233,7 +187,9 @@ def three_frame_errors(tmp_path: Path, deviation: str) -> tuple[float, float]:
     config = config_for(
         tmp_path / deviation, sequence={"min_frames": 3}, combine={"deviation": deviation}
     )
-    result = make_master(sequence_of(write(seq, tmp_path / deviation / "in"), config), config)
+    result = make_master(
+        sequence_of(write_simulated(seq, tmp_path / deviation / "in"), config), config
+    )
     assert result.outcome == "done", result.reason
     err = error_against_truth(result, seq.true_flat)
     # per-pixel sigma of the mean of the three scaled frames
@@ -258,7 +214,7 @@ def test_noise_deviation_without_gain_is_a_clear_error(tmp_path):
     for header in seq.headers:
         del header["GAIN"]
     config = config_for(tmp_path, sequence={"min_frames": 3}, combine={"deviation": "noise"})
-    result = make_master(sequence_of(write(seq, tmp_path / "in"), config), config)
+    result = make_master(sequence_of(write_simulated(seq, tmp_path / "in"), config), config)
     assert result.outcome == "failed"
     assert "combine.gain" in result.reason
 

@@ -4,7 +4,6 @@ simulator's truth (a new dust donut of known depth and place)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +14,14 @@ from structlog.testing import capture_logs
 from flatd.pictures import preview
 from flatd.pictures.preview import ratio_path, write_ratio_picture
 from flatd.quality import qa
-from flatd.simulation.flats import simulate_sequence
-from tests.test_qa import config_for, make_master, sequence_of, write
+from tests.sequences import (
+    donut,
+    two_masters,
+)
 
 mpimg = pytest.importorskip("matplotlib.image")
 
 SHAPE = (256, 256)
-DONUT = (0.3, 0.6, 6.0, 11.0, 0.08)  # centre (fraction of ny, nx), inner/outer radius, depth
-
-
-def donut(shape: tuple[int, int]) -> np.ndarray:
-    """The new dust shadow: 1 - depth on a ring, 1 elsewhere."""
-    cy, cx, inner, outer, depth = DONUT
-    y, x = np.mgrid[: shape[0], : shape[1]]
-    r = np.hypot(y - shape[0] * cy, x - shape[1] * cx)
-    return np.where((r > inner) & (r < outer), 1 - depth, 1.0)
-
-
-def two_masters(tmp_path: Path, changed: np.ndarray | None, preview_on: bool = True):
-    first = simulate_sequence(shape=SHAPE, n_frames=8, seed=61)
-    flat = first.true_flat * changed if changed is not None else first.true_flat
-    second = simulate_sequence(
-        shape=SHAPE, n_frames=8, seed=62, true_flat=flat, start=datetime(2026, 11, 24, 17, 30)
-    )
-    config = config_for(tmp_path, output={"preview": preview_on})
-    one = make_master(sequence_of(write(first, tmp_path / "n1"), config), config)
-    two = make_master(sequence_of(write(second, tmp_path / "n2"), config), config)
-    return one, two, config
 
 
 def block_means(values: np.ndarray) -> np.ndarray:

@@ -10,13 +10,13 @@ import pytest
 from astropy.io import fits
 
 from flatd.calibrate import detect_raw
+from flatd.cli import main
 from flatd.simulation.raw import (
     RawLayout,
     SimulatedRawSequence,
     simulate_raw_sequence,
     write_raw_sequence,
 )
-from tests.test_simulate import _cli
 
 SHAPE = (96, 128)  # image area, (ny, nx)
 LAYOUT = RawLayout()
@@ -110,7 +110,7 @@ def test_seeded_and_written_as_bzero_uint16(tmp_path: Path, raw: SimulatedRawSeq
 def test_cli_raw_writes_raw_frames_and_masters(tmp_path: Path) -> None:
     out = tmp_path / "cam"
     argv = ["simulate", str(out), "--raw", "--dark", "--filters", "g,r", "--frames", "2"]
-    assert _cli([*argv, "--shape", "40x24", "--quiet", "--truth"]) == 0
+    assert main([*argv, "--shape", "40x24", "--quiet", "--truth"]) == 0
     raws = sorted(out.glob("raw_*.fits"))
     assert [p.name for p in raws] == [f"raw_{f}_{i:03d}.fits" for f in "gr" for i in range(2)]
     assert not list(out.glob("flat_*"))
@@ -124,5 +124,5 @@ def test_cli_raw_writes_raw_frames_and_masters(tmp_path: Path) -> None:
 
 
 def test_cli_dark_needs_raw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["simulate", str(tmp_path / "x"), "--dark", "--quiet"]) == 2
+    assert main(["simulate", str(tmp_path / "x"), "--dark", "--quiet"]) == 2
     assert "--dark needs --raw" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from flatd.daemon.lock import is_lock_file
 from flatd.outputs.masters import read_master_inputs
 from tests.daemon import flat_sequence, wait_for
 from tests.faults.helpers import flat_bytes, masters_in, with_raw_value
-from tests.test_master_header import hostile_file
+from tests.hostile import hostile_file
 
 pytestmark = pytest.mark.timeout(90)
 
