@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from flatd.config import Config
+from flatd.frames import Frame, read_frame
 from flatd.simulation import flats as simulate
 from flatd.simulation.flats import SimulatedSequence, simulate_sequence, write_sequence
 
@@ -253,6 +255,27 @@ def test_cli_writes_flats_broken_and_truth(tmp_path: Path) -> None:
     assert len(broken) < 2880 + 32 * 32 * 4
     g_truth, r_truth = (fits.getdata(p) for p in truth)
     assert not np.array_equal(g_truth, r_truth)  # each filter has its own seed
+
+
+def test_cli_writes_a_multi_amplifier_camera(tmp_path: Path) -> None:
+    """`flatd simulate --extensions 4`: each frame an empty primary HDU and four image
+    extensions AMP1..AMP4 of --shape, each with its DETSEC; and flatd reads them as such."""
+    out = tmp_path / "out"
+    args = ["simulate", str(out), "--filters", "r", "--frames", "3", "--shape", "32x48"]
+    assert _cli([*args, "--extensions", "4", "--quiet"]) == 0
+    flats = sorted(out.glob("flat_*.fits"))
+    assert len(flats) == 3
+    with fits.open(flats[0]) as hdul:
+        assert hdul[0].data is None
+        assert [h.name for h in hdul[1:]] == ["AMP1", "AMP2", "AMP3", "AMP4"]
+        assert all(h.data.shape == (48, 32) and h.header.get("DETSEC") for h in hdul[1:])
+    frame = read_frame(flats[0], Config().frames)
+    assert isinstance(frame, Frame) and [e.name for e in frame.extensions] == [
+        "AMP1",
+        "AMP2",
+        "AMP3",
+        "AMP4",
+    ]
 
 
 def test_cli_prints_and_compresses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

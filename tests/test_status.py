@@ -320,6 +320,17 @@ def test_render_status_plain(tmp_path: Path) -> None:
     assert "saturated: 3% of pixels" in text
 
 
+def test_a_mosaic_master_says_its_qa_extension_by_extension(tmp_path: Path) -> None:
+    doc = _document(tmp_path, "running")
+    [master] = doc["masters"]
+    amps = [{"name": f"AMP{i}", "flagged": i == 3} for i in range(1, 5)]
+    master["qa"] = {"flagged": True, "extensions": amps}
+    assert "QA flagged in AMP3" in render_status(doc, color=False)
+    master["qa"] = {"flagged": False, "extensions": [{**a, "flagged": False} for a in amps]}
+    text = render_status(doc, color=False)
+    assert "QA ok in all 4 extensions" in text and "QA flagged" not in text
+
+
 def test_render_status_color(tmp_path: Path) -> None:
     text = render_status(_document(tmp_path, "running"), color=True)
     assert "\033[32mrunning" in text and "\033[31mtoo_few" in text

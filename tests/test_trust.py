@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from flatd.inputs.fingerprint import content_digest
 from flatd.outputs.masters import read_master_inputs
 from tests.daemon import FlatdProcess, flat_sequence, wait_for, write_frames
 
@@ -310,4 +311,43 @@ def test_a_master_deleted_by_hand_is_noticed_while_running(daemon):
     assert (flatd.masters / LATEST).samefile(written["path"])
     errors = flatd.status()["errors"]
     assert any(e["path"] == written["path"] and "deleted by hand" in e["reason"] for e in errors)
+    assert flatd.stop() == 0
+
+
+def test_file_names_reused_the_next_night_leave_last_nights_master_as_it_was(daemon):
+    """Camera software that names every night's frames r_000.fits, ... (overwriting the
+    night before, one file at a time): each overwritten file belongs to the new night; the
+    old night's master stays as it was (no partial re-combination of what is left of it),
+    and its INPUTS checksums say its rows' files now hold other data."""
+    flatd = daemon().start()
+    last_night = night(23, seed=1, stars=False)
+    write_frames(flatd.incoming, last_night, range(5))
+    first = night_master(flatd, 23)
+    before = digest(Path(first["path"]))
+    tonight = night(24, seed=2, stars=False, true_flat=last_night.true_flat)
+    write_frames(flatd.incoming, tonight, range(5))  # the same five names
+    second = night_master(flatd, 24)
+    settled(flatd, latest_master=second["path"])
+    assert masters_in(flatd.masters) == [Path(first["path"]).name, Path(second["path"]).name]
+    assert digest(Path(first["path"])) == before
+    rows = read_master_inputs(Path(first["path"]))
+    now = {str(p): content_digest(p)[0] for p in flatd.incoming.glob("r_*.fits")}
+    assert len(rows) == 5 and all(row["CHECKSUM"] != now[row["PATH"]] for row in rows)
+    assert flatd.stop() == 0
+
+
+def test_a_sequence_combined_again_is_compared_with_the_previous_nights_master(daemon):
+    """A late frame makes a night's master again: its QA compares it with the previous
+    night's master, never with the earlier combination of its own sequence."""
+    flatd = daemon().start()
+    last_night = night(22, seed=1, stars=False)
+    write_frames(flatd.incoming, last_night, range(5))
+    first = night_master(flatd, 22)
+    (flatd.incoming / "n23").mkdir()
+    tonight = night(23, n=6, seed=2, stars=False, true_flat=last_night.true_flat)
+    write_frames(flatd.incoming / "n23", tonight, range(5))
+    night_master(flatd, 23)
+    write_frames(flatd.incoming / "n23", tonight, [5])  # a late frame
+    again = night_master(flatd, 23, n=6)
+    assert again["qa"]["previous"] == first["path"]
     assert flatd.stop() == 0

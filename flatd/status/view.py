@@ -205,6 +205,7 @@ def _master_facts(master: dict[str, Any], paint: _Paint, now: datetime) -> list[
     if master.get("promoted"):
         facts.append(paint("latest", "green"))
     qa = master.get("qa")
+    facts += _extension_facts(qa, paint)
     if isinstance(qa, dict) and qa.get("confirmed"):
         facts.append(paint("change confirmed", "green"))
     elif isinstance(qa, dict) and qa.get("flagged"):
@@ -212,6 +213,21 @@ def _master_facts(master: dict[str, Any], paint: _Paint, now: datetime) -> list[
         if master.get("promoted") is False:
             facts.append("not promoted to latest/")
     return facts
+
+
+def _extension_facts(qa: object, paint: _Paint) -> list[str]:
+    """A mosaic's QA extension by extension: those flagged by name, else how many passed."""
+    extensions = (
+        [e for e in (qa.get("extensions") or []) if isinstance(e, dict)]
+        if isinstance(qa, dict)
+        else []
+    )
+    if not extensions:
+        return []
+    flagged = [str(e.get("name", "?")) for e in extensions if e.get("flagged")]
+    if flagged:
+        return [paint(f"QA flagged in {', '.join(flagged)}", "red")]
+    return [f"QA ok in all {len(extensions)} extensions"]
 
 
 def _error_lines(document: Mapping[str, Any], paint: _Paint, now: datetime) -> list[str]:
