@@ -12,6 +12,7 @@ from astropy.io import fits
 
 from flatd.config import Config
 from flatd.frames import Frame, read_frame
+from flatd.outputs.masters import name_start
 
 FLAT_HEADER = {
     "IMAGETYP": "Flat Field",
@@ -42,3 +43,8 @@ def frames_of(paths: list[Path], raw: bool = False) -> list[Frame]:
     frames = [read_frame(p, config.frames, calibrate) for p in paths]
     assert all(isinstance(f, Frame) for f in frames), frames
     return frames  # type: ignore[return-value]
+
+
+def find_masters(output_dir: Path) -> list[Path]:
+    """Masters in `output_dir` (not `latest/`), oldest name first."""
+    return sorted(p for p in output_dir.glob("flat_*.fits") if p.is_file() and name_start(p))

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from astropy.stats import median_absolute_deviation
 
-from flatd.engine.ordering import network, sort_along_frames, sort_rows, sorted_mad, sorted_median
+from flatd.engine.ordering import network, sort_rows, sorted_mad, sorted_median
+
+
+def sort_along_frames(stack: np.ndarray) -> None:
+    """Sort `stack` in place along axis 0 with the engine's `sort_rows`."""
+    ordered = sort_rows(list(stack), np.empty_like(stack[0]))
+    result = [row.copy() for row in ordered]
+    for target, row in zip(stack, result, strict=True):
+        target[...] = row
 
 
 @pytest.mark.parametrize("n", range(1, 41))

@@ -34,9 +34,10 @@ from flatd.inputs.fingerprint import identified
 from flatd.inputs.index import Index
 from flatd.outputs.decisions import DecisionsFile
 from flatd.outputs.latest import Published
-from flatd.outputs.masters import MasterRecord, find_masters, latest_path, read_master_inputs
+from flatd.outputs.masters import MasterRecord, latest_path, read_master_inputs
 from flatd.simulation.flats import SimulatedSequence, simulate_sequence
 from tests.daemon import wait_for
+from tests.helpers import find_masters
 from tests.inprocess import combination_jobs
 
 pytestmark = pytest.mark.timeout(60)

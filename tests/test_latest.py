@@ -23,9 +23,10 @@ from flatd.inputs.index import FlatSequence
 from flatd.outputs.catalogue import Catalogue
 from flatd.outputs.decisions import DecisionsFile
 from flatd.outputs.latest import Curator
-from flatd.outputs.masters import MasterRecord, find_masters, latest_path
+from flatd.outputs.masters import MasterRecord, latest_path
 from flatd.pipeline import combine_and_publish
 from flatd.simulation.flats import simulate_sequence, write_sequence
+from tests.helpers import find_masters
 
 SLUG = "r_SIMCAM_1_1"
 

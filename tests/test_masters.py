@@ -22,7 +22,7 @@ from flatd.outputs import masters
 from flatd.outputs.catalogue import Catalogue
 from flatd.outputs.latest import Curator
 from flatd.pipeline import combine_and_publish, make_master
-from tests.helpers import write_frame
+from tests.helpers import find_masters, write_frame
 
 ccdproc = pytest.importorskip("ccdproc")
 
@@ -343,7 +343,7 @@ def test_write_is_atomic_and_a_failed_write_keeps_the_previous_master(
     assert again.record.path == path
     assert (output / "latest" / "flat_gp_LFC_1_1.fits").read_bytes() == path.read_bytes()
     assert not [p for p in output.rglob("*") if is_temporary(p)]
-    assert masters.find_masters(output) == [path]
+    assert find_masters(output) == [path]
 
 
 def test_paths_outside_ascii_reach_inputs_and_read_back_the_same(tmp_path: Path) -> None:

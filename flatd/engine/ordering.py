@@ -43,14 +43,6 @@ def sort_rows(rows: list[np.ndarray], spare: np.ndarray) -> list[np.ndarray]:
     return rows
 
 
-def sort_along_frames(stack: np.ndarray) -> None:
-    """Sort `stack` in place along axis 0 (see `sort_rows`)."""
-    ordered = sort_rows(list(stack), np.empty_like(stack[0]))
-    result = [row.copy() for row in ordered]
-    for target, row in zip(stack, result, strict=True):
-        target[...] = row
-
-
 def sorted_mad(ordered: list[np.ndarray], median: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """Median absolute deviation from `median` of element-wise sorted rows (`sort_rows`'s
     result, overwritten with the deviations).

@@ -763,8 +763,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def find_masters(output_dir: Path) -> list[Path]:
-    """Masters in `output_dir` (not `latest/`), oldest name first."""
-    return sorted(p for p in output_dir.glob("flat_*.fits") if p.is_file() and name_start(p))
