@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flatd.atomic import atomic_write_bytes
+from flatd.status.schema import utc_iso
 
 __all__ = ["DECISIONS_NAME", "Decision", "Decisions", "DecisionsFile", "Request"]
 
@@ -168,7 +169,7 @@ def _text(decisions: Decisions) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_iso(timespec="seconds")
 
 
 def _stamp_now() -> str:

@@ -43,6 +43,7 @@ from flatd.frames import Frame, GroupKey, GroupValue
 from flatd.outputs.cards import COMMENTARY, checked_headers
 from flatd.outputs.settings import SETTINGS
 from flatd.reasons import one_line, reason_of
+from flatd.status.schema import utc_iso
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -170,7 +171,7 @@ class MasterRecord:
         return {
             "group": dict(self.group),
             "path": str(self.path),
-            "created_at": self.created_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "created_at": utc_iso(self.created_at, timespec="seconds"),
             "n_frames": self.n_frames,
             "n_rejected": self.n_rejected,
             "median_levels": self.median_levels,

@@ -40,7 +40,7 @@ from flatd.status.present import ago as _ago
 from flatd.status.present import duration as _duration
 from flatd.status.present import group_name as _group_name
 from flatd.status.present import stamp as _stamp
-from flatd.status.schema import STALE_SECONDS, parse_iso
+from flatd.status.schema import STALE_SECONDS, parse_iso, utc_iso
 
 PAGE_NAME = "index.html"
 REFRESH_SECONDS = 60
@@ -194,7 +194,7 @@ def render_page(
 def _body_tag(state: str, updated: datetime | None) -> str:
     """The values the stale check reads: when the status was written, after how long it
     is stale, and whether the state claims a live daemon."""
-    stamp = updated.astimezone(UTC).isoformat().replace("+00:00", "Z") if updated else ""
+    stamp = utc_iso(updated, timespec="auto") if updated else ""
     live = "true" if state in LIVE_STATES else "false"
     return (
         f'<body data-updated-at="{_e(stamp)}" data-stale-after="{STALE_SECONDS:g}" '

@@ -125,10 +125,10 @@ class StatusDocument(TypedDict):
     skipped: list[SkipEntry]
 
 
-def utc_iso(moment: datetime | None = None) -> str:
-    """ISO 8601 UTC with a "Z" suffix and millisecond precision."""
+def utc_iso(moment: datetime | None = None, timespec: str = "milliseconds") -> str:
+    """ISO 8601 UTC with a "Z" suffix (default: now, to the millisecond)."""
     moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def parse_iso(text: object) -> datetime | None:
