@@ -35,7 +35,7 @@ from flatd.frames.extensions import (
 )
 from flatd.frames.frametype import frame_type
 from flatd.frames.model import Compression, Extension, Frame, Skip, SkipKind
-from flatd.frames.roles import every_keyword, keywords_for, read_roles
+from flatd.frames.roles import every_keyword, keywords_for, read_roles, reader_name
 
 if TYPE_CHECKING:
     from flatd.calibrate.detect import RawSigns
@@ -173,7 +173,7 @@ def _detection_names(overscan_keywords: tuple[str, ...]) -> tuple[tuple[str, ...
     from flatd.calibrate.detect import card_name, detection_keywords  # see raw_signs
 
     def named(names: Iterable[str]) -> tuple[str, ...]:
-        return tuple(f"HIERARCH {n}" if len(n) > 8 or " " in n else n for n in names)
+        return tuple(reader_name(n) for n in names)
 
     overscan = [card_name(k) for k in overscan_keywords]
     records = sorted(detection_keywords(overscan_keywords) - set(overscan))

@@ -90,11 +90,11 @@ def binning_of(
     """(x, y) binning by the binning role's keywords (`frames.binning_keywords`) from any
     header mapping: the reader's cards, or keyword -> value from an astropy Header, which
     names a HIERARCH card without its prefix. None when no binning keyword can be read."""
-    named = {_reader_name(key): value for key, value in cards.items() if isinstance(key, str)}
+    named = {reader_name(key): value for key, value in cards.items() if isinstance(key, str)}
     return _binning(named, _split(keywords))[0]
 
 
-def _reader_name(keyword: str) -> str:
+def reader_name(keyword: str) -> str:
     """A keyword as the reader names it: `HIERARCH ...` for one that only fits a HIERARCH
     card (longer than 8 characters, or with spaces)."""
     keyword = keyword.upper()

@@ -40,6 +40,7 @@ from flatd.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, fsync_directory
 from flatd.config import Config
 from flatd.engine import CombineResult, ExtensionResult, MasterPlane
 from flatd.frames import Frame, GroupKey, GroupValue
+from flatd.frames.roles import reader_name
 from flatd.outputs.cards import COMMENTARY, checked_headers
 from flatd.outputs.settings import SETTINGS
 from flatd.reasons import one_line, reason_of
@@ -479,7 +480,7 @@ def _say_master(header: fits.Header, present: set[str], config: Config) -> None:
     MASTERFLAT: no pipeline takes that for a raw flat, and flatd's own rule refuses it."""
     header["IMAGETYP"] = (MASTER_IMAGE_TYPE, "a master flat made by flatd, not a raw flat")
     for keyword in sorted(frame_type_keywords(config) & present - {"IMAGETYP"}):
-        name = f"HIERARCH {keyword}" if len(keyword) > 8 or " " in keyword else keyword
+        name = reader_name(keyword)
         header[name] = MASTER_IMAGE_TYPE
 
 
