@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from structlog.testing import capture_logs
 
 from flatd.config import FramesConfig
@@ -18,7 +20,7 @@ from flatd.daemon.ingest import Ingest
 from flatd.frames import GroupKey, Skip
 from flatd.inputs.index import Index
 from tests.daemon import wait_for
-from tests.helpers import write_frame
+from tests.helpers import FLAT_HEADER, write_frame
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -132,6 +134,21 @@ def test_a_truncated_file_is_refused_once_it_stood_still(harness, tmp_path: Path
     [event] = named(events, "frame_rejected")
     assert event["log_level"] == "warning" and event["path"] == str(path)
     assert harness.index.counts()["rejected"] == 1
+
+
+def test_a_file_whose_nextend_says_more_than_it_holds_is_read_once_at_rest(
+    harness, tmp_path: Path
+) -> None:
+    """NEXTEND = 4 over one extension: a mosaic still being written, or one CCD split off
+    a mosaic with its primary header; once it stood still it is read as it is."""
+    primary = fits.PrimaryHDU(header=fits.Header({**FLAT_HEADER, "NEXTEND": 4}))
+    path = tmp_path / "ccd1.fits"
+    fits.HDUList([primary, fits.ImageHDU(np.full((16, 20), 2e4, np.float32), name="CCD1")]).writeto(
+        path
+    )
+    harness.ingest.submit(path, "closed")
+    wait_for(lambda: harness.index.counts()["flats"] == 1, timeout=10, what="read at rest")
+    assert not harness.skips
 
 
 def test_a_deleted_flat_leaves_its_group(harness, tmp_path: Path) -> None:

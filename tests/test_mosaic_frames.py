@@ -146,6 +146,16 @@ def test_a_mosaic_still_being_written_is_incomplete(tmp_path: Path) -> None:
     assert skip(cut).incomplete and "truncated" in skip(cut).reason
 
 
+def test_a_file_at_rest_with_a_wrong_nextend_is_read_as_it_is(tmp_path: Path) -> None:
+    """One CCD split off a 4-CCD mosaic, its primary header copied (NEXTEND = 4 still):
+    while it may be growing it waits; once at rest it is the one extension it holds."""
+    path = mosaic(tmp_path / "one.fits", planes(1), ["CCD1"], primary={"NEXTEND": 4})
+    assert skip(path).incomplete and "NEXTEND = 4, 1 extension(s)" in skip(path).reason
+    at_rest = read_frame(path, CONFIG.frames, CONFIG.calibrate, settled=True)
+    assert isinstance(at_rest, Frame) and at_rest.extensions == ()
+    assert at_rest.shape == planes(1)[0].shape
+
+
 def test_bytes_after_the_last_extension_are_ignored(tmp_path: Path) -> None:
     path = mosaic(tmp_path / "m.fits", planes(2), ["A1", "A2"])
     with path.open("ab") as out:

@@ -174,6 +174,8 @@ class Ingest:
                 entry.hint = "changed"
                 entry.due = now + self._recheck
                 return False
+            item = self._read(path, settled=True)  # at rest: what is there is the file
+        if isinstance(item, Skip) and item.incomplete:
             item = Skip(
                 item.path,
                 item.kind,
@@ -192,9 +194,10 @@ class Ingest:
         assert entry.still_since is not None
         return now - entry.still_since >= (self._settle if needed is None else needed)
 
-    def _read(self, path: Path) -> Frame | Skip:
-        """The file's header read, a flat with its content digest."""
-        return self._fingerprints.identified(read_frame(path, self._frames_config, self._calibrate))
+    def _read(self, path: Path, settled: bool = False) -> Frame | Skip:
+        """The file's header read, a flat with its content digest (`read_frame`)."""
+        frame = read_frame(path, self._frames_config, self._calibrate, settled=settled)
+        return self._fingerprints.identified(frame)
 
     def _record(self, item: Frame | Skip) -> None:
         change = self._index.add(item)

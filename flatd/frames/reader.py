@@ -73,16 +73,25 @@ DEFAULT_OVERSCAN_KEYWORDS = ("BIASSEC",)
 
 
 def read_frame(
-    path: Path, config: FramesConfig, calibrate: CalibrateConfig | None = None
+    path: Path,
+    config: FramesConfig,
+    calibrate: CalibrateConfig | None = None,
+    *,
+    settled: bool = False,
 ) -> Frame | Skip:
     """Classify one file from its header: a usable flat, or why it is not. A raw flat is
-    refused unless `calibrate.raw` is "calibrate" (None: the defaults, which refuse it)."""
+    refused unless `calibrate.raw` is "calibrate" (None: the defaults, which refuse it).
+
+    A primary header whose NEXTEND promises more extensions than the file holds means a
+    file still being written (a Skip marked incomplete), unless the file is `settled`
+    (it stood still, or a one-shot command reads files at rest): then NEXTEND is only
+    wrong (extensions split off a mosaic keep it), and the extensions there are read."""
     try:
         stat = path.stat()
     except OSError as exc:
         return Skip(path, SkipKind.REFUSED, f"cannot stat: {exc.strerror or exc}")
     try:
-        return _read(path, stat, config, calibrate)
+        return _read(path, stat, config, calibrate, settled)
     except Broken as exc:
         return Skip(
             path, SkipKind.REFUSED, str(exc), stat.st_size, stat.st_mtime_ns, exc.incomplete
@@ -96,13 +105,17 @@ def read_frame(
 
 
 def _read(
-    path: Path, stat: os.stat_result, config: FramesConfig, calibrate: CalibrateConfig | None
+    path: Path,
+    stat: os.stat_result,
+    config: FramesConfig,
+    calibrate: CalibrateConfig | None,
+    settled: bool,
 ) -> Frame | Skip:
     if stat.st_size == 0:
         raise Broken("empty file", incomplete=True)
     overscan_keywords = calibrate.overscan_keywords if calibrate else DEFAULT_OVERSCAN_KEYWORDS
     hdus, compression = _headers(path, config, overscan_keywords, stat.st_size)
-    found = _image_hdus(hdus)
+    found = _image_hdus(hdus, path, settled)
     cards = found[0].cards if found[0].number == 0 else {**hdus[0].cards, **found[0].cards}
     kind = frame_type(cards, config)
     if kind.not_flat:
@@ -213,17 +226,20 @@ class _Stored(NamedTuple):
     bzero: float
 
 
-def _image_hdus(hdus: list[Hdu]) -> list[Hdu]:
+def _image_hdus(hdus: list[Hdu], path: Path, settled: bool) -> list[Hdu]:
     """The HDUs of the frame's image planes (the primary HDU when there is none, for
     `_geometry` to say why). Raises Broken when the first extension is a table and no HDU
-    an image, or the primary header promises more extensions than the file holds."""
+    an image, or (unless `settled`) the primary header promises more extensions than the
+    file holds."""
     if len(hdus) == 1 and "NEXTEND" not in hdus[0].cards:  # most files: one image
         return hdus
     found = image_planes(hdus)
     if not found and len(hdus) > 1 and hdus[1].cards.get("XTENSION") != "IMAGE":
         raise Broken(f"no image: first extension is a {hdus[1].cards.get('XTENSION')} table")
     if missing := missing_extensions(hdus):
-        raise Broken(missing, incomplete=True)
+        if not settled:
+            raise Broken(missing, incomplete=True)
+        log.info("nextend_wrong", path=str(path), reason=missing.removeprefix("truncated: "))
     return found or hdus[:1]
 
 

@@ -510,5 +510,6 @@ def index_paths(
     for path in walk(
         paths, config.watch.patterns, config.watch.recursive, exclude=[config.output.directory]
     ):
-        index.add(fingerprints.identified(read_frame(path, config.frames, config.calibrate)))
+        frame = read_frame(path, config.frames, config.calibrate, settled=True)
+        index.add(fingerprints.identified(frame))
     return index
